@@ -1,0 +1,100 @@
+//! Benchmarks that measure herd against the raw NATS primitives it is built on, in the same run
+//! on the same server, and report ratios. They print figures; they assert nothing about time.
+
+pub mod log;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Percentiles of a set of latencies, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Summary {
+    /// Samples.
+    pub n: usize,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Fastest.
+    pub min_us: f64,
+    /// Slowest.
+    pub max_us: f64,
+}
+
+impl Summary {
+    /// Summarises samples (empty input gives zeros).
+    pub fn of(samples: &[Duration]) -> Self {
+        let mut us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        us.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            if us.is_empty() {
+                0.0
+            } else {
+                us[((us.len() as f64 * q).ceil() as usize).clamp(1, us.len()) - 1]
+            }
+        };
+        Self {
+            n: us.len(),
+            p50_us: pick(0.50),
+            p99_us: pick(0.99),
+            mean_us: if us.is_empty() {
+                0.0
+            } else {
+                us.iter().sum::<f64>() / us.len() as f64
+            },
+            min_us: us.first().copied().unwrap_or(0.0),
+            max_us: us.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// Safe ratio for reports.
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// What the machine and server were, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Environment {
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// `nats-server --version`.
+    pub nats_server: String,
+    /// The server's fsync policy.
+    pub sync_interval: &'static str,
+}
+
+impl Environment {
+    /// Reads the environment.
+    pub fn detect() -> Self {
+        let nats_server = std::process::Command::new(crate::local_server::server_binary())
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Self {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            nats_server,
+            sync_interval: "always",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        let s = Summary::of(&samples);
+        assert_eq!(
+            (s.p50_us, s.p99_us, s.min_us, s.max_us),
+            (50.0, 99.0, 1.0, 100.0)
+        );
+        assert_eq!(Summary::of(&[]).n, 0);
+    }
+}

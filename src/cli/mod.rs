@@ -1,0 +1,195 @@
+//! Command-line definitions and dispatch. Each subcommand's work lives in its own module.
+
+mod output;
+mod session;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herd::config::{FileConfig, NatsConfig};
+
+/// herd: long-lived AI agents that survive crashes, on NATS JetStream.
+#[derive(Parser)]
+#[command(name = "herd", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct Global {
+    /// NATS server URL(s), comma-separated [env: HERD_NATS_URL] [default: nats://127.0.0.1:4222].
+    /// Credentials come from HERD_NATS_CREDS, HERD_NATS_USER/HERD_NATS_PASSWORD, HERD_NATS_TOKEN
+    /// or the config file, never from flags.
+    #[arg(long, global = true)]
+    nats_url: Option<String>,
+    /// Config file (TOML) [default: ./herd.toml when present].
+    #[arg(long, global = true, env = "HERD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `herd=debug` [env: HERD_LOG].
+    #[arg(long, global = true)]
+    log: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create or update herd's streams, KV buckets and object store (idempotent).
+    Streams {
+        #[command(subcommand)]
+        cmd: StreamsCmd,
+    },
+    /// Create sessions, send them events, read their logs.
+    Session {
+        #[command(subcommand)]
+        cmd: session::SessionCmd,
+    },
+    /// Decode one event payload (MessagePack or JSON) from stdin into JSON on stdout, e.g. for
+    /// `nats sub --translate 'herd decode'`.
+    Decode {
+        /// Indent the output.
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Measure herd against the raw NATS primitives, on a private nats-server.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StreamsCmd {
+    /// Create what is missing and update what differs.
+    Apply {
+        /// Replicas per stream and bucket (3 in a three-node cluster).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: u8,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Append latency and replay time of the session log vs raw JetStream.
+    Log {
+        /// Timed appends of each kind.
+        #[arg(long, default_value_t = 2_000)]
+        appends: usize,
+        /// Events in the replayed session.
+        #[arg(long, default_value_t = 10_000)]
+        session_events: usize,
+        /// Events of other sessions in the stream around it.
+        #[arg(long, default_value_t = 1_000_000)]
+        background: usize,
+        /// Timed replays per method.
+        #[arg(long, default_value_t = 7)]
+        replays: usize,
+    },
+}
+
+fn init_tracing(filter: Option<&str>) {
+    let filter = filter
+        .map(String::from)
+        .or_else(|| std::env::var("HERD_LOG").ok())
+        .unwrap_or_else(|| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Connection settings: defaults, then the config file, then the environment, then flags.
+fn nats_config(g: &Global) -> anyhow::Result<NatsConfig> {
+    let file = match &g.config {
+        Some(p) => Some(FileConfig::load(p)?),
+        None => {
+            let default = PathBuf::from("herd.toml");
+            default
+                .exists()
+                .then(|| FileConfig::load(&default))
+                .transpose()?
+        }
+    };
+    let mut cfg = file.map(|f| f.nats).unwrap_or_default().with_env();
+    if let Some(url) = &g.nats_url {
+        cfg.url = url.clone();
+    }
+    Ok(cfg)
+}
+
+async fn connect(g: &Global) -> anyhow::Result<async_nats::Client> {
+    Ok(nats_config(g)?.connect("herd-cli").await?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Streams {
+            cmd: StreamsCmd::Apply { replicas },
+        } => {
+            let client = connect(&cli.global).await?;
+            let js = async_nats::jetstream::new(client);
+            for o in herd::streams::apply(&js, replicas as usize).await? {
+                println!("{:<7} {:<16} {:?}", o.kind, o.name, o.action);
+            }
+            Ok(())
+        }
+        Cmd::Session { cmd } => {
+            let client = connect(&cli.global).await?;
+            session::run(client, cmd).await
+        }
+        Cmd::Decode { pretty } => decode(pretty),
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Log {
+                    appends,
+                    session_events,
+                    background,
+                    replays,
+                },
+        } => {
+            let report = herd::bench::log::run(herd::bench::log::Params {
+                appends,
+                session_events,
+                background,
+                replays,
+            })
+            .await?;
+            println!("{}", report.table());
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+    }
+}
+
+fn decode(pretty: bool) -> anyhow::Result<()> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .context("reading stdin")?;
+    let value = herd::event::decode_to_json(&input)?;
+    let text = if pretty {
+        serde_json::to_string_pretty(&value)?
+    } else {
+        serde_json::to_string(&value)?
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+/// Parses, runs and reports errors; exit code 1 on failure, 2 on a usage error (clap's).
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.log.as_deref());
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

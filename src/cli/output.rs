@@ -1,0 +1,201 @@
+//! How the CLI prints events and states.
+
+use herd::event::{EventBody, Record, content_text};
+use herd::session::SessionState;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+
+/// The stream sequence of a record.
+pub fn seq_of(r: &Record) -> u64 {
+    match r {
+        Ok(e) => e.seq,
+        Err(bad) => bad.seq,
+    }
+}
+
+/// The event type of a record (from its subject when it is invalid).
+pub fn type_of(r: &Record) -> &str {
+    match r {
+        Ok(e) => e.event.type_name(),
+        Err(bad) => herd::subjects::parse_session_subject(&bad.subject).map_or("", |(_, t)| t),
+    }
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let flat = s.replace('\n', "⏎");
+    if flat.chars().count() <= n {
+        flat
+    } else {
+        format!("{}…", flat.chars().take(n).collect::<String>())
+    }
+}
+
+/// A one-line summary of an event's content.
+fn summary(body: &EventBody) -> String {
+    match body {
+        EventBody::SessionCreated(c) => format!(
+            "model={} tools={}{}",
+            c.agent.model,
+            c.agent.tools.len(),
+            c.title
+                .as_ref()
+                .map(|t| format!(" title={t:?}"))
+                .unwrap_or_default()
+        ),
+        EventBody::UserMessage(m) => content_text(&m.content),
+        EventBody::AgentMessage(m) => content_text(&m.content),
+        EventBody::SystemMessage(m) => content_text(&m.content),
+        EventBody::AgentToolUse(t) => format!("{} {} {}", t.tool_use_id, t.name, t.input),
+        EventBody::AgentCustomToolUse(t) => format!("{} {} {}", t.tool_use_id, t.name, t.input),
+        EventBody::AgentToolResult(r) => format!(
+            "{}{} {}",
+            r.tool_use_id,
+            if r.is_error { " [error]" } else { "" },
+            content_text(&r.content)
+        ),
+        EventBody::UserCustomToolResult(r) => format!(
+            "{}{} {}",
+            r.custom_tool_use_id,
+            if r.is_error { " [error]" } else { "" },
+            content_text(&r.content)
+        ),
+        EventBody::UserToolConfirmation(c) => format!("{} {}", c.tool_use_id, c.result),
+        EventBody::SessionStatusIdle(i) => format!("stop_reason={}", i.stop_reason.kind),
+        EventBody::SessionStatusTerminated(t) => t.reason.clone(),
+        EventBody::SessionError(e) => format!("{}: {}", e.error.kind, e.error.message),
+        EventBody::SpanModelRequestEnd(s) => format!(
+            "in={} out={}{}",
+            s.model_usage.input_tokens,
+            s.model_usage.output_tokens,
+            if s.is_error { " [error]" } else { "" }
+        ),
+        EventBody::SessionUsage(u) => {
+            format!("in={} out={}", u.usage.input_tokens, u.usage.output_tokens)
+        }
+        EventBody::AgentThreadContextCompacted(c) => {
+            format!("up to #{}: {}", c.compacted_up_to, c.summary)
+        }
+        EventBody::Unknown(u) => serde_json::Value::Object(u.fields.clone()).to_string(),
+        other => {
+            let mut v = herd::event::Event::new(other.clone()).to_json();
+            if let Some(m) = v.as_object_mut() {
+                for k in ["id", "type", "processed_at"] {
+                    m.remove(k);
+                }
+            }
+            if v.as_object().is_some_and(|m| m.is_empty()) {
+                String::new()
+            } else {
+                v.to_string()
+            }
+        }
+    }
+}
+
+/// Prints one record, as a readable line or a JSON line.
+pub fn print_record(r: &Record, as_json: bool) {
+    if as_json {
+        let v = match r {
+            Ok(e) => json!({"seq": e.seq, "session_id": e.session_id, "event": e.event.to_json()}),
+            Err(bad) => {
+                json!({"seq": bad.seq, "session_id": bad.session_id, "subject": bad.subject, "invalid": bad.error})
+            }
+        };
+        println!("{v}");
+        return;
+    }
+    match r {
+        Ok(e) => {
+            let at = e.event.processed_at.format(&Rfc3339).unwrap_or_default();
+            println!(
+                "{:>8}  {}  {:<30} {}",
+                e.seq,
+                at.get(11..23).unwrap_or(&at),
+                e.event.type_name(),
+                clip(&summary(&e.event.body), 200)
+            );
+        }
+        Err(bad) => println!(
+            "{:>8}  {:<12}  {:<30} INVALID: {}",
+            bad.seq,
+            "",
+            type_of(r),
+            clip(&bad.error, 200)
+        ),
+    }
+}
+
+/// A session's state for people.
+pub fn state_text(s: &SessionState) -> String {
+    let mut t = String::new();
+    t.push_str(&format!("session      {}\n", s.id));
+    if let Some(title) = &s.title {
+        t.push_str(&format!("title        {title}\n"));
+    }
+    match &s.config {
+        Some(c) => t.push_str(&format!(
+            "model        {}\ntools        {}\n",
+            c.agent.model,
+            if c.agent.tools.is_empty() {
+                "(none)".to_string()
+            } else {
+                c.agent
+                    .tools
+                    .iter()
+                    .map(|x| x.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )),
+        None => t.push_str("config       (no session.created event)\n"),
+    }
+    let status = serde_json::to_value(s.status)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    t.push_str(&format!("status       {status}"));
+    if let Some(r) = &s.stop_reason {
+        t.push_str(&format!(" (stop_reason: {})", r.kind));
+    }
+    if let Some(r) = &s.terminated_reason {
+        t.push_str(&format!(" ({r})"));
+    }
+    t.push('\n');
+    t.push_str(&format!(
+        "events       {} (last sequence {}){}\n",
+        s.event_count,
+        s.last_seq,
+        if s.invalid_records > 0 {
+            format!(", {} invalid", s.invalid_records)
+        } else {
+            String::new()
+        }
+    ));
+    t.push_str(&format!(
+        "usage        {} input, {} output, {} cache write, {} cache read tokens\n",
+        s.usage.input_tokens,
+        s.usage.output_tokens,
+        s.usage.cache_creation_input_tokens,
+        s.usage.cache_read_input_tokens
+    ));
+    for (id, p) in &s.pending_tools {
+        t.push_str(&format!(
+            "pending      {id} {} ({:?}, #{}){}\n",
+            p.name,
+            p.kind,
+            p.seq,
+            if p.awaiting_confirmation {
+                " awaiting confirmation"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(e) = &s.last_error {
+        t.push_str(&format!("last error   {e}\n"));
+    }
+    for (k, v) in &s.metadata {
+        t.push_str(&format!("metadata     {k}={v}\n"));
+    }
+    t
+}

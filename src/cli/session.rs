@@ -1,0 +1,250 @@
+//! `herd session …`: create sessions, send them events, read their logs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use futures_util::StreamExt;
+use herd::event::{
+    AgentConfig, ContentBlock, EnvironmentConfig, Event, EventId, SessionCreated, SessionId,
+    UserMessage,
+};
+use herd::session::{SessionLog, Slice};
+
+use super::output;
+
+/// The model a session gets when none is named.
+const DEFAULT_MODEL: &str = "claude-sonnet-4-5";
+
+#[derive(Subcommand)]
+pub enum SessionCmd {
+    /// Create a session; prints its id.
+    Create {
+        /// The session id (letters, digits, '-' and '_'); generated when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// The agent's configuration, as JSON or TOML (model, system, tools, max_tokens, …);
+        /// the flags below override its fields.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// The model [default: claude-sonnet-4-5].
+        #[arg(long)]
+        model: Option<String>,
+        /// The system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// The sandbox image of the session's environment.
+        #[arg(long)]
+        image: Option<String>,
+        /// A title for people.
+        #[arg(long)]
+        title: Option<String>,
+        /// Metadata as key=value (repeatable).
+        #[arg(long = "metadata", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+    },
+    /// Append a user message to a session.
+    Send {
+        /// The session.
+        id: String,
+        /// The message.
+        text: String,
+        /// The event id, to make retries of this command idempotent; generated when absent.
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// Print a session's events.
+    Events {
+        /// The session.
+        id: String,
+        /// From this stream sequence on.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Up to this stream sequence.
+        #[arg(long)]
+        to: Option<u64>,
+        /// At most this many events.
+        #[arg(long, conflicts_with = "last")]
+        limit: Option<usize>,
+        /// Only the last N events.
+        #[arg(long)]
+        last: Option<usize>,
+        /// Only events of this type (repeatable), e.g. `--type user.message`.
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Keep printing new events as they land.
+        #[arg(long, conflicts_with_all = ["to", "limit", "last"])]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a session's current state (folded from its log).
+    Show {
+        /// The session.
+        id: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sessions with their event counts.
+    List {
+        /// As JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_session(id: &str) -> anyhow::Result<SessionId> {
+    SessionId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn load_agent(path: &Path) -> anyhow::Result<AgentConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let parsed = if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}", e.message()))
+    } else {
+        serde_json::from_str(&text).map_err(anyhow::Error::from)
+    };
+    parsed.with_context(|| format!("{} is not a valid agent configuration", path.display()))
+}
+
+pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<()> {
+    let log = SessionLog::open(client).await?;
+    match cmd {
+        SessionCmd::Create {
+            id,
+            agent,
+            model,
+            system,
+            image,
+            title,
+            metadata,
+        } => {
+            let id = match id {
+                Some(id) => parse_session(&id)?,
+                None => SessionId::generate(),
+            };
+            let mut agent = match agent {
+                Some(path) => load_agent(&path)?,
+                None => AgentConfig {
+                    model: DEFAULT_MODEL.into(),
+                    provider: None,
+                    name: None,
+                    system: None,
+                    tools: vec![],
+                    max_tokens: None,
+                },
+            };
+            if let Some(m) = model {
+                agent.model = m;
+            }
+            if system.is_some() {
+                agent.system = system;
+            }
+            if agent.model.trim().is_empty() {
+                bail!("the model must not be empty");
+            }
+            let mut meta = BTreeMap::new();
+            for kv in metadata {
+                let Some((k, v)) = kv.split_once('=') else {
+                    bail!("metadata {kv:?} is not KEY=VALUE");
+                };
+                meta.insert(k.to_string(), v.to_string());
+            }
+            let event = Event::new(SessionCreated {
+                agent,
+                environment: EnvironmentConfig { image },
+                title,
+                metadata: meta,
+            });
+            log.create(&id, &event).await?;
+            println!("{id}");
+        }
+        SessionCmd::Send { id, text, event_id } => {
+            let id = parse_session(&id)?;
+            if text.trim().is_empty() {
+                bail!("the message is empty");
+            }
+            let counts = log.count_by_type(&id).await?;
+            if counts.is_empty() {
+                bail!("session {id} does not exist");
+            }
+            if counts.contains_key("session.status_terminated") {
+                bail!("session {id} is terminated and takes no more messages");
+            }
+            let event_id = match event_id {
+                Some(e) => EventId::parse(e).map_err(|e| anyhow::anyhow!("{e}"))?,
+                None => EventId::generate(),
+            };
+            let event = Event::with_id(
+                event_id,
+                UserMessage {
+                    content: vec![ContentBlock::text(text)],
+                },
+            );
+            let a = log.append_fact(&id, &event).await?;
+            let note = if a.duplicate { " (already there)" } else { "" };
+            println!("{} at sequence {}{note}", event.id, a.last_seq);
+        }
+        SessionCmd::Events {
+            id,
+            from,
+            to,
+            limit,
+            last,
+            types,
+            follow,
+            json,
+        } => {
+            let id = parse_session(&id)?;
+            let slice = Slice {
+                from,
+                to,
+                last,
+                types: types.clone(),
+                limit,
+            };
+            let records = log.read(&id, &slice).await?;
+            if records.is_empty() && !follow && log.last_sequence(&id).await? == 0 {
+                bail!("session {id} does not exist");
+            }
+            let mut next = from.unwrap_or(1);
+            for r in &records {
+                next = output::seq_of(r) + 1;
+                output::print_record(r, json);
+            }
+            if follow {
+                let mut live = log.follow(&id, next).await?;
+                while let Some(r) = live.next().await {
+                    let r = r?;
+                    let t = output::type_of(&r);
+                    if types.is_empty() || types.iter().any(|x| x == t) {
+                        output::print_record(&r, json);
+                    }
+                }
+            }
+        }
+        SessionCmd::Show { id, json } => {
+            let id = parse_session(&id)?;
+            let state = log.load_state(&id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&state)?);
+            } else {
+                print!("{}", output::state_text(&state));
+            }
+        }
+        SessionCmd::List { json } => {
+            for (id, n) in log.list().await? {
+                if json {
+                    println!("{}", serde_json::json!({"session_id": id, "events": n}));
+                } else {
+                    println!("{id}  {n} events");
+                }
+            }
+        }
+    }
+    Ok(())
+}

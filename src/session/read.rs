@@ -1,0 +1,358 @@
+//! Reading a session's log: slices by sequence, counts, the last sequence, following live.
+//!
+//! Replays use JetStream's batched direct get (ADR-31): one request streams up to
+//! [`READ_BATCH`] messages of the session's subjects, served from the stream's per-subject
+//! index, so a session's replay costs its own size, not the stream's. async-nats has no API for
+//! batched direct get, so it is a raw request here.
+//!
+//! Direct gets may be served by any replica, so in a cluster a read may trail the leader by a
+//! few milliseconds. That is safe for the brain: a step decided on a stale read fails its
+//! conditional append and is decided again. [`SessionLog::last_sequence`] goes to the leader.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::SessionLog;
+use super::error::LogError;
+use super::retry::Failure;
+use super::state::SessionState;
+use crate::event::{Event, InvalidRecord, Record, SessionId, StoredEvent, check_type_name};
+use crate::subjects;
+
+/// Messages asked for per direct-get request.
+pub const READ_BATCH: usize = 10_000;
+
+/// Which part of a session to read. The default is all of it.
+#[derive(Debug, Clone, Default)]
+pub struct Slice {
+    /// First stream sequence to include.
+    pub from: Option<u64>,
+    /// Last stream sequence to include.
+    pub to: Option<u64>,
+    /// Only the last N events of the range.
+    pub last: Option<usize>,
+    /// Only these event types (all when empty).
+    pub types: Vec<String>,
+    /// At most this many events, from the start of the range.
+    pub limit: Option<usize>,
+}
+
+/// Turns a stored message into a record, never failing: a message that is not a valid event
+/// becomes an [`InvalidRecord`] saying why.
+pub(crate) fn to_record(subject: &str, seq: u64, payload: &[u8]) -> Option<Record> {
+    let (session_id, subject_type) = subjects::parse_session_subject(subject)?;
+    let invalid = |error: String| InvalidRecord {
+        session_id: session_id.clone(),
+        seq,
+        subject: subject.to_string(),
+        error,
+    };
+    Some(match Event::decode(payload) {
+        Ok(event) if event.type_name() == subject_type => Ok(StoredEvent {
+            session_id: session_id.clone(),
+            seq,
+            event,
+        }),
+        Ok(event) => Err(invalid(format!(
+            "the payload's type {:?} does not match the subject's {:?}",
+            event.type_name(),
+            subject_type
+        ))),
+        Err(e) => Err(invalid(e.to_string())),
+    })
+}
+
+/// One direct-get batch.
+struct Batch {
+    records: Vec<(u64, Option<Record>)>,
+    /// Matching messages left after this batch.
+    pending: u64,
+}
+
+fn header_u64(m: &async_nats::Message, name: &str) -> Option<u64> {
+    m.headers.as_ref()?.get(name)?.as_str().parse().ok()
+}
+
+impl SessionLog {
+    /// Fetches up to `max` messages on `filter` from sequence `from` on.
+    async fn direct_batch(&self, filter: &str, from: u64, max: usize) -> Result<Batch, Failure> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        let req = serde_json::json!({ "seq": from, "batch": max, "next_by_subj": filter });
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", subjects::SESSIONS_STREAM),
+                inbox,
+                serde_json::to_vec(&req).unwrap_or_default().into(),
+            )
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        let mut records = Vec::new();
+        loop {
+            let msg = match tokio::time::timeout(self.request_timeout, sub.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(Failure::Transient("the read was cut off".into())),
+                Err(_) => {
+                    return Err(Failure::Transient(format!(
+                        "no answer to a read within {:?}",
+                        self.request_timeout
+                    )));
+                }
+            };
+            if let Some(status) = msg.status {
+                return match status.as_u16() {
+                    // end of batch
+                    204 => Ok(Batch {
+                        records,
+                        pending: header_u64(&msg, "Nats-Num-Pending").unwrap_or(0),
+                    }),
+                    // nothing (more) matches
+                    404 => Ok(Batch {
+                        records,
+                        pending: 0,
+                    }),
+                    503 => Err(Failure::Transient(
+                        "no responders for the read (leader election, or the stream is missing)"
+                            .into(),
+                    )),
+                    code => Err(Failure::Final(LogError::Rejected {
+                        err_code: code as u64,
+                        description: msg.description.unwrap_or_default(),
+                    })),
+                };
+            }
+            let Some(seq) = header_u64(&msg, "Nats-Sequence") else {
+                continue;
+            };
+            let subject = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Subject"))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            records.push((seq, to_record(&subject, seq, &msg.payload)));
+        }
+    }
+
+    /// Reads a slice of a session's log, in order. Messages that are not valid events come
+    /// back as [`InvalidRecord`]s, in place, so one bad message never hides the rest.
+    pub async fn read(&self, session: &SessionId, slice: &Slice) -> Result<Vec<Record>, LogError> {
+        for t in &slice.types {
+            check_type_name(t).map_err(LogError::Invalid)?;
+        }
+        let filter = match slice.types.as_slice() {
+            [one] => subjects::session_event(session, one),
+            _ => subjects::session_filter(session),
+        };
+        let keep_type = |r: &Record| {
+            slice.types.len() < 2 || {
+                let t = match r {
+                    Ok(e) => e.event.type_name(),
+                    Err(bad) => {
+                        subjects::parse_session_subject(&bad.subject).map_or("", |(_, t)| t)
+                    }
+                };
+                slice.types.iter().any(|x| x == t)
+            }
+        };
+        let mut out: VecDeque<Record> = VecDeque::new();
+        let mut next = slice.from.unwrap_or(1).max(1);
+        'batches: loop {
+            let want = match (slice.limit, slice.last) {
+                (Some(limit), None) => (limit - out.len()).min(READ_BATCH),
+                _ => READ_BATCH,
+            };
+            if want == 0 {
+                break;
+            }
+            let batch = self
+                .retry
+                .run("read", |_| self.direct_batch(&filter, next, want))
+                .await?;
+            let got = batch.records.len();
+            for (seq, record) in batch.records {
+                next = seq + 1;
+                if slice.to.is_some_and(|to| seq > to) {
+                    break 'batches;
+                }
+                let Some(record) = record else { continue };
+                if !keep_type(&record) {
+                    continue;
+                }
+                out.push_back(record);
+                if slice.last.is_some_and(|n| out.len() > n) {
+                    out.pop_front();
+                }
+                if slice
+                    .limit
+                    .is_some_and(|n| slice.last.is_none() && out.len() >= n)
+                {
+                    break 'batches;
+                }
+            }
+            if batch.pending == 0 || got == 0 {
+                break;
+            }
+        }
+        Ok(out.into())
+    }
+
+    /// Reads a whole session, from sequence `from` on.
+    pub async fn read_from(&self, session: &SessionId, from: u64) -> Result<Vec<Record>, LogError> {
+        self.read(
+            session,
+            &Slice {
+                from: Some(from),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Folds a whole session into its current state, without running anything.
+    pub async fn load_state(&self, session: &SessionId) -> Result<SessionState, LogError> {
+        let records = self.read_from(session, 1).await?;
+        if records.is_empty() {
+            return Err(LogError::NotFound(session.clone()));
+        }
+        let mut state = SessionState::new(session.clone());
+        for r in &records {
+            state.apply_record(r);
+        }
+        Ok(state)
+    }
+
+    /// The sequence of the session's last event (0 when it has none). Read from the stream
+    /// leader, so it reflects every acknowledged append.
+    pub async fn last_sequence(&self, session: &SessionId) -> Result<u64, LogError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
+        let filter = subjects::session_filter(session);
+        self.retry
+            .run("last sequence", |_| async {
+                match self.stream.get_last_raw_message_by_subject(&filter).await {
+                    Ok(m) => Ok(m.sequence),
+                    Err(e) => match e.kind() {
+                        K::NoMessageFound => Ok(0),
+                        K::InvalidSubject => Err(Failure::Final(LogError::Invalid(e.to_string()))),
+                        _ => Err(Failure::Transient(e.to_string())),
+                    },
+                }
+            })
+            .await
+    }
+
+    /// Event counts per type for one session.
+    pub async fn count_by_type(
+        &self,
+        session: &SessionId,
+    ) -> Result<BTreeMap<String, u64>, LogError> {
+        let prefix_len = subjects::session_filter(session).len() - 1;
+        let per_subject = self
+            .subject_counts(&subjects::session_filter(session))
+            .await?;
+        Ok(per_subject
+            .into_iter()
+            .map(|(s, n)| (s.get(prefix_len..).unwrap_or_default().to_string(), n))
+            .collect())
+    }
+
+    /// How many events a session holds.
+    pub async fn count(&self, session: &SessionId) -> Result<u64, LogError> {
+        Ok(self.count_by_type(session).await?.values().sum())
+    }
+
+    async fn subject_counts(&self, filter: &str) -> Result<BTreeMap<String, u64>, LogError> {
+        self.retry
+            .run("subject counts", |_| async {
+                let info = self
+                    .stream
+                    .info_with_subjects(filter)
+                    .await
+                    .map_err(|e| Failure::Transient(e.to_string()))?;
+                info.map_ok(|(s, n)| (s, n as u64))
+                    .try_collect::<BTreeMap<_, _>>()
+                    .await
+                    .map_err(|e| Failure::Transient(e.to_string()))
+            })
+            .await
+    }
+
+    /// Every session that has been created, with its event count, in id order (generated ids
+    /// sort by creation time).
+    pub async fn list(&self) -> Result<Vec<(SessionId, u64)>, LogError> {
+        let created = self
+            .subject_counts(&subjects::all_sessions_of_type("session.created"))
+            .await?;
+        let all = self.subject_counts(subjects::ALL_SESSIONS).await?;
+        let mut counts: BTreeMap<SessionId, u64> = BTreeMap::new();
+        for (subject, n) in all {
+            if let Some((id, _)) = subjects::parse_session_subject(&subject) {
+                *counts.entry(id).or_default() += n;
+            }
+        }
+        Ok(created
+            .keys()
+            .filter_map(|s| subjects::parse_session_subject(s).map(|(id, _)| id))
+            .map(|id| {
+                let n = counts.get(&id).copied().unwrap_or(0);
+                (id, n)
+            })
+            .collect())
+    }
+
+    /// Follows a session live from sequence `from` on: every event already there, then each new
+    /// one as it lands, forever. Backed by an ordered consumer, which recreates itself after
+    /// gaps and reconnects.
+    pub async fn follow(
+        &self,
+        session: &SessionId,
+        from: u64,
+    ) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError> {
+        let config = OrderedConfig {
+            filter_subject: subjects::session_filter(session),
+            deliver_policy: if from <= 1 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                }
+            },
+            ..Default::default()
+        };
+        let consumer = self
+            .retry
+            .run("follow", |_| async {
+                self.stream
+                    .create_consumer(config.clone())
+                    .await
+                    .map_err(|e| Failure::Transient(e.to_string()))
+            })
+            .await?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| LogError::Invalid(e.to_string()))?;
+        Ok(messages
+            .filter_map(|m| async move {
+                match m {
+                    Ok(m) => {
+                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                        to_record(m.subject.as_str(), seq, &m.payload).map(Ok)
+                    }
+                    Err(e) => Some(Err(LogError::Unavailable {
+                        attempts: 1,
+                        elapsed_ms: 0,
+                        last: e.to_string(),
+                    })),
+                }
+            })
+            .boxed())
+    }
+}

@@ -1,0 +1,389 @@
+//! A session's current state: a pure fold of its events.
+//!
+//! `get_session(id)` is this fold over the log; nothing here does I/O, so the brain, the CLI and
+//! tests all compute the same state from the same events, and every rule is unit-tested
+//! without NATS.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::event::{
+    EvaluatedPermission, EventBody, Record, SessionCreated, SessionId, StopReason, StoredEvent,
+    Usage,
+};
+
+/// What a session is doing, as in the Managed Agents API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for input (new, or after a turn).
+    Idle,
+    /// A turn is in progress.
+    Running,
+    /// A retryable error; the turn resumes after a delay.
+    Rescheduling,
+    /// Ended for good.
+    Terminated,
+}
+
+/// Who answers a pending tool call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    /// A built-in tool, run by the hands in the session's sandbox.
+    Sandbox,
+    /// A custom tool, answered by the client with `user.custom_tool_result`.
+    Custom,
+    /// A tool of an MCP server.
+    Mcp,
+}
+
+/// A tool call that has no result yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingTool {
+    /// Who answers it.
+    pub kind: ToolKind,
+    /// The tool's name.
+    pub name: String,
+    /// The stream sequence of the call.
+    pub seq: u64,
+    /// True while it waits for a `user.tool_confirmation`.
+    pub awaiting_confirmation: bool,
+    /// The user's answer, once given: `allow` or `deny`.
+    pub confirmation: Option<String>,
+}
+
+/// The state of a session after some prefix of its log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionState {
+    /// The session.
+    pub id: SessionId,
+    /// Its configuration; `None` if the log has events but no `session.created` (facts sent to
+    /// a session that was never created).
+    pub config: Option<SessionCreated>,
+    /// What it is doing.
+    pub status: Status,
+    /// Why it last went idle.
+    pub stop_reason: Option<StopReason>,
+    /// Why it was terminated.
+    pub terminated_reason: Option<String>,
+    /// Its title (from `session.created`, then `session.updated`).
+    pub title: Option<String>,
+    /// Its metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// The stream sequence of its last event (0 before any).
+    pub last_seq: u64,
+    /// How many events it holds (invalid records included).
+    pub event_count: u64,
+    /// Stored messages that were not valid events.
+    pub invalid_records: u64,
+    /// Tool calls without a result, by tool_use id.
+    pub pending_tools: BTreeMap<String, PendingTool>,
+    /// Tokens used: the sum of every `span.model_request_end`.
+    pub usage: Usage,
+    /// The last `session.error`'s message.
+    pub last_error: Option<String>,
+}
+
+impl SessionState {
+    /// The state of a session with no events.
+    pub fn new(id: SessionId) -> Self {
+        Self {
+            id,
+            config: None,
+            status: Status::Idle,
+            stop_reason: None,
+            terminated_reason: None,
+            title: None,
+            metadata: BTreeMap::new(),
+            last_seq: 0,
+            event_count: 0,
+            invalid_records: 0,
+            pending_tools: BTreeMap::new(),
+            usage: Usage::default(),
+            last_error: None,
+        }
+    }
+
+    /// Folds a list of events into a state.
+    pub fn fold<'a>(id: SessionId, events: impl IntoIterator<Item = &'a StoredEvent>) -> Self {
+        let mut s = Self::new(id);
+        for e in events {
+            s.apply(e);
+        }
+        s
+    }
+
+    /// Tool calls waiting for the user's confirmation, by tool_use id.
+    pub fn pending_confirmations(&self) -> impl Iterator<Item = (&String, &PendingTool)> {
+        self.pending_tools
+            .iter()
+            .filter(|(_, t)| t.awaiting_confirmation)
+    }
+
+    /// Applies one record; an invalid one only counts.
+    pub fn apply_record(&mut self, record: &Record) {
+        match record {
+            Ok(e) => self.apply(e),
+            Err(bad) => {
+                self.invalid_records += 1;
+                self.event_count += 1;
+                self.last_seq = self.last_seq.max(bad.seq);
+            }
+        }
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, e: &StoredEvent) {
+        self.event_count += 1;
+        self.last_seq = self.last_seq.max(e.seq);
+        let pending = |kind, name: &str, permission: Option<EvaluatedPermission>| PendingTool {
+            kind,
+            name: name.to_string(),
+            seq: e.seq,
+            awaiting_confirmation: permission == Some(EvaluatedPermission::Ask),
+            confirmation: None,
+        };
+        match &e.event.body {
+            EventBody::SessionCreated(c) => {
+                self.title = c.title.clone();
+                self.metadata = c.metadata.clone();
+                self.config = Some(c.clone());
+            }
+            EventBody::SessionUpdated(u) => {
+                if let Some(t) = &u.title {
+                    self.title = Some(t.clone());
+                }
+                if let Some(m) = &u.metadata {
+                    self.metadata = m.clone();
+                }
+            }
+            EventBody::SessionStatusRunning(_) => self.set_status(Status::Running, None),
+            EventBody::SessionStatusIdle(i) => {
+                self.set_status(Status::Idle, Some(i.stop_reason.clone()))
+            }
+            EventBody::SessionStatusRescheduled(_) => self.set_status(Status::Rescheduling, None),
+            EventBody::SessionStatusTerminated(t) => {
+                self.status = Status::Terminated;
+                self.terminated_reason = Some(t.reason.clone());
+            }
+            EventBody::SessionError(err) => self.last_error = Some(err.error.message.clone()),
+            EventBody::SpanModelRequestEnd(end) => self.usage += end.model_usage,
+            EventBody::AgentToolUse(t) => {
+                self.pending_tools.insert(
+                    t.tool_use_id.clone(),
+                    pending(ToolKind::Sandbox, &t.name, t.evaluated_permission),
+                );
+            }
+            EventBody::AgentMcpToolUse(t) => {
+                self.pending_tools.insert(
+                    t.tool_use_id.clone(),
+                    pending(ToolKind::Mcp, &t.name, t.evaluated_permission),
+                );
+            }
+            EventBody::AgentCustomToolUse(t) => {
+                self.pending_tools.insert(
+                    t.tool_use_id.clone(),
+                    pending(ToolKind::Custom, &t.name, None),
+                );
+            }
+            EventBody::UserToolConfirmation(c) => {
+                if let Some(t) = self.pending_tools.get_mut(&c.tool_use_id) {
+                    if t.awaiting_confirmation {
+                        t.awaiting_confirmation = false;
+                        t.confirmation = Some(c.result.clone());
+                    }
+                }
+            }
+            EventBody::AgentToolResult(r) => {
+                self.pending_tools.remove(&r.tool_use_id);
+            }
+            EventBody::AgentMcpToolResult(r) => {
+                self.pending_tools.remove(&r.mcp_tool_use_id);
+            }
+            EventBody::UserCustomToolResult(r) => {
+                self.pending_tools.remove(&r.custom_tool_use_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// A terminated session stays terminated; later status events do not revive it.
+    fn set_status(&mut self, status: Status, stop_reason: Option<StopReason>) {
+        if self.status != Status::Terminated {
+            self.status = status;
+            self.stop_reason = stop_reason;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+
+    struct Given {
+        seq: u64,
+        events: Vec<StoredEvent>,
+    }
+
+    impl Given {
+        fn new() -> Self {
+            Self {
+                seq: 0,
+                events: Vec::new(),
+            }
+        }
+        fn then(mut self, body: impl Into<EventBody>) -> Self {
+            self.seq += 1;
+            self.events.push(StoredEvent {
+                session_id: SessionId::parse("s").unwrap(),
+                seq: self.seq,
+                event: Event::new(body),
+            });
+            self
+        }
+        fn state(&self) -> SessionState {
+            SessionState::fold(SessionId::parse("s").unwrap(), &self.events)
+        }
+    }
+
+    fn created() -> SessionCreated {
+        SessionCreated {
+            agent: AgentConfig {
+                model: "m".into(),
+                provider: None,
+                name: None,
+                system: None,
+                tools: vec![],
+                max_tokens: None,
+            },
+            environment: EnvironmentConfig::default(),
+            title: Some("t".into()),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    fn tool_use(id: &str, permission: Option<EvaluatedPermission>) -> AgentToolUse {
+        AgentToolUse {
+            tool_use_id: id.into(),
+            name: "bash".into(),
+            input: serde_json::json!({"command": "true"}),
+            evaluated_permission: permission,
+        }
+    }
+
+    #[test]
+    fn a_new_session_is_idle_with_its_config() {
+        let s = Given::new().then(created()).state();
+        assert_eq!(s.status, Status::Idle);
+        assert_eq!(s.title.as_deref(), Some("t"));
+        assert_eq!(s.config.unwrap().agent.model, "m");
+        assert_eq!((s.last_seq, s.event_count), (1, 1));
+    }
+
+    #[test]
+    fn status_follows_running_idle_and_terminated_is_final() {
+        let g = Given::new().then(created()).then(SessionStatusRunning {});
+        assert_eq!(g.state().status, Status::Running);
+        let g = g.then(SessionStatusIdle {
+            stop_reason: StopReason {
+                kind: "end_turn".into(),
+                event_ids: vec![],
+            },
+        });
+        let s = g.state();
+        assert_eq!(s.status, Status::Idle);
+        assert_eq!(s.stop_reason.unwrap().kind, "end_turn");
+        let s = g
+            .then(SessionStatusTerminated {
+                reason: "done".into(),
+            })
+            .then(SessionStatusRunning {})
+            .state();
+        assert_eq!(s.status, Status::Terminated);
+        assert_eq!(s.terminated_reason.as_deref(), Some("done"));
+    }
+
+    #[test]
+    fn tool_calls_are_pending_until_their_result() {
+        let g = Given::new()
+            .then(created())
+            .then(tool_use("t1", Some(EvaluatedPermission::Allow)))
+            .then(tool_use("t2", Some(EvaluatedPermission::Ask)))
+            .then(AgentCustomToolUse {
+                tool_use_id: "c1".into(),
+                name: "lookup".into(),
+                input: serde_json::json!({}),
+            });
+        let s = g.state();
+        assert_eq!(s.pending_tools.len(), 3);
+        assert_eq!(
+            s.pending_confirmations()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>(),
+            vec!["t2"]
+        );
+        assert_eq!(s.pending_tools["c1"].kind, ToolKind::Custom);
+        let s = g
+            .then(UserToolConfirmation {
+                tool_use_id: "t2".into(),
+                result: "deny".into(),
+                deny_message: None,
+            })
+            .then(AgentToolResult {
+                tool_use_id: "t1".into(),
+                content: vec![ContentBlock::text("ok")],
+                is_error: false,
+            })
+            .then(UserCustomToolResult {
+                custom_tool_use_id: "c1".into(),
+                content: vec![],
+                is_error: false,
+            })
+            .state();
+        assert_eq!(s.pending_tools.len(), 1);
+        let t2 = &s.pending_tools["t2"];
+        assert!(!t2.awaiting_confirmation);
+        assert_eq!(t2.confirmation.as_deref(), Some("deny"));
+    }
+
+    #[test]
+    fn usage_sums_model_requests() {
+        let end = |i, o| SpanModelRequestEnd {
+            model_request_start_id: None,
+            model_usage: Usage {
+                input_tokens: i,
+                output_tokens: o,
+                ..Default::default()
+            },
+            is_error: false,
+        };
+        let s = Given::new()
+            .then(created())
+            .then(end(10, 2))
+            .then(end(5, 1))
+            .state();
+        assert_eq!((s.usage.input_tokens, s.usage.output_tokens), (15, 3));
+    }
+
+    #[test]
+    fn unknown_events_and_invalid_records_do_not_break_the_fold() {
+        let mut s = Given::new().then(created()).state();
+        s.apply_record(&Err(InvalidRecord {
+            session_id: SessionId::parse("s").unwrap(),
+            seq: 7,
+            subject: "herd.session.s.user.message".into(),
+            error: "bad".into(),
+        }));
+        let unknown = Event::decode(br#"{"id":"x","type":"future.kind","a":1}"#).unwrap();
+        s.apply(&StoredEvent {
+            session_id: SessionId::parse("s").unwrap(),
+            seq: 8,
+            event: unknown,
+        });
+        assert_eq!((s.invalid_records, s.event_count, s.last_seq), (1, 3, 8));
+        assert_eq!(s.status, Status::Idle);
+    }
+}

@@ -1,0 +1,293 @@
+//! Stream, KV and object-store definitions, and applying them idempotently.
+//!
+//! The definitions are the JSON files in `streams/`, compiled in so a binary needs nothing
+//! beside it. Stream files are the server's own `StreamConfig` JSON, so `nats stream add
+//! --config streams/HERD_SESSIONS.json` creates the same stream. Every herd process applies them
+//! at start: creating what is missing, updating what differs, leaving the rest alone.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use serde::Deserialize;
+use serde_json::Value;
+
+const STREAM_FILES: &[(&str, &str)] = &[
+    (
+        "HERD_SESSIONS.json",
+        include_str!("../streams/HERD_SESSIONS.json"),
+    ),
+    ("HERD_WAKE.json", include_str!("../streams/HERD_WAKE.json")),
+    (
+        "HERD_TOOLS.json",
+        include_str!("../streams/HERD_TOOLS.json"),
+    ),
+];
+const BUCKETS_FILE: &str = include_str!("../streams/buckets.json");
+
+/// A KV bucket or object store, as `streams/buckets.json` describes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSpec {
+    /// `kv` or `object`.
+    pub kind: BucketKind,
+    /// The bucket's name.
+    pub bucket: String,
+    /// What it holds.
+    #[serde(default)]
+    pub description: String,
+    /// KV: how many values to keep per key.
+    #[serde(default)]
+    pub history: Option<i64>,
+    /// KV: enables per-key TTLs; the delete-marker TTL in milliseconds (at least 1000).
+    #[serde(default)]
+    pub ttl_markers_ms: Option<u64>,
+}
+
+/// The kinds of bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BucketKind {
+    /// A key-value bucket.
+    Kv,
+    /// An object store.
+    Object,
+}
+
+#[derive(Deserialize)]
+struct BucketsFile {
+    buckets: Vec<BucketSpec>,
+}
+
+/// Everything `herd streams apply` creates.
+#[derive(Debug, Clone)]
+pub struct Definitions {
+    /// Streams, in the order they are applied, with the JSON object each was read from (the
+    /// fields the definition sets, which are the ones compared with the server's).
+    pub streams: Vec<(stream::Config, serde_json::Map<String, Value>)>,
+    /// KV buckets and object stores.
+    pub buckets: Vec<BucketSpec>,
+}
+
+/// What applying one definition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// It did not exist and was created.
+    Created,
+    /// It existed with a different configuration and was updated.
+    Updated,
+    /// It existed as defined.
+    Unchanged,
+}
+
+/// One line of `herd streams apply`'s report.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `stream`, `kv` or `object`.
+    pub kind: &'static str,
+    /// The stream or bucket name.
+    pub name: String,
+    /// What was done.
+    pub action: Action,
+}
+
+/// Why applying failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamsError {
+    /// A definition file does not parse (a build-time mistake, caught by the unit tests).
+    #[error("definition {file} is invalid: {detail}")]
+    Definition {
+        /// The file.
+        file: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The server refused or failed.
+    #[error("cannot apply {kind} {name}: {detail}")]
+    Server {
+        /// `stream`, `kv` or `object`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The server's or client's message.
+        detail: String,
+    },
+}
+
+impl Definitions {
+    /// The compiled-in definitions, with every stream and bucket set to `replicas` copies.
+    pub fn load(replicas: usize) -> Result<Self, StreamsError> {
+        let mut streams = Vec::new();
+        for (file, text) in STREAM_FILES {
+            let bad = |e: serde_json::Error| StreamsError::Definition {
+                file,
+                detail: e.to_string(),
+            };
+            let mut raw: serde_json::Map<String, Value> =
+                serde_json::from_str(text).map_err(bad)?;
+            raw.insert("num_replicas".into(), Value::from(replicas));
+            let cfg: stream::Config =
+                serde_json::from_value(Value::Object(raw.clone())).map_err(bad)?;
+            streams.push((cfg, raw));
+        }
+        let buckets: BucketsFile =
+            serde_json::from_str(BUCKETS_FILE).map_err(|e| StreamsError::Definition {
+                file: "buckets.json",
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            streams,
+            buckets: buckets.buckets,
+        })
+    }
+}
+
+fn server_err(kind: &'static str, name: &str, e: impl std::fmt::Display) -> StreamsError {
+    StreamsError::Server {
+        kind,
+        name: name.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// True when every field the definition sets has the same value on the server. Fields it does
+/// not set are left to the server's defaults and not compared.
+fn matches(defined: &serde_json::Map<String, Value>, actual: &stream::Config) -> bool {
+    let Ok(Value::Object(have)) = serde_json::to_value(actual) else {
+        return false;
+    };
+    defined.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+async fn apply_stream(
+    js: &jetstream::Context,
+    cfg: &stream::Config,
+    defined: &serde_json::Map<String, Value>,
+) -> Result<Action, StreamsError> {
+    match js.get_stream(&cfg.name).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| server_err("stream", &cfg.name, e))?;
+            if matches(defined, &info.config) {
+                return Ok(Action::Unchanged);
+            }
+            js.update_stream(cfg.clone())
+                .await
+                .map_err(|e| server_err("stream", &cfg.name, e))?;
+            Ok(Action::Updated)
+        }
+        Err(e) if is_stream_not_found(&e) => {
+            js.create_stream(cfg.clone())
+                .await
+                .map_err(|e| server_err("stream", &cfg.name, e))?;
+            Ok(Action::Created)
+        }
+        Err(e) => Err(server_err("stream", &cfg.name, e)),
+    }
+}
+
+/// True when a `get_stream` failed because the stream does not exist (as opposed to a timeout).
+pub fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(je)
+        if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+async fn stream_exists(js: &jetstream::Context, name: &str) -> bool {
+    js.get_stream(name).await.is_ok()
+}
+
+async fn apply_bucket(
+    js: &jetstream::Context,
+    b: &BucketSpec,
+    replicas: usize,
+) -> Result<Outcome, StreamsError> {
+    match b.kind {
+        BucketKind::Kv => {
+            let existed = stream_exists(js, &format!("KV_{}", b.bucket)).await;
+            let cfg = kv::Config {
+                bucket: b.bucket.clone(),
+                description: b.description.clone(),
+                history: b.history.unwrap_or(1),
+                num_replicas: replicas,
+                limit_markers: b
+                    .ttl_markers_ms
+                    .map(|ms| Duration::from_millis(ms.max(1000))),
+                ..Default::default()
+            };
+            js.create_or_update_key_value(cfg)
+                .await
+                .map_err(|e| server_err("kv", &b.bucket, e))?;
+            Ok(Outcome {
+                kind: "kv",
+                name: b.bucket.clone(),
+                action: if existed {
+                    Action::Unchanged
+                } else {
+                    Action::Created
+                },
+            })
+        }
+        BucketKind::Object => {
+            if stream_exists(js, &format!("OBJ_{}", b.bucket)).await {
+                return Ok(Outcome {
+                    kind: "object",
+                    name: b.bucket.clone(),
+                    action: Action::Unchanged,
+                });
+            }
+            js.create_object_store(object_store::Config {
+                bucket: b.bucket.clone(),
+                description: Some(b.description.clone()),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| server_err("object", &b.bucket, e))?;
+            Ok(Outcome {
+                kind: "object",
+                name: b.bucket.clone(),
+                action: Action::Created,
+            })
+        }
+    }
+}
+
+/// Creates or updates every stream and bucket. Safe to run any number of times, from any number
+/// of processes at once.
+pub async fn apply(js: &jetstream::Context, replicas: usize) -> Result<Vec<Outcome>, StreamsError> {
+    let defs = Definitions::load(replicas)?;
+    let mut out = Vec::new();
+    for (cfg, defined) in &defs.streams {
+        let action = apply_stream(js, cfg, defined).await?;
+        out.push(Outcome {
+            kind: "stream",
+            name: cfg.name.clone(),
+            action,
+        });
+    }
+    for b in &defs.buckets {
+        out.push(apply_bucket(js, b, replicas).await?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_parse_with_the_promised_settings() {
+        let d = Definitions::load(3).unwrap();
+        let s = &d.streams[0].0;
+        assert_eq!(s.name, "HERD_SESSIONS");
+        assert_eq!(s.num_replicas, 3);
+        assert!(s.deny_delete && s.allow_direct && s.allow_atomic_publish);
+        assert_eq!(s.max_messages_per_subject, -1);
+        assert_eq!(s.max_age, Duration::ZERO);
+        assert_eq!(s.duplicate_window, Duration::from_secs(120));
+        assert_eq!(d.streams[1].0.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(d.streams[2].0.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(d.buckets.len(), 4);
+    }
+}

@@ -3,7 +3,6 @@
 use herd::event::{EventBody, Record, content_text};
 use herd::session::SessionState;
 use serde_json::json;
-use time::format_description::well_known::Rfc3339;
 
 /// The stream sequence of a record.
 pub fn seq_of(r: &Record) -> u64 {
@@ -106,7 +105,7 @@ pub fn print_record(r: &Record, as_json: bool) {
     }
     match r {
         Ok(e) => {
-            let at = e.event.processed_at.format(&Rfc3339).unwrap_or_default();
+            let at = herd::event::format_time(e.event.processed_at);
             println!(
                 "{:>8}  {}  {:<30} {}",
                 e.seq,

@@ -220,13 +220,15 @@ impl Event {
     }
 }
 
-/// Formats a time as RFC 3339 in UTC with millisecond precision.
-pub(crate) fn format_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let t = t
-        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_default()
+/// Formats a time as RFC 3339 in UTC with exactly three fractional digits
+/// (`2026-11-21T05:39:43.120Z`), so stored times have one shape and sort as strings.
+pub fn format_time(t: OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -250,6 +252,14 @@ mod tests {
         assert_eq!(back.id, e.id);
         assert_eq!(back.body, e.body);
         assert_eq!(format_time(back.processed_at), format_time(e.processed_at));
+    }
+
+    #[test]
+    fn times_have_three_fractional_digits() {
+        let t = OffsetDateTime::parse("2026-11-21T05:39:43.1204Z", &Rfc3339).unwrap();
+        assert_eq!(format_time(t), "2026-11-21T05:39:43.120Z");
+        let t = OffsetDateTime::parse("2026-11-21T07:39:43+02:00", &Rfc3339).unwrap();
+        assert_eq!(format_time(t), "2026-11-21T05:39:43.000Z");
     }
 
     #[test]

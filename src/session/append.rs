@@ -82,6 +82,9 @@ enum Sent {
     },
     /// The expected-sequence check failed; the actual last sequence when the server said it.
     Conflict(Option<u64>),
+    /// A batch was refused because some of its message ids are already stored (err_code
+    /// 10201): either this very step landed on an earlier attempt, or the caller reused ids.
+    IdsAlreadyStored(String),
 }
 
 /// err_codes that mean "try again" (nats-server errors.json).
@@ -102,6 +105,9 @@ fn classify(e: ApiError) -> Result<Sent, Failure> {
         )),
         // clustered: another expected-sequence write for this session is in flight
         10164 => Ok(Sent::Conflict(None)),
+        // atomic publish batch contains duplicate message id (checked against the stream's
+        // deduplication window, not only within the batch)
+        10201 => Ok(Sent::IdsAlreadyStored(e.description)),
         c if TRANSIENT_CODES.contains(&c) || e.code == 503 || e.code == 429 => Err(
             Failure::Transient(format!("{} (err_code {c})", e.description)),
         ),
@@ -275,9 +281,9 @@ impl SessionLog {
                 last_seq: seq,
                 duplicate,
             }),
-            Sent::Conflict(_) => Err(LogError::Rejected {
+            Sent::Conflict(_) | Sent::IdsAlreadyStored(_) => Err(LogError::Rejected {
                 err_code: 10071,
-                description: "unexpected sequence conflict on an unconditional append".into(),
+                description: "unexpected conflict on an unconditional append".into(),
             }),
         }
     }
@@ -346,6 +352,17 @@ impl SessionLog {
                     actual,
                 })
             }
+            Sent::IdsAlreadyStored(description) => {
+                if let Some(landed) = self.find_landed(session, expected_last, events).await? {
+                    return Ok(landed);
+                }
+                Err(LogError::Rejected {
+                    err_code: 10201,
+                    description: format!(
+                        "{description}: an event id of this step was already used by another event in the last two minutes"
+                    ),
+                })
+            }
         }
     }
 
@@ -369,8 +386,9 @@ impl SessionLog {
     }
 
     /// After a conflict: did this very step land already (a retry whose first attempt
-    /// succeeded but whose ack was lost)? On a single server the expected-sequence check runs
-    /// before deduplication, so such a retry reports a conflict rather than a duplicate.
+    /// succeeded but whose ack was lost)? Such a retry is not reported as a plain duplicate: on
+    /// a single server the expected-sequence check runs before deduplication (10071), and an
+    /// atomic batch with stored ids is refused outright (10201).
     async fn find_landed(
         &self,
         session: &SessionId,

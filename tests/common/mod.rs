@@ -1,0 +1,253 @@
+//! Shared test helpers: a real nats-server per test (random port, its own store, killed on drop)
+//! with herd's streams applied. Never a mock of NATS.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use herd::event::*;
+use herd::local_server::{LocalServer, ServerOptions};
+use herd::session::{RetryPolicy, SessionLog};
+use serde_json::json;
+
+/// A running server and a log opened on it.
+pub struct TestNats {
+    pub server: LocalServer,
+    pub client: async_nats::Client,
+    pub log: SessionLog,
+}
+
+/// Tracing for tests, shown with `TEST_LOG=debug`.
+pub fn init_tracing() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl TestNats {
+    pub async fn start() -> Self {
+        init_tracing();
+        let server = LocalServer::start(ServerOptions::default()).expect("start nats-server");
+        let client = connect(&server.url()).await;
+        herd::streams::apply(&async_nats::jetstream::new(client.clone()), 1)
+            .await
+            .expect("apply streams");
+        let log = open_log(client.clone()).await;
+        Self {
+            server,
+            client,
+            log,
+        }
+    }
+
+    /// Another connection, as another process would have.
+    pub async fn second_log(&self) -> SessionLog {
+        open_log(connect(&self.server.url()).await).await
+    }
+}
+
+pub async fn connect(url: &str) -> async_nats::Client {
+    herd::config::NatsConfig {
+        url: url.to_string(),
+        request_timeout_ms: 1_000,
+        ..Default::default()
+    }
+    .connect("herd-test")
+    .await
+    .expect("connect")
+}
+
+/// A log whose requests time out after 1 s, so tests that kill the server move on quickly.
+pub async fn open_log(client: async_nats::Client) -> SessionLog {
+    SessionLog::open(client)
+        .await
+        .expect("open log")
+        .with_request_timeout(Duration::from_secs(1))
+        .with_retry(RetryPolicy {
+            max_elapsed: Duration::from_secs(60),
+            ..Default::default()
+        })
+}
+
+pub fn agent() -> AgentConfig {
+    AgentConfig {
+        model: "test-model".into(),
+        provider: Some("scripted".into()),
+        name: Some("tester".into()),
+        system: Some("be brief".into()),
+        tools: vec![ToolConfig {
+            name: "bash".into(),
+            kind: "builtin".into(),
+            description: None,
+            input_schema: None,
+            permission_policy: PermissionPolicy::AlwaysAsk,
+        }],
+        max_tokens: Some(1024),
+    }
+}
+
+pub fn created() -> Event {
+    Event::new(SessionCreated {
+        agent: agent(),
+        environment: EnvironmentConfig {
+            image: Some("herd-sandbox:busybox".into()),
+        },
+        title: Some("a test".into()),
+        metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
+    })
+}
+
+pub fn text(s: &str) -> Vec<ContentBlock> {
+    vec![ContentBlock::text(s)]
+}
+
+pub fn user(s: &str) -> Event {
+    Event::new(UserMessage { content: text(s) })
+}
+
+pub fn agent_msg(s: &str) -> Event {
+    Event::new(AgentMessage { content: text(s) })
+}
+
+/// A new session with its `session.created` event; returns its id and last sequence.
+pub async fn new_session(log: &SessionLog) -> (SessionId, u64) {
+    let id = SessionId::generate();
+    let a = log.create(&id, &created()).await.expect("create session");
+    (id, a.last_seq)
+}
+
+/// One event of every type herd knows, with every field filled.
+pub fn one_of_each() -> Vec<Event> {
+    let usage = Usage {
+        input_tokens: 10,
+        output_tokens: 20,
+        cache_creation_input_tokens: 3,
+        cache_read_input_tokens: 4,
+    };
+    let thinking = ContentBlock::from_object(
+        json!({"type": "thinking", "thinking": "hmm", "signature": "c2ln"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let bodies: Vec<EventBody> = vec![
+        created().body,
+        UserMessage {
+            content: text("hi"),
+        }
+        .into(),
+        UserInterrupt {}.into(),
+        UserToolConfirmation {
+            tool_use_id: "toolu_1".into(),
+            result: "deny".into(),
+            deny_message: Some("no".into()),
+        }
+        .into(),
+        UserCustomToolResult {
+            custom_tool_use_id: "toolu_2".into(),
+            content: text("42"),
+            is_error: true,
+        }
+        .into(),
+        SystemMessage {
+            content: text("ctx"),
+        }
+        .into(),
+        AgentMessage {
+            content: text("hello"),
+        }
+        .into(),
+        AgentThinking {
+            content: vec![thinking],
+        }
+        .into(),
+        AgentToolUse {
+            tool_use_id: "toolu_1".into(),
+            name: "bash".into(),
+            input: json!({"command": "ls -la", "n": [1, 2.5, null, true]}),
+            evaluated_permission: Some(EvaluatedPermission::Ask),
+        }
+        .into(),
+        AgentToolResult {
+            tool_use_id: "toolu_1".into(),
+            content: text("total 0"),
+            is_error: false,
+        }
+        .into(),
+        AgentCustomToolUse {
+            tool_use_id: "toolu_2".into(),
+            name: "lookup".into(),
+            input: json!({"q": "x"}),
+        }
+        .into(),
+        AgentMcpToolUse {
+            tool_use_id: "mcptoolu_1".into(),
+            mcp_server_name: "github".into(),
+            name: "list_issues".into(),
+            input: json!({}),
+            evaluated_permission: Some(EvaluatedPermission::Allow),
+        }
+        .into(),
+        AgentMcpToolResult {
+            mcp_tool_use_id: "mcptoolu_1".into(),
+            content: text("[]"),
+            is_error: false,
+        }
+        .into(),
+        AgentThreadContextCompacted {
+            summary: "earlier: greetings".into(),
+            compacted_up_to: 7,
+        }
+        .into(),
+        SessionStatusRunning {}.into(),
+        SessionStatusIdle {
+            stop_reason: StopReason {
+                kind: "requires_action".into(),
+                event_ids: vec!["sevt_x".into()],
+            },
+        }
+        .into(),
+        SessionStatusRescheduled {
+            reason: Some("overloaded".into()),
+        }
+        .into(),
+        SessionStatusTerminated {
+            reason: "done".into(),
+        }
+        .into(),
+        SessionError {
+            error: ErrorInfo {
+                kind: "model_overloaded_error".into(),
+                message: "529".into(),
+            },
+            retry_status: Some(RetryStatus {
+                kind: "retrying".into(),
+                attempt: Some(2),
+                retry_in_ms: Some(1500),
+            }),
+        }
+        .into(),
+        SessionUsage { usage }.into(),
+        SessionUpdated {
+            title: Some("new".into()),
+            metadata: Some(BTreeMap::from([("a".to_string(), "b".to_string())])),
+        }
+        .into(),
+        SpanModelRequestStart {
+            model: Some("m".into()),
+        }
+        .into(),
+        SpanModelRequestEnd {
+            model_request_start_id: Some("sevt_y".into()),
+            model_usage: usage,
+            is_error: false,
+        }
+        .into(),
+    ];
+    bodies.into_iter().map(Event::new).collect()
+}

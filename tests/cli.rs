@@ -1,0 +1,249 @@
+//! The `herd` binary against a real nats-server: what a person at a terminal sees.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use herd::event::Event;
+
+struct Herd {
+    url: String,
+}
+
+impl Herd {
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, b"")
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+            .args(args)
+            .env("HERD_NATS_URL", &self.url)
+            .env_remove("HERD_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "herd {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn fails(&self, args: &[&str], code: i32, want: &str) {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "herd {args:?}: {err}");
+        assert!(err.contains(want), "herd {args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_from_the_command_line() {
+    let t = TestNats::start().await;
+    let herd = Herd {
+        url: t.server.url(),
+    };
+    let applied = herd.ok(&["streams", "apply"]);
+    assert!(
+        applied.contains("HERD_SESSIONS") && applied.contains("Unchanged"),
+        "{applied}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent.json");
+    std::fs::write(
+        &agent,
+        r#"{"model": "from-file", "system": "be brief", "tools": [{"name": "bash", "permission_policy": "always_ask"}]}"#,
+    )
+    .unwrap();
+    let id = herd.ok(&[
+        "session",
+        "create",
+        "--id",
+        "cli-1",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--title",
+        "from the cli",
+        "--metadata",
+        "team=infra",
+    ]);
+    assert_eq!(id.trim(), "cli-1");
+    let sent = herd.ok(&[
+        "session",
+        "send",
+        "cli-1",
+        "hello there",
+        "--event-id",
+        "msg-1",
+    ]);
+    assert!(sent.starts_with("msg-1 at sequence 2"), "{sent}");
+    let again = herd.ok(&[
+        "session",
+        "send",
+        "cli-1",
+        "hello there",
+        "--event-id",
+        "msg-1",
+    ]);
+    assert!(again.contains("(already there)"), "{again}");
+
+    let events = herd.ok(&["session", "events", "cli-1"]);
+    let lines: Vec<&str> = events.lines().collect();
+    assert_eq!(lines.len(), 2, "{events}");
+    assert!(lines[0].contains("session.created") && lines[0].contains("model=from-file"));
+    assert!(lines[1].contains("user.message") && lines[1].contains("hello there"));
+
+    let json = herd.ok(&[
+        "session",
+        "events",
+        "cli-1",
+        "--json",
+        "--type",
+        "user.message",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["seq"], 2);
+    assert_eq!(v["event"]["id"], "msg-1");
+    assert_eq!(v["event"]["content"][0]["text"], "hello there");
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&herd.ok(&["session", "show", "cli-1", "--json"])).unwrap();
+    assert_eq!(shown["status"], "idle");
+    assert_eq!(shown["event_count"], 2);
+    assert_eq!(shown["config"]["agent"]["model"], "from-file");
+    assert_eq!(
+        shown["config"]["agent"]["tools"][0]["permission_policy"],
+        "always_ask"
+    );
+    let text = herd.ok(&["session", "show", "cli-1"]);
+    assert!(
+        text.contains("title        from the cli") && text.contains("team=infra"),
+        "{text}"
+    );
+
+    let generated = herd.ok(&["session", "create"]);
+    let list = herd.ok(&["session", "list"]);
+    assert!(
+        list.contains("cli-1  2 events") && list.contains(generated.trim()),
+        "{list}"
+    );
+
+    // `herd decode` turns a stored payload into JSON, for `nats … --translate 'herd decode'`.
+    let e = user("decode me");
+    let out = herd.run_with_stdin(&["decode"], &e.encode());
+    assert!(out.status.success());
+    let decoded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decoded["type"], "user.message");
+    assert_eq!(decoded["content"][0]["text"], "decode me");
+    assert_eq!(Event::from_json(decoded).unwrap().id, e.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistakes_get_clear_errors() {
+    let t = TestNats::start().await;
+    let herd = Herd {
+        url: t.server.url(),
+    };
+    herd.ok(&["session", "create", "--id", "s1"]);
+    herd.fails(
+        &["session", "create", "--id", "s1"],
+        1,
+        "session s1 already exists",
+    );
+    herd.fails(&["session", "create", "--id", "a.b"], 1, "contains '.'");
+    herd.fails(
+        &["session", "send", "nope", "hi"],
+        1,
+        "session nope does not exist",
+    );
+    herd.fails(&["session", "send", "s1", "  "], 1, "the message is empty");
+    herd.fails(
+        &["session", "send", "s1", "x", "--event-id", "a b"],
+        1,
+        "event id",
+    );
+    herd.fails(&["session", "events", "nope"], 1, "does not exist");
+    herd.fails(
+        &["session", "events", "s1", "--type", "NOPE"],
+        1,
+        "not valid",
+    );
+    herd.fails(&["session", "show", "nope"], 1, "does not exist");
+    herd.fails(
+        &["session", "create", "--metadata", "novalue"],
+        1,
+        "not KEY=VALUE",
+    );
+    herd.fails(
+        &["session", "events", "s1", "--last", "2", "--limit", "3"],
+        2,
+        "cannot be used with",
+    );
+    herd.fails(&["no-such-command"], 2, "unrecognized subcommand");
+
+    let out = herd.run_with_stdin(&["decode"], b"\xc1 not msgpack");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid MessagePack"));
+
+    // A bad config file names the key, never a secret's value.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("herd.toml");
+    std::fs::write(
+        &cfg,
+        "[nats]\nurl = 'nats://127.0.0.1:1'\npasword = 'canary-secret-value'\n",
+    )
+    .unwrap();
+    let out = herd.run(&["--config", cfg.to_str().unwrap(), "session", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("pasword") && !err.contains("canary-secret-value"),
+        "{err}"
+    );
+
+    // Nothing listening: a clear error, not a hang.
+    let nobody = Herd {
+        url: "nats://127.0.0.1:1".into(),
+    };
+    nobody_fails(&nobody);
+}
+
+fn nobody_fails(herd: &Herd) {
+    let out = herd.run(&["session", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_benchmark_runs_and_reports() {
+    // A miniature run: checks the benchmark works end to end, not how fast anything is.
+    let report = herd::bench::log::run(herd::bench::log::Params {
+        appends: 20,
+        session_events: 300,
+        background: 3_000,
+        replays: 2,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.append_step_1.n, 20);
+    assert_eq!(report.raw_publish.n, 20);
+    assert_eq!(report.replay_herd.n, 2);
+    assert!(report.stream_messages >= 3_300);
+    assert!(report.replay_ratio > 0.0 && report.append_p50_ratio > 0.0);
+    let table = report.table();
+    assert!(table.contains("ratio herd / raw"), "{table}");
+}

@@ -76,6 +76,11 @@ pub struct Report {
     pub replay_raw_ordered: Summary,
     /// herd median over raw-ordered median.
     pub replay_ratio: f64,
+    /// Raw batched direct get of the same messages, no decode: the server's share of herd's
+    /// replay.
+    pub replay_raw_direct_get: Summary,
+    /// herd's decode and fold alone, on records already in memory: its own share.
+    pub decode_fold: Summary,
 }
 
 fn text_of(n: usize, i: usize) -> String {
@@ -206,7 +211,8 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         "replaying the {expected}-event session {} times each way…",
         params.replays
     );
-    let (mut herd_t, mut raw_t) = (vec![], vec![]);
+    let (mut herd_t, mut raw_t, mut direct_t, mut decode_t) = (vec![], vec![], vec![], vec![]);
+    let filter = subjects::session_filter(&target);
     for _ in 0..params.replays {
         let t = Instant::now();
         let records = log.read_from(&target, 1).await?;
@@ -223,9 +229,28 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         );
 
         let t = Instant::now();
-        let n = raw_ordered_read(&stream, &subjects::session_filter(&target)).await?;
+        let n = raw_ordered_read(&stream, &filter).await?;
         raw_t.push(t.elapsed());
         anyhow::ensure!(n == expected, "raw replay read {n}, expected {expected}");
+
+        let t = Instant::now();
+        let payloads = raw_direct_get(&client, &filter).await?;
+        direct_t.push(t.elapsed());
+        anyhow::ensure!(
+            payloads.len() as u64 == expected,
+            "direct get read {}",
+            payloads.len()
+        );
+
+        let t = Instant::now();
+        let mut state = SessionState::new(target.clone());
+        for (subject, seq, payload) in &payloads {
+            if let Some(r) = crate::session::decode_record(subject, *seq, payload) {
+                state.apply_record(&r);
+            }
+        }
+        decode_t.push(t.elapsed());
+        anyhow::ensure!(state.invalid_records == 0 && state.event_count == expected);
     }
     let (replay_herd, replay_raw_ordered) = (Summary::of(&herd_t), Summary::of(&raw_t));
     Ok(Report {
@@ -242,7 +267,60 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         replay_ratio: ratio(replay_herd.p50_us, replay_raw_ordered.p50_us),
         replay_herd,
         replay_raw_ordered,
+        replay_raw_direct_get: Summary::of(&direct_t),
+        decode_fold: Summary::of(&decode_t),
     })
+}
+
+/// Raw batched direct get of every message on `filter`, without decoding.
+async fn raw_direct_get(
+    client: &async_nats::Client,
+    filter: &str,
+) -> anyhow::Result<Vec<(String, u64, bytes::Bytes)>> {
+    let mut out = Vec::new();
+    let mut next = 1u64;
+    loop {
+        let inbox = client.new_inbox();
+        let mut sub = client.subscribe(inbox.clone()).await?;
+        let req = serde_json::json!({"seq": next, "batch": 10_000, "next_by_subj": filter});
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", subjects::SESSIONS_STREAM),
+                inbox,
+                serde_json::to_vec(&req)?.into(),
+            )
+            .await?;
+        let mut pending = 0;
+        while let Some(m) = tokio::time::timeout(Duration::from_secs(10), sub.next()).await? {
+            if let Some(status) = m.status {
+                if status.as_u16() == 204 {
+                    pending = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Num-Pending"))
+                        .and_then(|v| v.as_str().parse().ok())
+                        .unwrap_or(0);
+                }
+                break;
+            }
+            let h = m
+                .headers
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no headers"))?;
+            let seq: u64 = h
+                .get("Nats-Sequence")
+                .map_or(Ok(0), |v| v.as_str().parse())?;
+            let subject = h
+                .get("Nats-Subject")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            next = seq + 1;
+            out.push((subject, seq, m.payload));
+        }
+        if pending == 0 {
+            return Ok(out);
+        }
+    }
 }
 
 /// The raw primitive: an ordered consumer on the session's subjects, read until caught up.
@@ -309,6 +387,14 @@ impl Report {
             &self.replay_raw_ordered,
         ));
         t.push_str(&row("herd read + decode + fold", &self.replay_herd));
+        t.push_str(&row(
+            "  of which: raw direct get (no decode)",
+            &self.replay_raw_direct_get,
+        ));
+        t.push_str(&row(
+            "  of which: decode + fold in memory",
+            &self.decode_fold,
+        ));
         t.push_str(&format!(
             "  ratio herd / raw (medians):           {:.2}x   (target: within 1.3x, under 150 ms)\n",
             self.replay_ratio

@@ -16,7 +16,7 @@ use async_nats::jetstream;
 
 pub use append::Appended;
 pub use error::{LogError, MAX_STEP_EVENTS};
-pub use read::{READ_BATCH, Slice};
+pub use read::{READ_BATCH, Slice, to_record as decode_record};
 pub use retry::RetryPolicy;
 pub use state::{PendingTool, SessionState, Status, ToolKind};
 

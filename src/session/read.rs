@@ -40,9 +40,10 @@ pub struct Slice {
     pub limit: Option<usize>,
 }
 
-/// Turns a stored message into a record, never failing: a message that is not a valid event
-/// becomes an [`InvalidRecord`] saying why.
-pub(crate) fn to_record(subject: &str, seq: u64, payload: &[u8]) -> Option<Record> {
+/// Turns a stored message (its subject, sequence and payload) into a record, never failing: a
+/// message that is not a valid event becomes an [`InvalidRecord`] saying why. `None` when the
+/// subject is not a session subject at all.
+pub fn to_record(subject: &str, seq: u64, payload: &[u8]) -> Option<Record> {
     let (session_id, subject_type) = subjects::parse_session_subject(subject)?;
     let invalid = |error: String| InvalidRecord {
         session_id: session_id.clone(),

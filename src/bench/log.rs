@@ -105,14 +105,7 @@ fn message_event(i: usize) -> Event {
 
 fn created() -> Event {
     Event::new(SessionCreated {
-        agent: AgentConfig {
-            model: "bench".into(),
-            provider: None,
-            name: None,
-            system: None,
-            tools: vec![],
-            max_tokens: None,
-        },
+        agent: AgentConfig::new("bench"),
         environment: EnvironmentConfig::default(),
         title: None,
         metadata: Default::default(),
@@ -349,10 +342,10 @@ impl Report {
         let ms = |us: f64| us / 1000.0;
         let row = |name: &str, s: &Summary| {
             format!(
-                "  {name:<38} p50 {:>8.3} ms   p99 {:>8.3} ms   mean {:>8.3} ms\n",
+                "  {name:<38} p50 {:>8.3} ms   p99 {:>8.3} ms   min {:>8.3} ms\n",
                 ms(s.p50_us),
                 ms(s.p99_us),
-                ms(s.mean_us)
+                ms(s.min_us)
             )
         };
         let mut t = String::new();

@@ -129,14 +129,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             };
             let mut agent = match agent {
                 Some(path) => load_agent(&path)?,
-                None => AgentConfig {
-                    model: DEFAULT_MODEL.into(),
-                    provider: None,
-                    name: None,
-                    system: None,
-                    tools: vec![],
-                    max_tokens: None,
-                },
+                None => AgentConfig::new(DEFAULT_MODEL),
             };
             if let Some(m) = model {
                 agent.model = m;

@@ -167,6 +167,20 @@ pub struct AgentConfig {
     pub max_tokens: Option<u32>,
 }
 
+impl AgentConfig {
+    /// An agent on `model` with no system prompt and no tools.
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            provider: None,
+            name: None,
+            system: None,
+            tools: Vec::new(),
+            max_tokens: None,
+        }
+    }
+}
+
 /// Where the agent's tools run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EnvironmentConfig {

@@ -84,6 +84,24 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// Removes a required string field from an event object.
+fn take_string(
+    fields: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<String, DecodeError> {
+    match fields.remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        Some(v) => Err(DecodeError::Field {
+            field,
+            problem: format!("{}, not a string", kind_of(&v)),
+        }),
+        None => Err(DecodeError::Field {
+            field,
+            problem: "missing".into(),
+        }),
+    }
+}
+
 /// Parses a payload (MessagePack or JSON) into a JSON value, without interpreting it.
 pub fn decode_to_json(payload: &[u8]) -> Result<Value, DecodeError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
@@ -154,45 +172,16 @@ impl Event {
                 });
             }
         };
-        let id = match fields.remove("id") {
-            Some(Value::String(s)) => EventId::parse(s).map_err(|e| DecodeError::Field {
+        let id =
+            EventId::parse(take_string(&mut fields, "id")?).map_err(|e| DecodeError::Field {
                 field: "id",
                 problem: format!("invalid: {e}"),
-            })?,
-            Some(v) => {
-                return Err(DecodeError::Field {
-                    field: "id",
-                    problem: format!("{}, not a string", kind_of(&v)),
-                });
-            }
-            None => {
-                return Err(DecodeError::Field {
-                    field: "id",
-                    problem: "missing".into(),
-                });
-            }
-        };
-        let type_name = match fields.remove("type") {
-            Some(Value::String(s)) => {
-                check_type_name(&s).map_err(|problem| DecodeError::Field {
-                    field: "type",
-                    problem,
-                })?;
-                s
-            }
-            Some(v) => {
-                return Err(DecodeError::Field {
-                    field: "type",
-                    problem: format!("{}, not a string", kind_of(&v)),
-                });
-            }
-            None => {
-                return Err(DecodeError::Field {
-                    field: "type",
-                    problem: "missing".into(),
-                });
-            }
-        };
+            })?;
+        let type_name = take_string(&mut fields, "type")?;
+        check_type_name(&type_name).map_err(|problem| DecodeError::Field {
+            field: "type",
+            problem,
+        })?;
         let processed_at = match fields.remove("processed_at") {
             Some(Value::String(s)) => {
                 OffsetDateTime::parse(&s, &Rfc3339).map_err(|e| DecodeError::Field {

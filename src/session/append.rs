@@ -182,9 +182,13 @@ impl SessionLog {
         })
     }
 
-    async fn request(&self, m: &Outgoing, headers: HeaderMap) -> Result<Sent, Failure> {
-        let reply = self
-            .client
+    /// Sends `m` with `headers` as a request and returns the raw reply.
+    async fn raw_request(
+        &self,
+        m: &Outgoing,
+        headers: HeaderMap,
+    ) -> Result<async_nats::Message, Failure> {
+        self.client
             .send_request(
                 m.subject.clone(),
                 async_nats::Request::new()
@@ -193,8 +197,11 @@ impl SessionLog {
                     .timeout(Some(self.request_timeout)),
             )
             .await
-            .map_err(request_failure)?;
-        parse_reply(&reply.payload)
+            .map_err(request_failure)
+    }
+
+    async fn request(&self, m: &Outgoing, headers: HeaderMap) -> Result<Sent, Failure> {
+        parse_reply(&self.raw_request(m, headers).await?.payload)
     }
 
     /// Sends one message, optionally with a session-wide expectation.
@@ -237,17 +244,7 @@ impl SessionLog {
                 return self.request(m, h).await;
             }
             if pos == 1 {
-                let reply = self
-                    .client
-                    .send_request(
-                        m.subject.clone(),
-                        async_nats::Request::new()
-                            .headers(h)
-                            .payload(m.payload.clone())
-                            .timeout(Some(self.request_timeout)),
-                    )
-                    .await
-                    .map_err(request_failure)?;
+                let reply = self.raw_request(m, h).await?;
                 if !reply.payload.is_empty() {
                     // The batch was refused at its start; the reply says why.
                     return parse_reply(&reply.payload);

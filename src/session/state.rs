@@ -251,14 +251,7 @@ mod tests {
 
     fn created() -> SessionCreated {
         SessionCreated {
-            agent: AgentConfig {
-                model: "m".into(),
-                provider: None,
-                name: None,
-                system: None,
-                tools: vec![],
-                max_tokens: None,
-            },
+            agent: AgentConfig::new("m"),
             environment: EnvironmentConfig::default(),
             title: Some("t".into()),
             metadata: BTreeMap::new(),

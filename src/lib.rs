@@ -12,9 +12,12 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod brain;
 pub mod config;
 pub mod event;
+pub mod jobs;
 pub mod local_server;
 pub mod session;
 pub mod streams;
 pub mod subjects;
+pub mod testkit;

@@ -21,6 +21,10 @@ const STREAM_FILES: &[(&str, &str)] = &[
         "HERD_TOOLS.json",
         include_str!("../streams/HERD_TOOLS.json"),
     ),
+    (
+        "HERD_DEADLETTER.json",
+        include_str!("../streams/HERD_DEADLETTER.json"),
+    ),
 ];
 const BUCKETS_FILE: &str = include_str!("../streams/buckets.json");
 
@@ -288,6 +292,7 @@ mod tests {
         assert_eq!(s.duplicate_window, Duration::from_secs(120));
         assert_eq!(d.streams[1].0.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(d.streams[2].0.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(d.streams[3].0.name, "HERD_DEADLETTER");
         assert_eq!(d.buckets.len(), 4);
     }
 }

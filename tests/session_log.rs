@@ -517,7 +517,7 @@ async fn streams_apply_is_idempotent() {
     let t = TestNats::start().await;
     let js = async_nats::jetstream::new(t.client.clone());
     let outcomes = herd::streams::apply(&js, 1).await.unwrap();
-    assert_eq!(outcomes.len(), 7);
+    assert_eq!(outcomes.len(), 8);
     for o in outcomes {
         assert_eq!(
             o.action,

@@ -48,6 +48,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: session::SessionCmd,
     },
+    /// Run a brain worker: take wakes, replay sessions, call the model, append its steps.
+    /// Start as many as you like; they share the `brain` consumer.
+    Brain(BrainArgs),
     /// Decode one event payload (MessagePack or JSON) from stdin into JSON on stdout, e.g. for
     /// `nats sub --translate 'herd decode'`.
     Decode {
@@ -60,6 +63,34 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+}
+
+#[derive(Args)]
+struct BrainArgs {
+    /// Wakes handled at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds a wake may go without an ack or heartbeat before another brain gets it.
+    #[arg(long, default_value_t = 30)]
+    ack_wait_secs: u64,
+    /// Deliveries of one wake before herd gives up on it and reports a session.error.
+    #[arg(long, default_value_t = 5)]
+    max_deliver: i64,
+    /// Redelivery delays in seconds, comma-separated (e.g. 1,5,30); empty for ack_wait each time.
+    #[arg(long, value_delimiter = ',')]
+    backoff_secs: Vec<u64>,
+    /// Failed model requests in a row before the turn ends with retries_exhausted.
+    #[arg(long, default_value_t = 5)]
+    max_model_attempts: u32,
+    /// Sessions kept replayed in memory.
+    #[arg(long, default_value_t = 1024)]
+    cache_sessions: usize,
+    /// Longest wait for a model's first byte or between two streamed chunks, in seconds.
+    #[arg(long, default_value_t = 60)]
+    model_idle_timeout_secs: u64,
+    /// Longest model request, in seconds.
+    #[arg(long, default_value_t = 600)]
+    model_timeout_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +171,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Session { cmd } => {
             let client = connect(&cli.global).await?;
             session::run(client, cmd).await
+        }
+        Cmd::Brain(a) => {
+            let client = nats_config(&cli.global)?.connect("herd-brain").await?;
+            let js = async_nats::jetstream::new(client.clone());
+            herd::streams::apply(&js, 1).await?;
+            let mut providers = herd::brain::provider::ProviderSettings::from_env();
+            providers.timeouts = herd::brain::provider::Timeouts {
+                idle: std::time::Duration::from_secs(a.model_idle_timeout_secs.max(1)),
+                total: std::time::Duration::from_secs(a.model_timeout_secs.max(1)),
+            };
+            let config = herd::brain::BrainConfig {
+                ack_wait: std::time::Duration::from_secs(a.ack_wait_secs.max(1)),
+                max_deliver: a.max_deliver.max(1),
+                backoff: a
+                    .backoff_secs
+                    .iter()
+                    .map(|s| std::time::Duration::from_secs(*s))
+                    .collect(),
+                concurrency: a.concurrency.max(1),
+                cache_sessions: a.cache_sessions,
+                max_model_attempts: a.max_model_attempts.max(1),
+                providers,
+                ..Default::default()
+            };
+            let brain = herd::brain::Brain::new(client, config).await?;
+            eprintln!("herd brain: taking wakes (Ctrl-C to stop)");
+            brain
+                .run(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+            Ok(())
         }
         Cmd::Decode { pretty } => decode(pretty),
         Cmd::Bench {

@@ -7,8 +7,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures_util::StreamExt;
 use herd::event::{
-    AgentConfig, ContentBlock, EnvironmentConfig, Event, EventId, SessionCreated, SessionId,
-    UserMessage,
+    AgentConfig, ContentBlock, EnvironmentConfig, Event, EventId, PermissionPolicy, SessionCreated,
+    SessionId, ToolConfig, UserCustomToolResult, UserInterrupt, UserMessage, UserToolConfirmation,
 };
 use herd::session::{SessionLog, Slice};
 
@@ -43,8 +43,15 @@ pub enum SessionCmd {
         /// Metadata as key=value (repeatable).
         #[arg(long = "metadata", value_name = "KEY=VALUE")]
         metadata: Vec<String>,
+        /// The model provider: anthropic, openai or scripted [default: from the model name].
+        #[arg(long)]
+        provider: Option<String>,
+        /// A built-in tool the agent may use (repeatable): bash, read, write, edit, glob, grep;
+        /// append `:ask` to require the user's confirmation for each call (bash:ask).
+        #[arg(long = "tool", value_name = "NAME[:ask]")]
+        tools: Vec<String>,
     },
-    /// Append a user message to a session.
+    /// Append a user message to a session and wake it.
     Send {
         /// The session.
         id: String,
@@ -53,6 +60,36 @@ pub enum SessionCmd {
         /// The event id, to make retries of this command idempotent; generated when absent.
         #[arg(long)]
         event_id: Option<String>,
+    },
+    /// Stop a session's running turn at the next step boundary.
+    Interrupt {
+        /// The session.
+        id: String,
+    },
+    /// Allow or deny a tool call that waits for confirmation.
+    Confirm {
+        /// The session.
+        id: String,
+        /// The tool_use id (from the agent.tool_use event).
+        tool_use_id: String,
+        /// allow or deny.
+        #[arg(value_parser = ["allow", "deny"])]
+        decision: String,
+        /// For a denial: what the model is told.
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// Answer a custom tool call.
+    ToolResult {
+        /// The session.
+        id: String,
+        /// The tool_use id (from the agent.custom_tool_use event).
+        tool_use_id: String,
+        /// The result text.
+        text: String,
+        /// The tool failed.
+        #[arg(long)]
+        error: bool,
     },
     /// Print a session's events.
     Events {
@@ -111,6 +148,26 @@ fn load_agent(path: &Path) -> anyhow::Result<AgentConfig> {
     parsed.with_context(|| format!("{} is not a valid agent configuration", path.display()))
 }
 
+/// Appends a user event to an existing, live session and wakes it.
+async fn send_fact(log: &SessionLog, id: &str, event: &Event) -> anyhow::Result<()> {
+    let id = parse_session(id)?;
+    let counts = log.count_by_type(&id).await?;
+    if counts.is_empty() {
+        bail!("session {id} does not exist");
+    }
+    if counts.contains_key("session.status_terminated") {
+        bail!("session {id} is terminated and takes no more events");
+    }
+    let a = log.append_fact(&id, event).await?;
+    let js = async_nats::jetstream::new(log.client().clone());
+    herd::brain::wake::publish(&js, &id, a.last_seq)
+        .await
+        .context("the event is stored, but waking the session failed")?;
+    let note = if a.duplicate { " (already there)" } else { "" };
+    println!("{} at sequence {}{note}", event.id, a.last_seq);
+    Ok(())
+}
+
 pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<()> {
     let log = SessionLog::open(client).await?;
     match cmd {
@@ -122,6 +179,8 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             image,
             title,
             metadata,
+            provider,
+            tools,
         } => {
             let id = match id {
                 Some(id) => parse_session(&id)?,
@@ -136,6 +195,34 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             }
             if system.is_some() {
                 agent.system = system;
+            }
+            if provider.is_some() {
+                agent.provider = provider;
+            }
+            herd::brain::provider::ProviderKind::for_agent(agent.provider.as_deref(), &agent.model)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            for t in tools {
+                let (name, ask) = match t.split_once(':') {
+                    Some((n, "ask")) => (n, true),
+                    Some((_, other)) => bail!("tool {t:?}: unknown option {other:?} (only :ask)"),
+                    None => (t.as_str(), false),
+                };
+                if herd::brain::context::builtin_tool(name).is_none() {
+                    bail!(
+                        "{name:?} is not a built-in tool (bash, read, write, edit, glob, grep); custom tools go in --agent"
+                    );
+                }
+                agent.tools.push(ToolConfig {
+                    name: name.to_string(),
+                    kind: "builtin".into(),
+                    description: None,
+                    input_schema: None,
+                    permission_policy: if ask {
+                        PermissionPolicy::AlwaysAsk
+                    } else {
+                        PermissionPolicy::AlwaysAllow
+                    },
+                });
             }
             if agent.model.trim().is_empty() {
                 bail!("the model must not be empty");
@@ -157,16 +244,8 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             println!("{id}");
         }
         SessionCmd::Send { id, text, event_id } => {
-            let id = parse_session(&id)?;
             if text.trim().is_empty() {
                 bail!("the message is empty");
-            }
-            let counts = log.count_by_type(&id).await?;
-            if counts.is_empty() {
-                bail!("session {id} does not exist");
-            }
-            if counts.contains_key("session.status_terminated") {
-                bail!("session {id} is terminated and takes no more messages");
             }
             let event_id = match event_id {
                 Some(e) => EventId::parse(e).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -178,9 +257,36 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                     content: vec![ContentBlock::text(text)],
                 },
             );
-            let a = log.append_fact(&id, &event).await?;
-            let note = if a.duplicate { " (already there)" } else { "" };
-            println!("{} at sequence {}{note}", event.id, a.last_seq);
+            send_fact(&log, &id, &event).await?;
+        }
+        SessionCmd::Interrupt { id } => {
+            send_fact(&log, &id, &Event::new(UserInterrupt {})).await?;
+        }
+        SessionCmd::Confirm {
+            id,
+            tool_use_id,
+            decision,
+            message,
+        } => {
+            let event = Event::new(UserToolConfirmation {
+                tool_use_id,
+                result: decision,
+                deny_message: message,
+            });
+            send_fact(&log, &id, &event).await?;
+        }
+        SessionCmd::ToolResult {
+            id,
+            tool_use_id,
+            text,
+            error,
+        } => {
+            let event = Event::new(UserCustomToolResult {
+                custom_tool_use_id: tool_use_id,
+                content: vec![ContentBlock::text(text)],
+                is_error: error,
+            });
+            send_fact(&log, &id, &event).await?;
         }
         SessionCmd::Events {
             id,

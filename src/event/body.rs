@@ -165,6 +165,14 @@ pub struct AgentConfig {
     /// The output-token limit of one model request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// For the `scripted` provider: its assistant turns, in order (content blocks and an
+    /// optional stop_reason each). Kept in the configuration so every brain that replays the
+    /// session gets the same answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub script: Vec<Value>,
+    /// Context budget in estimated tokens; past it, older turns are compacted into a summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_budget_tokens: Option<u32>,
 }
 
 impl AgentConfig {
@@ -177,6 +185,8 @@ impl AgentConfig {
             system: None,
             tools: Vec::new(),
             max_tokens: None,
+            script: Vec::new(),
+            context_budget_tokens: None,
         }
     }
 }

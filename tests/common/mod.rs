@@ -87,6 +87,8 @@ pub fn agent() -> AgentConfig {
             permission_policy: PermissionPolicy::AlwaysAsk,
         }],
         max_tokens: Some(1024),
+        script: vec![],
+        context_budget_tokens: None,
     }
 }
 

@@ -1,0 +1,530 @@
+//! The harness: what a session needs next, decided from its events alone.
+//!
+//! [`decide`] is a pure function of the session's events, its configuration and the time. The
+//! worker around it does the effects (model calls, appends, publishing tool jobs) and comes
+//! back here after each one, so every decision starts from the log as it is, and a brain that
+//! crashed anywhere resumes by deciding again.
+//!
+//! A turn, as the Managed Agents API defines it: `session.status_running`, then for each model
+//! request `span.model_request_start`, the model's output (`agent.thinking`, `agent.message`,
+//! `agent.tool_use`, …) and `span.model_request_end`; it ends with `session.usage` and
+//! `session.status_idle` whose `stop_reason` is `end_turn`, `requires_action` (custom tools or
+//! confirmations pending; `event_ids` lists the tool_use ids awaiting an answer) or
+//! `retries_exhausted`.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::context;
+use super::provider::{ModelRequest, ModelResponse};
+use crate::event::*;
+use crate::jobs::{ToolJob, result_event_id};
+use crate::session::{SessionState, Status, ToolKind};
+
+/// An event the harness wants appended; `id` is set when it must be deterministic (tool
+/// results), else the worker generates one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// A fixed id, or `None` for a fresh one.
+    pub id: Option<EventId>,
+    /// The event.
+    pub body: EventBody,
+}
+
+impl Planned {
+    fn new(body: impl Into<EventBody>) -> Self {
+        Self {
+            id: None,
+            body: body.into(),
+        }
+    }
+
+    fn result(tool_use_id: &str, text: &str) -> Self {
+        Self {
+            id: result_event_id(tool_use_id).ok(),
+            body: AgentToolResult {
+                tool_use_id: tool_use_id.to_string(),
+                content: vec![ContentBlock::text(text)],
+                is_error: true,
+            }
+            .into(),
+        }
+    }
+}
+
+/// What the session needs next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Nothing: it is idle, or waits on tools, the user, or a custom tool result.
+    Wait,
+    /// Append these events (a step that needs no model).
+    Append(Vec<Planned>),
+    /// Append `preamble` (step A), then call the model with `request`.
+    CallModel {
+        /// Events that open the request (`status_running`, `span.model_request_start`, …).
+        preamble: Vec<Planned>,
+        /// The request.
+        request: Box<ModelRequest>,
+    },
+}
+
+/// Limits the harness enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Failed model requests in a row before the turn ends with `retries_exhausted`.
+    pub max_model_attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_model_attempts: 5,
+        }
+    }
+}
+
+/// What the harness reads off the log in one pass.
+#[derive(Default)]
+struct Scan {
+    /// The last `span.model_request_start`: its sequence and event id.
+    last_start: Option<(u64, EventId)>,
+    /// Whether that span has ended.
+    last_start_closed: bool,
+    /// The start of the last request that succeeded: input before it has been answered.
+    answered_up_to: u64,
+    /// Failed requests since the last successful one.
+    failed_in_a_row: u32,
+    /// The last idle with `retries_exhausted`.
+    exhausted_at: u64,
+    /// The last `session.status_running`.
+    running_at: u64,
+    /// The last `session.status_idle`'s stop reason kind and the tool_use ids it named.
+    last_idle: Option<(String, Vec<String>)>,
+    /// The newest input the model has not necessarily seen (user messages, results).
+    last_input: u64,
+    /// The newest `user.interrupt`.
+    last_interrupt: u64,
+    /// Tool_use events: id → (sequence, time, name).
+    tool_uses: BTreeMap<String, (u64, OffsetDateTime)>,
+    /// Confirmations: tool_use id → (allow?, deny message, time).
+    confirmations: BTreeMap<String, (bool, Option<String>, OffsetDateTime)>,
+}
+
+fn scan(events: &[StoredEvent]) -> Scan {
+    let mut s = Scan::default();
+    for e in events {
+        match &e.event.body {
+            EventBody::SpanModelRequestStart(_) => {
+                s.last_start = Some((e.seq, e.event.id.clone()));
+                s.last_start_closed = false;
+            }
+            EventBody::SpanModelRequestEnd(end) => {
+                s.last_start_closed = true;
+                if end.is_error {
+                    s.failed_in_a_row += 1;
+                } else {
+                    s.failed_in_a_row = 0;
+                    if let Some((start, _)) = &s.last_start {
+                        s.answered_up_to = *start;
+                    }
+                }
+            }
+            EventBody::SessionStatusRunning(_) => s.running_at = e.seq,
+            EventBody::SessionStatusIdle(i) => {
+                if i.stop_reason.kind == "retries_exhausted" {
+                    s.exhausted_at = e.seq;
+                    s.failed_in_a_row = 0;
+                }
+                s.last_idle = Some((i.stop_reason.kind.clone(), i.stop_reason.event_ids.clone()));
+            }
+            EventBody::UserMessage(_)
+            | EventBody::AgentToolResult(_)
+            | EventBody::UserCustomToolResult(_)
+            | EventBody::AgentMcpToolResult(_) => s.last_input = e.seq,
+            EventBody::UserInterrupt(_) => s.last_interrupt = e.seq,
+            EventBody::AgentToolUse(t) => {
+                s.tool_uses
+                    .insert(t.tool_use_id.clone(), (e.seq, e.event.processed_at));
+            }
+            EventBody::UserToolConfirmation(c) => {
+                s.confirmations.insert(
+                    c.tool_use_id.clone(),
+                    (
+                        c.result == "allow",
+                        c.deny_message.clone(),
+                        e.event.processed_at,
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+fn idle(stop: &str, ids: Vec<String>, usage: Usage) -> [Planned; 2] {
+    [
+        Planned::new(SessionUsage { usage }),
+        Planned::new(SessionStatusIdle {
+            stop_reason: StopReason {
+                kind: stop.into(),
+                event_ids: ids,
+            },
+        }),
+    ]
+}
+
+/// Decides what a session needs next. `events` is the whole log, `state` its fold.
+pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> Decision {
+    let Some(config) = &state.config else {
+        return Decision::Wait;
+    };
+    if state.status == Status::Terminated {
+        return Decision::Wait;
+    }
+    let s = scan(events);
+    let open_span = match &s.last_start {
+        Some((_, id)) if !s.last_start_closed => Some(id.clone()),
+        _ => None,
+    };
+    let close_open_span = || {
+        open_span.clone().map(|id| {
+            Planned::new(SpanModelRequestEnd {
+                model_request_start_id: Some(id.to_string()),
+                model_usage: Usage::default(),
+                is_error: true,
+            })
+        })
+    };
+
+    // An interrupt stops a running turn at this step boundary: calls in flight get error
+    // results (so the history stays valid) and the session goes idle.
+    if state.status == Status::Running && s.last_interrupt > s.running_at {
+        let mut step: Vec<Planned> = close_open_span().into_iter().collect();
+        for (id, t) in &state.pending_tools {
+            if t.kind == ToolKind::Sandbox || t.kind == ToolKind::Mcp {
+                step.push(Planned::result(
+                    id,
+                    "The user interrupted the turn before this tool call finished.",
+                ));
+            }
+        }
+        step.extend(idle("end_turn", vec![], state.usage));
+        return Decision::Append(step);
+    }
+
+    // Denied calls get their error result now.
+    let denied: Vec<Planned> = state
+        .pending_tools
+        .iter()
+        .filter(|(_, t)| t.confirmation.as_deref() == Some("deny"))
+        .map(|(id, _)| {
+            let msg = s
+                .confirmations
+                .get(id)
+                .and_then(|c| c.1.clone())
+                .unwrap_or_else(|| "The user denied this tool call.".into());
+            Planned::result(id, &msg)
+        })
+        .collect();
+    if !denied.is_empty() {
+        return Decision::Append(denied);
+    }
+
+    // Calls that wait for the user: park the session with requires_action, once.
+    let awaiting: Vec<String> = state
+        .pending_tools
+        .iter()
+        .filter(|(_, t)| t.awaiting_confirmation || t.kind == ToolKind::Custom)
+        .map(|(id, _)| id.clone())
+        .collect();
+    if !awaiting.is_empty() {
+        let already = state.status == Status::Idle
+            && s.last_idle
+                .as_ref()
+                .is_some_and(|(k, ids)| k == "requires_action" && *ids == awaiting);
+        return if already {
+            Decision::Wait
+        } else {
+            Decision::Append(idle("requires_action", awaiting, state.usage).to_vec())
+        };
+    }
+
+    // Sandbox calls still running: the hands wake the session when results land. A call the
+    // user just allowed resumes the turn.
+    if !state.pending_tools.is_empty() {
+        return if state.status == Status::Running {
+            Decision::Wait
+        } else {
+            Decision::Append(vec![Planned::new(SessionStatusRunning {})])
+        };
+    }
+
+    // Input the model has not answered yet (or a request that never finished).
+    // Input counts as answered once a request that started after it succeeded, once the turn
+    // gave up on it (retries_exhausted), or once the user interrupted it.
+    let boundary = s.answered_up_to.max(s.exhausted_at).max(s.last_interrupt);
+    let unanswered = s.last_input > boundary || open_span.is_some();
+    if unanswered {
+        if s.failed_in_a_row >= limits.max_model_attempts {
+            let mut step: Vec<Planned> = close_open_span().into_iter().collect();
+            step.push(Planned::new(SessionError {
+                error: ErrorInfo {
+                    kind: "retries_exhausted".into(),
+                    message: format!(
+                        "the model request failed {} times in a row; send a new message to try again",
+                        s.failed_in_a_row
+                    ),
+                },
+                retry_status: Some(RetryStatus {
+                    kind: "exhausted".into(),
+                    attempt: Some(s.failed_in_a_row),
+                    retry_in_ms: None,
+                }),
+            }));
+            step.extend(idle("retries_exhausted", vec![], state.usage));
+            return Decision::Append(step);
+        }
+        let mut preamble = Vec::new();
+        if state.status != Status::Running {
+            preamble.push(Planned::new(SessionStatusRunning {}));
+        }
+        preamble.extend(close_open_span());
+        preamble.push(Planned::new(SpanModelRequestStart {
+            model: Some(config.agent.model.clone()),
+        }));
+        return Decision::CallModel {
+            preamble,
+            request: Box::new(context::build(config, events)),
+        };
+    }
+
+    // Nothing left: a running turn that somehow lacks its end is closed.
+    if state.status == Status::Running {
+        return Decision::Append(idle("end_turn", vec![], state.usage).to_vec());
+    }
+    Decision::Wait
+}
+
+/// The step that records a model response (step B), and the tool jobs it dispatches.
+pub fn response_step(
+    state: &SessionState,
+    start_id: &EventId,
+    response: &ModelResponse,
+) -> Vec<Planned> {
+    let Some(config) = &state.config else {
+        return Vec::new();
+    };
+    let mut step = Vec::new();
+    let mut text: Vec<ContentBlock> = Vec::new();
+    let mut awaiting = Vec::new();
+    let mut errors = Vec::new();
+    let mut sandbox_calls = 0;
+    let flush = |text: &mut Vec<ContentBlock>, step: &mut Vec<Planned>| {
+        if !text.is_empty() {
+            step.push(Planned::new(AgentMessage {
+                content: std::mem::take(text),
+            }));
+        }
+    };
+    for block in &response.content {
+        match block.kind() {
+            "thinking" | "redacted_thinking" => {
+                flush(&mut text, &mut step);
+                step.push(Planned::new(AgentThinking {
+                    content: vec![block.clone()],
+                }));
+            }
+            "tool_use" => {
+                flush(&mut text, &mut step);
+                let o = block.as_object();
+                let name = o
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let input = o.get("input").cloned().unwrap_or(Value::Null);
+                let raw_id = o.get("id").and_then(Value::as_str).unwrap_or("");
+                // Tool_use ids become subject tokens and event ids; replace an unsafe one.
+                let id = if check_token("tool_use id", raw_id).is_ok() {
+                    raw_id.to_string()
+                } else {
+                    format!("toolu_herd_{}", uuid::Uuid::now_v7().simple())
+                };
+                match config.agent.tools.iter().find(|t| t.name == name) {
+                    Some(t) if t.kind == "custom" => {
+                        awaiting.push(id.clone());
+                        step.push(Planned::new(AgentCustomToolUse {
+                            tool_use_id: id,
+                            name,
+                            input,
+                        }));
+                    }
+                    Some(t) => {
+                        let ask = t.permission_policy == PermissionPolicy::AlwaysAsk;
+                        if ask {
+                            awaiting.push(id.clone());
+                        } else {
+                            sandbox_calls += 1;
+                        }
+                        step.push(Planned::new(AgentToolUse {
+                            tool_use_id: id,
+                            name,
+                            input,
+                            evaluated_permission: Some(if ask {
+                                EvaluatedPermission::Ask
+                            } else {
+                                EvaluatedPermission::Allow
+                            }),
+                        }));
+                    }
+                    None => {
+                        errors.push(Planned::result(
+                            &id,
+                            &format!("There is no tool named {name:?} in this session."),
+                        ));
+                        step.push(Planned::new(AgentToolUse {
+                            tool_use_id: id,
+                            name,
+                            input,
+                            evaluated_permission: None,
+                        }));
+                    }
+                }
+            }
+            _ => text.push(block.clone()),
+        }
+    }
+    flush(&mut text, &mut step);
+    step.extend(errors.iter().cloned());
+    step.push(Planned::new(SpanModelRequestEnd {
+        model_request_start_id: Some(start_id.to_string()),
+        model_usage: response.usage,
+        is_error: false,
+    }));
+    let mut total = state.usage;
+    total += response.usage;
+    if !awaiting.is_empty() {
+        step.extend(idle("requires_action", awaiting, total));
+    } else if sandbox_calls == 0 && errors.is_empty() {
+        step.extend(idle("end_turn", vec![], total));
+    }
+    step
+}
+
+/// Failed model requests in a row at the end of the log (since the last success or the last
+/// `retries_exhausted`).
+pub fn failed_requests_in_a_row(events: &[StoredEvent]) -> u32 {
+    scan(events).failed_in_a_row
+}
+
+/// The step that records a model request that failed for good (bad request, authentication):
+/// the turn ends with `retries_exhausted` at once, since retrying cannot help.
+pub fn fatal_failure_step(
+    state: &SessionState,
+    start_id: &EventId,
+    kind: &str,
+    message: &str,
+) -> Vec<Planned> {
+    let mut step = vec![
+        Planned::new(SpanModelRequestEnd {
+            model_request_start_id: Some(start_id.to_string()),
+            model_usage: Usage::default(),
+            is_error: true,
+        }),
+        Planned::new(SessionError {
+            error: ErrorInfo {
+                kind: kind.into(),
+                message: message.into(),
+            },
+            retry_status: Some(RetryStatus {
+                kind: "terminal".into(),
+                attempt: None,
+                retry_in_ms: None,
+            }),
+        }),
+    ];
+    step.extend(idle("retries_exhausted", vec![], state.usage));
+    step
+}
+
+/// The step that records a failed model request (a retry follows).
+pub fn failure_step(
+    start_id: &EventId,
+    kind: &str,
+    message: &str,
+    attempt: u32,
+    retry_in_ms: u64,
+) -> Vec<Planned> {
+    vec![
+        Planned::new(SpanModelRequestEnd {
+            model_request_start_id: Some(start_id.to_string()),
+            model_usage: Usage::default(),
+            is_error: true,
+        }),
+        Planned::new(SessionError {
+            error: ErrorInfo {
+                kind: kind.into(),
+                message: message.into(),
+            },
+            retry_status: Some(RetryStatus {
+                kind: "retrying".into(),
+                attempt: Some(attempt),
+                retry_in_ms: Some(retry_in_ms),
+            }),
+        }),
+        Planned::new(SessionStatusRescheduled {
+            reason: Some(kind.into()),
+        }),
+    ]
+}
+
+/// Tool jobs that may need (re)publishing: allowed sandbox calls without a result whose
+/// call or allowing confirmation is recent enough that a duplicate publish is still
+/// deduplicated by the stream (`window`). Older jobs were published long ago; the hands own
+/// them now.
+pub fn jobs_to_dispatch(
+    state: &SessionState,
+    events: &[StoredEvent],
+    now: OffsetDateTime,
+    window: time::Duration,
+) -> Vec<ToolJob> {
+    let s = scan(events);
+    let image = state
+        .config
+        .as_ref()
+        .and_then(|c| c.environment.image.clone());
+    state
+        .pending_tools
+        .iter()
+        .filter(|(_, t)| {
+            t.kind == ToolKind::Sandbox
+                && !t.awaiting_confirmation
+                && t.confirmation.as_deref() != Some("deny")
+        })
+        .filter_map(|(id, t)| {
+            let (seq, at) = *s.tool_uses.get(id)?;
+            let allowed_at = s.confirmations.get(id).map_or(at, |c| c.2.max(at));
+            if now - allowed_at > window {
+                return None;
+            }
+            let input = events
+                .iter()
+                .find(|e| e.seq == seq)
+                .and_then(|e| match &e.event.body {
+                    EventBody::AgentToolUse(u) => Some(u.input.clone()),
+                    _ => None,
+                })?;
+            Some(ToolJob {
+                session_id: state.id.clone(),
+                tool_use_id: id.clone(),
+                name: t.name.clone(),
+                input,
+                tool_use_seq: seq,
+                image: image.clone(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,20 @@
+//! The brain plane: stateless workers that wake, replay a session, decide its next step with
+//! the model, and append what they decided.
+//!
+//! * [`wake`]: the wake protocol other systems use;
+//! * [`harness`]: the pure decision of what a session needs next;
+//! * [`context`]: the pure mapping from events to a model request;
+//! * [`provider`]: the model APIs (Anthropic, OpenAI-compatible, scripted);
+//! * [`worker`]: the effects around them: the consumer loop, appends, heartbeats, tool jobs;
+//! * [`cache`]: replayed sessions kept between wakes;
+//! * [`lease`]: one brain at a time per session, to waste no model calls.
+
+pub mod cache;
+pub mod context;
+pub mod harness;
+pub mod lease;
+pub mod provider;
+pub mod wake;
+pub mod worker;
+
+pub use worker::{Brain, BrainConfig, BrainError};

@@ -1,0 +1,160 @@
+//! The wake protocol: how any system asks a brain to look at a session.
+//!
+//! Publish to `herd.wake.<session_id>` (stream `HERD_WAKE`). The payload is optional; when
+//! present it is a JSON (or MessagePack) object:
+//!
+//! ```json
+//! {"events": [{"id": "evt-42", "type": "user.message",
+//!              "content": [{"type": "text", "text": "hi"}]}]}
+//! ```
+//!
+//! The events (only `user.*` and `system.message` types) are appended to the session first,
+//! deduplicated by their ids, then the brain runs the session. Set `Nats-Msg-Id` on the wake
+//! (for example to the first event's id) so that a resent wake collapses into one. A wake with
+//! nothing to do is acknowledged with no effect.
+
+use serde_json::Value;
+
+use crate::event::{Event, SessionId, decode_to_json};
+use crate::subjects;
+
+/// Event types a wake may carry: what users and client systems say.
+pub const ACCEPTED_TYPES: &[&str] = &[
+    "user.message",
+    "user.interrupt",
+    "user.tool_confirmation",
+    "user.custom_tool_result",
+    "system.message",
+];
+
+/// Events carried by a wake, at most this many.
+pub const MAX_WAKE_EVENTS: usize = 100;
+
+/// A parsed wake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wake {
+    /// The session to look at.
+    pub session_id: SessionId,
+    /// Events to append first.
+    pub events: Vec<Event>,
+}
+
+/// Why a wake was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WakeError {
+    /// The subject is not `herd.wake.<session_id>`.
+    #[error("wake subject {0:?} is not herd.wake.<session_id> with a valid session id")]
+    Subject(String),
+    /// The session has no events.
+    #[error("session {0} does not exist")]
+    UnknownSession(SessionId),
+    /// The payload is not a valid wake.
+    #[error("wake payload for session {session}: {detail}")]
+    Payload {
+        /// The session it was for.
+        session: SessionId,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl Wake {
+    /// Parses a wake message.
+    pub fn parse(subject: &str, payload: &[u8]) -> Result<Self, WakeError> {
+        let session_id = subject
+            .strip_prefix("herd.wake.")
+            .and_then(|id| SessionId::parse(id).ok())
+            .ok_or_else(|| WakeError::Subject(subject.chars().take(200).collect()))?;
+        let bad = |detail: String| WakeError::Payload {
+            session: session_id.clone(),
+            detail,
+        };
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self {
+                session_id,
+                events: vec![],
+            });
+        }
+        let value = decode_to_json(payload).map_err(|e| bad(e.to_string()))?;
+        let Value::Object(mut obj) = value else {
+            return Err(bad(
+                "the payload must be an object like {\"events\": [...]}".into(),
+            ));
+        };
+        let events = match obj.remove("events") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(list)) => {
+                if list.len() > MAX_WAKE_EVENTS {
+                    return Err(bad(format!(
+                        "{} events; a wake carries at most {MAX_WAKE_EVENTS}",
+                        list.len()
+                    )));
+                }
+                list.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let e = Event::from_json(v).map_err(|e| bad(format!("event {i}: {e}")))?;
+                        if !ACCEPTED_TYPES.contains(&e.type_name()) {
+                            return Err(bad(format!(
+                                "event {i} is a {:?}; a wake carries only {}",
+                                e.type_name(),
+                                ACCEPTED_TYPES.join(", ")
+                            )));
+                        }
+                        Ok(e)
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            Some(_) => return Err(bad("\"events\" must be an array".into())),
+        };
+        Ok(Self { session_id, events })
+    }
+}
+
+/// Publishes a wake for a session after an append at `after_seq`. Its message id is derived
+/// from the session and the sequence, so any number of wakes for the same change collapse.
+pub async fn publish(
+    js: &async_nats::jetstream::Context,
+    session: &SessionId,
+    after_seq: u64,
+) -> Result<(), async_nats::jetstream::context::PublishError> {
+    let msg = async_nats::jetstream::message::PublishMessage::build()
+        .message_id(format!("wake_{session}_{after_seq}"))
+        .payload(bytes::Bytes::new());
+    js.send_publish(subjects::wake(session), msg).await?.await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_empty_and_carrying_wakes() {
+        let w = Wake::parse("herd.wake.s1", b"").unwrap();
+        assert!(w.events.is_empty());
+        let w = Wake::parse(
+            "herd.wake.s1",
+            br#"{"events":[{"id":"e1","type":"user.message","content":[{"type":"text","text":"hi"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(w.events[0].id.as_str(), "e1");
+    }
+
+    #[test]
+    fn refuses_bad_wakes_clearly() {
+        assert!(matches!(
+            Wake::parse("herd.wake.a.b", b""),
+            Err(WakeError::Subject(_))
+        ));
+        let err = |p: &[u8]| Wake::parse("herd.wake.s1", p).unwrap_err().to_string();
+        assert!(err(b"garbage{").contains("not valid MessagePack"));
+        assert!(err(b"[1]").contains("must be an object"));
+        assert!(err(br#"{"events":{}}"#).contains("must be an array"));
+        assert!(
+            err(br#"{"events":[{"id":"e1","type":"agent.message","content":[]}]}"#)
+                .contains("carries only")
+        );
+        assert!(err(br#"{"events":[{"type":"user.message"}]}"#).contains("event 0"));
+    }
+}

@@ -1,0 +1,730 @@
+//! The brain plane against a real nats-server and the local mock model server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use herd::brain::provider::{ProviderSettings, Timeouts};
+use herd::brain::{Brain, BrainConfig};
+use herd::config::Secret;
+use herd::event::*;
+use herd::session::SessionLog;
+use herd::testkit::mock_model::{MockModel, Reply};
+use serde_json::{Value, json};
+
+const CANARY_KEY: &str = "sk-canary-3f9a1c7e";
+
+struct Rig {
+    nats: TestNats,
+    model: MockModel,
+    brains: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn brain_config(model: &MockModel) -> BrainConfig {
+    BrainConfig {
+        name: format!("test-brain-{}", uuid::Uuid::new_v4().simple()),
+        ack_wait: Duration::from_secs(3),
+        max_deliver: 5,
+        model_retry_base: Duration::from_millis(50),
+        model_retry_max: Duration::from_millis(400),
+        providers: ProviderSettings {
+            anthropic_api_key: Some(Secret::new(CANARY_KEY)),
+            anthropic_base_url: Some(model.anthropic_url()),
+            openai_api_key: Some(Secret::new(CANARY_KEY)),
+            openai_base_url: Some(model.openai_url()),
+            timeouts: Timeouts {
+                idle: Duration::from_secs(1),
+                total: Duration::from_secs(10),
+            },
+        },
+        ..Default::default()
+    }
+}
+
+impl Rig {
+    async fn start() -> Self {
+        let nats = TestNats::start().await;
+        let model = MockModel::start().await.unwrap();
+        let mut rig = Self {
+            nats,
+            model,
+            brains: vec![],
+        };
+        rig.add_brain().await;
+        rig
+    }
+
+    async fn add_brain(&mut self) {
+        let cfg = brain_config(&self.model);
+        self.add_brain_with(cfg).await;
+    }
+
+    async fn add_brain_with(&mut self, cfg: BrainConfig) {
+        let client = connect(&self.nats.server.url()).await;
+        let brain = Brain::new(client, cfg).await.unwrap();
+        self.brains.push(tokio::spawn(async move {
+            brain.run(std::future::pending()).await.unwrap();
+        }));
+    }
+
+    fn log(&self) -> &SessionLog {
+        &self.nats.log
+    }
+
+    async fn session(&self, agent: AgentConfig) -> SessionId {
+        let id = SessionId::generate();
+        let e = Event::new(SessionCreated {
+            agent,
+            environment: EnvironmentConfig::default(),
+            title: None,
+            metadata: Default::default(),
+        });
+        self.log().create(&id, &e).await.unwrap();
+        id
+    }
+
+    /// Publishes a wake carrying `events`, as another system would (plain JSON).
+    async fn wake(&self, id: &SessionId, events: &[Event]) {
+        let payload = json!({"events": events.iter().map(Event::to_json).collect::<Vec<_>>()});
+        let js = async_nats::jetstream::new(self.nats.client.clone());
+        js.publish(herd::subjects::wake(id), payload.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    async fn say(&self, id: &SessionId, text: &str) {
+        self.wake(id, &[user(text)]).await;
+    }
+
+    /// Waits until the session has `idles` status_idle events and is idle.
+    async fn idle(&self, id: &SessionId, idles: usize) -> Vec<StoredEvent> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events: Vec<StoredEvent> = self
+                .log()
+                .read_from(id, 1)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect();
+            let n = events
+                .iter()
+                .filter(|e| e.event.type_name() == "session.status_idle")
+                .count();
+            let last_idle = events
+                .last()
+                .is_some_and(|e| e.event.type_name() == "session.status_idle");
+            if n >= idles && last_idle {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session never reached {idles} idles: {}",
+                types(&events).join(", ")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for b in &self.brains {
+            b.abort();
+        }
+    }
+}
+
+fn types(events: &[StoredEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event.type_name()).collect()
+}
+
+fn texts(events: &[StoredEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::AgentMessage(m) => Some(content_text(&m.content)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stop_reasons(events: &[StoredEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::SessionStatusIdle(i) => Some(i.stop_reason.kind.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn agent_with(model: &str, tools: Vec<ToolConfig>) -> AgentConfig {
+    let mut a = AgentConfig::new(model);
+    a.system = Some("You are a test agent.".into());
+    a.tools = tools;
+    a
+}
+
+fn tool(name: &str, kind: &str, policy: PermissionPolicy) -> ToolConfig {
+    ToolConfig {
+        name: name.into(),
+        kind: kind.into(),
+        description: Some(format!("the {name} tool")),
+        input_schema: Some(json!({"type": "object"})),
+        permission_policy: policy,
+    }
+}
+
+fn request_texts(body: &Value) -> String {
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_end_to_end_over_the_anthropic_protocol() {
+    let rig = Rig::start().await;
+    rig.model.push([Reply::text("Hello from the model.")]);
+    let id = rig.session(agent_with("claude-test", vec![])).await;
+    rig.say(&id, "hi there").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(
+        types(&events),
+        [
+            "session.created",
+            "user.message",
+            "session.status_running",
+            "span.model_request_start",
+            "agent.message",
+            "span.model_request_end",
+            "session.usage",
+            "session.status_idle",
+        ]
+    );
+    assert_eq!(texts(&events), ["Hello from the model."]);
+    assert_eq!(stop_reasons(&events), ["end_turn"]);
+
+    let req = &rig.model.received()[0];
+    assert_eq!(req.path, "/v1/messages");
+    let header = |k: &str| {
+        req.headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("x-api-key").as_deref(), Some(CANARY_KEY));
+    assert_eq!(header("anthropic-version").as_deref(), Some("2023-06-01"));
+    assert_eq!(req.body["model"], "claude-test");
+    assert_eq!(req.body["stream"], true);
+    assert_eq!(req.body["system"][0]["text"], "You are a test agent.");
+    assert_eq!(req.body["messages"][0]["content"][0]["text"], "hi there");
+
+    // The key never reaches the log.
+    for e in &events {
+        assert!(!e.event.to_json().to_string().contains(CANARY_KEY));
+    }
+    let usage = events.iter().find_map(|e| match &e.event.body {
+        EventBody::SessionUsage(u) => Some(u.usage),
+        _ => None,
+    });
+    assert_eq!(usage.unwrap().output_tokens, 10);
+
+    // A second message continues the same conversation.
+    rig.model.push([Reply::text("Second answer.")]);
+    rig.say(&id, "and again").await;
+    let events = rig.idle(&id, 2).await;
+    assert_eq!(texts(&events), ["Hello from the model.", "Second answer."]);
+    let second = &rig.model.received()[1].body["messages"];
+    assert_eq!(second.as_array().unwrap().len(), 3);
+    assert_eq!(second[1]["role"], "assistant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_over_the_openai_protocol_with_a_tool_and_a_fake_hand() {
+    let rig = Rig::start().await;
+    let mut agent = agent_with(
+        "llama-test",
+        vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+    );
+    agent.provider = Some("openai".into());
+    let id = rig.session(agent).await;
+    rig.model.push([
+        Reply::tool_use("call_1", "bash", json!({"command": "echo hi"})),
+        Reply::text("The command printed hi."),
+    ]);
+    // A stand-in for the hands plane (which is issue 4): take the job, append its result under
+    // the derived id, wake the session.
+    let hand = fake_hand(&rig).await;
+    rig.say(&id, "run echo").await;
+    let events = rig.idle(&id, 1).await;
+    hand.abort();
+    assert_eq!(
+        types(&events)[2..],
+        [
+            "session.status_running",
+            "span.model_request_start",
+            "agent.tool_use",
+            "span.model_request_end",
+            "agent.tool_result",
+            "span.model_request_start",
+            "agent.message",
+            "span.model_request_end",
+            "session.usage",
+            "session.status_idle",
+        ]
+    );
+    let received = rig.model.received();
+    assert!(received[0].path.ends_with("/v1/chat/completions"));
+    let header = |k: &str| {
+        received[0]
+            .headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("authorization").as_deref(),
+        Some(format!("Bearer {CANARY_KEY}").as_str())
+    );
+    let second = &received[1].body["messages"];
+    assert_eq!(second[2]["tool_calls"][0]["function"]["name"], "bash");
+    assert_eq!(
+        second[3],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "ran: echo hi"})
+    );
+}
+
+async fn fake_hand(rig: &Rig) -> tokio::task::JoinHandle<()> {
+    let js = async_nats::jetstream::new(rig.nats.client.clone());
+    let stream = js.get_stream("HERD_TOOLS").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("fake-hand".into()),
+            filter_subject: "herd.tools.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = rig.nats.second_log().await;
+    tokio::spawn(async move {
+        let mut msgs = consumer.messages().await.unwrap();
+        while let Some(Ok(m)) = msgs.next().await {
+            let job: herd::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
+            let result = Event::with_id(
+                herd::jobs::result_event_id(&job.tool_use_id).unwrap(),
+                AgentToolResult {
+                    tool_use_id: job.tool_use_id.clone(),
+                    content: vec![ContentBlock::text(format!(
+                        "ran: {}",
+                        job.input["command"].as_str().unwrap_or("")
+                    ))],
+                    is_error: false,
+                },
+            );
+            let a = log.append_fact(&job.session_id, &result).await.unwrap();
+            herd::brain::wake::publish(&js, &job.session_id, a.last_seq)
+                .await
+                .unwrap();
+            m.ack().await.unwrap();
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_tools_park_the_session_until_the_client_answers() {
+    let rig = Rig::start().await;
+    let id = rig
+        .session(agent_with(
+            "claude-test",
+            vec![tool("lookup", "custom", PermissionPolicy::AlwaysAllow)],
+        ))
+        .await;
+    rig.model.push([
+        Reply::tool_use("toolu_c1", "lookup", json!({"q": "weather"})),
+        Reply::text("It is sunny."),
+    ]);
+    rig.say(&id, "what's the weather?").await;
+    let events = rig.idle(&id, 1).await;
+    assert!(types(&events).contains(&"agent.custom_tool_use"));
+    let idle = events.last().unwrap();
+    match &idle.event.body {
+        EventBody::SessionStatusIdle(i) => {
+            assert_eq!(i.stop_reason.kind, "requires_action");
+            assert_eq!(i.stop_reason.event_ids, ["toolu_c1"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.model.count(), 1);
+    // Nothing happens on a spurious wake while parked.
+    rig.wake(&id, &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rig.model.count(), 1);
+
+    rig.wake(
+        &id,
+        &[Event::new(UserCustomToolResult {
+            custom_tool_use_id: "toolu_c1".into(),
+            content: vec![ContentBlock::text("sunny, 21C")],
+            is_error: false,
+        })],
+    )
+    .await;
+    let events = rig.idle(&id, 2).await;
+    assert_eq!(stop_reasons(&events), ["requires_action", "end_turn"]);
+    let second = &rig.model.received()[1].body["messages"];
+    assert_eq!(second[2]["content"][0]["type"], "tool_result");
+    assert_eq!(second[2]["content"][0]["tool_use_id"], "toolu_c1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_confirmation_deny_and_allow() {
+    let rig = Rig::start().await;
+    let hand = fake_hand(&rig).await;
+    let id = rig
+        .session(agent_with(
+            "claude-test",
+            vec![tool("bash", "builtin", PermissionPolicy::AlwaysAsk)],
+        ))
+        .await;
+    rig.model.push([
+        Reply::tool_use("toolu_a", "bash", json!({"command": "rm -rf /"})),
+        Reply::text("Understood, I won't."),
+        Reply::tool_use("toolu_b", "bash", json!({"command": "ls"})),
+        Reply::text("Listed."),
+    ]);
+    rig.say(&id, "clean up").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(stop_reasons(&events), ["requires_action"]);
+    let asked = events.iter().find_map(|e| match &e.event.body {
+        EventBody::AgentToolUse(t) => Some(t.evaluated_permission),
+        _ => None,
+    });
+    assert_eq!(asked, Some(Some(EvaluatedPermission::Ask)));
+
+    rig.wake(
+        &id,
+        &[Event::new(UserToolConfirmation {
+            tool_use_id: "toolu_a".into(),
+            result: "deny".into(),
+            deny_message: Some("never do that".into()),
+        })],
+    )
+    .await;
+    let events = rig.idle(&id, 2).await;
+    let denial = events.iter().find_map(|e| match &e.event.body {
+        EventBody::AgentToolResult(r) if r.tool_use_id == "toolu_a" => {
+            Some((r.is_error, content_text(&r.content)))
+        }
+        _ => None,
+    });
+    assert_eq!(denial, Some((true, "never do that".to_string())));
+    assert_eq!(texts(&events), ["Understood, I won't."]);
+
+    rig.say(&id, "then just list").await;
+    let events = rig.idle(&id, 3).await;
+    assert_eq!(
+        stop_reasons(&events).last().map(String::as_str),
+        Some("requires_action")
+    );
+    rig.wake(
+        &id,
+        &[Event::new(UserToolConfirmation {
+            tool_use_id: "toolu_b".into(),
+            result: "allow".into(),
+            deny_message: None,
+        })],
+    )
+    .await;
+    let events = rig.idle(&id, 4).await;
+    hand.abort();
+    let ran = events.iter().any(|e| matches!(&e.event.body, EventBody::AgentToolResult(r) if r.tool_use_id == "toolu_b" && content_text(&r.content) == "ran: ls"));
+    assert!(ran, "{:?}", types(&events));
+    assert_eq!(texts(&events).last().map(String::as_str), Some("Listed."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_stops_the_turn_and_a_late_message_is_not_dropped() {
+    let rig = Rig::start().await;
+    let id = rig.session(agent_with("claude-test", vec![])).await;
+
+    // A message sent while the model is answering goes into the next request.
+    rig.model.set_delay(Duration::from_millis(800));
+    rig.model
+        .push([Reply::text("first answer"), Reply::text("answer to both")]);
+    rig.say(&id, "first").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.say(&id, "second, while you think").await;
+    let events = rig.idle(&id, 1).await;
+    let last = rig.model.received().last().unwrap().body.clone();
+    let all = request_texts(&last["messages"]);
+    assert!(
+        all.contains("first") && all.contains("second, while you think"),
+        "{all}"
+    );
+    let users = events
+        .iter()
+        .filter(|e| e.event.type_name() == "user.message")
+        .count();
+    assert_eq!(users, 2);
+
+    // An interrupt during a model call ends the turn; the stale answer is not appended.
+    rig.model.set_delay(Duration::from_millis(1000));
+    rig.model.push([Reply::text("you should never see this")]);
+    let before = rig.model.count();
+    rig.say(&id, "write a long essay").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    rig.wake(&id, &[Event::new(UserInterrupt {})]).await;
+    let events = rig.idle(&id, 2).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let events_after = rig.log().read_from(&id, 1).await.unwrap().len();
+    assert_eq!(
+        events_after,
+        events.len(),
+        "nothing appended after the interrupt's idle"
+    );
+    assert!(!texts(&events).iter().any(|t| t.contains("never see")));
+    assert_eq!(
+        rig.model.count(),
+        before + 1,
+        "no model call after the interrupt"
+    );
+    assert_eq!(
+        stop_reasons(&events).last().map(String::as_str),
+        Some("end_turn")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_faults_are_retried_visibly() {
+    let rig = Rig::start().await;
+    let id = rig.session(agent_with("claude-test", vec![])).await;
+    rig.model.push([
+        Reply::Status {
+            code: 429,
+            retry_after: Some(1),
+        },
+        Reply::Status {
+            code: 500,
+            retry_after: None,
+        },
+        Reply::CutStream,
+        Reply::Hang(Duration::from_secs(5)),
+        Reply::text("finally"),
+    ]);
+    let t0 = Instant::now();
+    rig.say(&id, "hello?").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(texts(&events), ["finally"]);
+    let received = rig.model.received();
+    assert_eq!(received.len(), 5);
+    // Retry-After: 1 was honoured between the first and second request.
+    assert!(received[1].at - received[0].at >= Duration::from_millis(950));
+    let errors: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::SessionError(s) => Some((
+                s.error.kind.clone(),
+                s.retry_status.as_ref().unwrap().kind.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert_eq!(errors[0], ("rate_limit_error".into(), "retrying".into()));
+    assert_eq!(errors[1].0, "api_error");
+    assert!(errors.iter().all(|(_, s)| s == "retrying"));
+    assert_eq!(
+        types(&events)
+            .iter()
+            .filter(|t| **t == "session.status_rescheduled")
+            .count(),
+        4
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    for e in &events {
+        assert!(!e.event.to_json().to_string().contains(CANARY_KEY));
+    }
+
+    // Five failures in a row end the turn with retries_exhausted; a new message tries again.
+    rig.model.push((0..5).map(|_| Reply::Status {
+        code: 503,
+        retry_after: None,
+    }));
+    rig.say(&id, "again").await;
+    let events = rig.idle(&id, 2).await;
+    assert_eq!(stop_reasons(&events), ["end_turn", "retries_exhausted"]);
+    let exhausted = events.iter().any(|e| matches!(&e.event.body, EventBody::SessionError(s) if s.retry_status.as_ref().is_some_and(|r| r.kind == "exhausted")));
+    assert!(exhausted);
+    rig.model.push([Reply::text("back")]);
+    rig.say(&id, "and now?").await;
+    let events = rig.idle(&id, 3).await;
+    assert_eq!(texts(&events).last().map(String::as_str), Some("back"));
+
+    // A request the API refuses (400) is not retried.
+    let before = rig.model.count();
+    rig.model.push([Reply::Status {
+        code: 400,
+        retry_after: None,
+    }]);
+    rig.say(&id, "bad request please").await;
+    let events = rig.idle(&id, 4).await;
+    assert_eq!(rig.model.count(), before + 1);
+    assert_eq!(
+        stop_reasons(&events).last().map(String::as_str),
+        Some("retries_exhausted")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_wakes_are_terminated_and_reported_without_slowing_others() {
+    let rig = Rig::start().await;
+    let id = rig.session(agent_with("claude-test", vec![])).await;
+    let js = async_nats::jetstream::new(rig.nats.client.clone());
+    // Garbage for a known session: a session.error on it.
+    js.publish(herd::subjects::wake(&id), "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // An agent event smuggled into a wake: refused.
+    js.publish(
+        herd::subjects::wake(&id),
+        json!({"events": [{"id": "x1", "type": "agent.message", "content": []}]})
+            .to_string()
+            .into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // A wake for a session that does not exist, and one whose subject token is not a valid id:
+    // dead letters.
+    js.publish("herd.wake.nosuchsession", "".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish("herd.wake.bad%id", "".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Meanwhile a healthy session runs normally.
+    rig.model.push([Reply::text("fine")]);
+    let healthy = rig.session(agent_with("claude-test", vec![])).await;
+    rig.say(&healthy, "are you ok").await;
+    let events = rig.idle(&healthy, 1).await;
+    assert_eq!(texts(&events), ["fine"]);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let errors: Vec<String> = rig
+            .log()
+            .read_from(&id, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r.ok()?.event.body {
+                EventBody::SessionError(e) => Some(e.error.message),
+                _ => None,
+            })
+            .collect();
+        let mut dl = js.get_stream("HERD_DEADLETTER").await.unwrap();
+        let dead = dl.info().await.unwrap().state.messages;
+        if errors.len() == 2 && dead == 2 {
+            assert!(errors.iter().any(|e| e.contains("not valid")), "{errors:?}");
+            assert!(
+                errors.iter().any(|e| e.contains("carries only")),
+                "{errors:?}"
+            );
+            let m = dl.direct_get(1).await.unwrap();
+            let reason = m.headers.get("Herd-Error").unwrap().to_string();
+            assert!(
+                reason.contains("does not exist") || reason.contains("valid session id"),
+                "{reason}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "errors {errors:?}, dead letters {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The work queue holds nothing: every poison wake was terminated, none is redelivered.
+    let mut wq = js.get_stream("HERD_WAKE").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while wq.info().await.unwrap().state.messages != 0 {
+        assert!(Instant::now() < deadline, "wakes left in the queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // No session log was created for the unknown session.
+    assert_eq!(
+        rig.log()
+            .last_sequence(&SessionId::parse("nosuchsession").unwrap())
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_wake_on_two_brains_never_forks_a_session() {
+    let mut rig = Rig::start().await;
+    rig.add_brain().await;
+    rig.model.set_delay(Duration::from_millis(50));
+    let js = async_nats::jetstream::new(rig.nats.client.clone());
+    for round in 0..10 {
+        let id = rig.session(agent_with("claude-test", vec![])).await;
+        rig.log()
+            .append_fact(&id, &user(&format!("round {round}")))
+            .await
+            .unwrap();
+        // The same wake twice, with different message ids so both are delivered: each brain
+        // likely takes one.
+        for copy in 0..2 {
+            let msg = async_nats::jetstream::message::PublishMessage::build()
+                .message_id(format!("wake-{round}-{copy}"))
+                .payload("".into());
+            js.send_publish(herd::subjects::wake(&id), msg)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let events = rig.idle(&id, 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let events_later = rig.log().read_from(&id, 1).await.unwrap();
+        assert_eq!(
+            events_later.len(),
+            events.len(),
+            "round {round}: nothing after the idle"
+        );
+        assert_eq!(
+            texts(&events).len(),
+            1,
+            "round {round}: one answer: {:?}",
+            types(&events)
+        );
+        assert_eq!(
+            types(&events)
+                .iter()
+                .filter(|t| **t == "session.status_idle")
+                .count(),
+            1
+        );
+        let starts = types(&events)
+            .iter()
+            .filter(|t| **t == "span.model_request_start")
+            .count();
+        let ends = types(&events)
+            .iter()
+            .filter(|t| **t == "span.model_request_end")
+            .count();
+        assert_eq!(starts, ends, "round {round}: every span closed");
+    }
+}

@@ -41,7 +41,8 @@ pub struct LeaseError {
 }
 
 impl Leases {
-    /// Opens the bucket. `ttl` is rounded up to whole seconds (at least 1).
+    /// Opens the bucket. `ttl` is rounded down to whole seconds (at least 1): a lease must
+    /// never outlive what its holder's callers assume.
     pub async fn open(
         js: jetstream::Context,
         owner: &str,
@@ -55,7 +56,7 @@ impl Leases {
             js,
             store,
             owner: owner.to_string(),
-            ttl: Duration::from_secs(ttl.as_secs_f64().ceil().max(1.0) as u64),
+            ttl: Duration::from_secs(ttl.as_secs().max(1)),
         })
     }
 
@@ -63,58 +64,74 @@ impl Leases {
         format!("session.{session}")
     }
 
-    /// Takes the session's lease; `None` when another brain holds it.
-    pub async fn acquire(&self, session: &SessionId) -> Result<Option<Lease>, LeaseError> {
-        let key = Self::key(session);
-        match self
-            .store
-            .create_with_ttl(&key, self.owner.clone().into(), self.ttl)
-            .await
-        {
-            Ok(revision) => Ok(Some(Lease { key, revision })),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(LeaseError {
-                op: "acquire",
-                detail: e.to_string(),
-            }),
-        }
-    }
-
-    /// Extends a held lease by another TTL. `false` when it was lost (it expired and someone
-    /// else took it).
-    pub async fn renew(&self, lease: &mut Lease) -> Result<bool, LeaseError> {
-        // async-nats has no public update-with-TTL, so renew with a conditional publish on the
-        // bucket's subject carrying a fresh Nats-TTL.
+    /// Writes the lease key with a fresh TTL, on condition that its last revision is
+    /// `expected` (0: the key has never been written, or every entry expired).
+    ///
+    /// This is a raw conditional publish rather than `kv::Store::create_with_ttl` because
+    /// async-nats 0.51 re-creates a deleted key with a plain update that drops the TTL: a lease
+    /// taken after a release would then never expire.
+    async fn write(&self, key: &str, expected: u64) -> Result<Option<u64>, LeaseError> {
         let mut h = async_nats::HeaderMap::new();
         h.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            lease.revision.to_string().as_str(),
+            expected.to_string().as_str(),
         );
         h.insert(
             async_nats::header::NATS_MESSAGE_TTL,
             self.ttl.as_secs().to_string().as_str(),
         );
-        let subject = format!("$KV.{BUCKET}.{}", lease.key);
         let sent = self
             .js
-            .publish_with_headers(subject, h, self.owner.clone().into())
+            .publish_with_headers(format!("$KV.{BUCKET}.{key}"), h, self.owner.clone().into())
             .await
             .map_err(|e| LeaseError {
-                op: "renew",
+                op: "write",
                 detail: e.to_string(),
             })?;
         match sent.await {
-            Ok(ack) => {
-                lease.revision = ack.sequence;
-                Ok(true)
-            }
+            Ok(ack) => Ok(Some(ack.sequence)),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(LeaseError {
-                op: "renew",
+                op: "write",
                 detail: e.to_string(),
             }),
+        }
+    }
+
+    /// Takes the session's lease; `None` when another brain holds it.
+    pub async fn acquire(&self, session: &SessionId) -> Result<Option<Lease>, LeaseError> {
+        let key = Self::key(session);
+        if let Some(revision) = self.write(&key, 0).await? {
+            return Ok(Some(Lease { key, revision }));
+        }
+        // The key has history: free if its last entry is a deletion (a release, or the
+        // server's marker for an expired lease).
+        let entry = self.store.entry(&key).await.map_err(|e| LeaseError {
+            op: "read",
+            detail: e.to_string(),
+        })?;
+        let expected = match entry {
+            None => 0,
+            Some(e) if e.operation != kv::Operation::Put => e.revision,
+            Some(_) => return Ok(None),
+        };
+        Ok(self
+            .write(&key, expected)
+            .await?
+            .map(|revision| Lease { key, revision }))
+    }
+
+    /// Extends a held lease by another TTL. `false` when it was lost (it expired and someone
+    /// else took it).
+    pub async fn renew(&self, lease: &mut Lease) -> Result<bool, LeaseError> {
+        match self.write(&lease.key, lease.revision).await? {
+            Some(revision) => {
+                lease.revision = revision;
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 

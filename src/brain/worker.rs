@@ -90,6 +90,8 @@ enum HandleError {
     Publish(String),
     #[error("the session took more than {0} steps in one wake")]
     TooManySteps(usize),
+    #[error("another brain holds the session's lease")]
+    LeaseHeld,
 }
 
 impl HandleError {
@@ -97,7 +99,7 @@ impl HandleError {
     fn transient(&self) -> bool {
         match self {
             Self::Log(e) => e.is_transient(),
-            Self::Publish(_) => true,
+            Self::Publish(_) | Self::LeaseHeld => true,
             Self::TooManySteps(_) => false,
         }
     }
@@ -164,7 +166,8 @@ impl Brain {
             .await
             .map_err(|e| BrainError::Setup(e.to_string()))?;
         ensure_consumer(&js, &config).await?;
-        let leases = Leases::open(js.clone(), &config.name, config.ack_wait)
+        // Half of ack_wait: a dead brain's lease always expires before its wake is redelivered.
+        let leases = Leases::open(js.clone(), &config.name, config.ack_wait / 2)
             .await
             .map_err(|e| BrainError::Setup(e.to_string()))?;
         Ok(Arc::new(Self {
@@ -249,7 +252,8 @@ impl Brain {
         let _enter = span.enter();
         let lease: Arc<tokio::sync::Mutex<Option<Lease>>> = Arc::default();
         let heartbeat = {
-            let every = self.config.ack_wait / 3;
+            // Often enough to keep both the wake (ack_wait) and the lease (ack_wait / 2) alive.
+            let every = self.config.ack_wait / 6;
             let acker = msg.clone();
             let (leases, lease) = (self.leases.clone(), lease.clone());
             tokio::spawn(async move {
@@ -272,7 +276,7 @@ impl Brain {
                 }
             })
         };
-        let result = self.run_wake(&wake, &lease).await;
+        let result = self.run_wake(&wake, &lease, delivered).await;
         heartbeat.abort();
         if let Some(l) = lease.lock().await.take() {
             self.leases.release(l).await;
@@ -287,6 +291,11 @@ impl Brain {
                 // No such session: nothing to report it on, so it goes to the dead letters.
                 self.refuse(&msg, &WakeError::UnknownSession(s), stream_seq)
                     .await;
+            }
+            Err(HandleError::LeaseHeld) if delivered >= self.config.max_deliver => {
+                // Someone alive has held the lease through every delivery: it will see the
+                // session's input when it re-checks after releasing.
+                let _ = msg.double_ack().await;
             }
             Err(e) if e.transient() && delivered < self.config.max_deliver => {
                 tracing::warn!(error = %e, "Wake failed; it will be redelivered.");
@@ -393,6 +402,7 @@ impl Brain {
         &self,
         wake: &Wake,
         lease: &tokio::sync::Mutex<Option<Lease>>,
+        delivered: i64,
     ) -> Result<(), HandleError> {
         let id = &wake.session_id;
         for e in &wake.events {
@@ -407,7 +417,10 @@ impl Brain {
         for _ in 0..8 {
             match self.leases.acquire(id).await {
                 Ok(Some(l)) => *lease.lock().await = Some(l),
-                // Another brain works on this session and will look again when it is done.
+                // Another brain works on this session and will look again when it is done. A
+                // redelivered wake is different: its first handler died, perhaps holding this
+                // very lease, so it must come back after the lease expires rather than vanish.
+                Ok(None) if delivered > 1 => return Err(HandleError::LeaseHeld),
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "Session leases unavailable; relying on conditional appends.")

@@ -69,9 +69,13 @@ pub struct Received {
     pub at: Instant,
 }
 
+/// Answers a request from its JSON body, when the reply queue is empty.
+pub type Responder = Arc<dyn Fn(&Value) -> Reply + Send + Sync>;
+
 #[derive(Default)]
 struct State {
     replies: VecDeque<Reply>,
+    responder: Option<Responder>,
     received: Vec<Received>,
     delay: Duration,
 }
@@ -120,6 +124,11 @@ impl MockModel {
     /// Queues replies, answered in order.
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         self.lock().replies.extend(replies);
+    }
+
+    /// Answers requests with `f` whenever the queue is empty (instead of a plain "ok").
+    pub fn set_responder(&self, f: impl Fn(&Value) -> Reply + Send + Sync + 'static) {
+        self.lock().responder = Some(Arc::new(f));
     }
 
     /// Delays every answer's first byte (a slow model).
@@ -267,16 +276,20 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (reply, delay) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let reply = match s.replies.pop_front() {
+            Some(r) => r,
+            None => match &s.responder {
+                Some(f) => f(&body),
+                None => Reply::text("ok"),
+            },
+        };
         s.received.push(Received {
             path: path.clone(),
             headers,
             body,
             at,
         });
-        (
-            s.replies.pop_front().unwrap_or_else(|| Reply::text("ok")),
-            s.delay,
-        )
+        (reply, s.delay)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -60,6 +60,12 @@ pub enum SessionCmd {
         /// The event id, to make retries of this command idempotent; generated when absent.
         #[arg(long)]
         event_id: Option<String>,
+        /// Print the session's new events until the turn ends (the session goes idle).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
     },
     /// Stop a session's running turn at the next step boundary.
     Interrupt {
@@ -148,8 +154,40 @@ fn load_agent(path: &Path) -> anyhow::Result<AgentConfig> {
     parsed.with_context(|| format!("{} is not a valid agent configuration", path.display()))
 }
 
-/// Appends a user event to an existing, live session and wakes it.
-async fn send_fact(log: &SessionLog, id: &str, event: &Event) -> anyhow::Result<()> {
+/// Prints a session's events from `from` on until one ends the turn (an idle or a
+/// termination).
+async fn wait_for_idle(
+    log: &SessionLog,
+    id: &SessionId,
+    from: u64,
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
+    let mut live = log.follow(id, from).await?;
+    let deadline = std::time::Duration::from_secs(timeout_secs);
+    let result = tokio::time::timeout(deadline, async {
+        while let Some(r) = live.next().await {
+            let r = r?;
+            output::print_record(&r, false);
+            if matches!(
+                output::type_of(&r),
+                "session.status_idle" | "session.status_terminated"
+            ) {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(_) => bail!(
+            "the session did not go idle within {timeout_secs} s (is a `herd brain` running?)"
+        ),
+    }
+}
+
+/// Appends a user event to an existing, live session and wakes it; returns its sequence.
+async fn send_fact(log: &SessionLog, id: &str, event: &Event) -> anyhow::Result<u64> {
     let id = parse_session(id)?;
     let counts = log.count_by_type(&id).await?;
     if counts.is_empty() {
@@ -165,7 +203,7 @@ async fn send_fact(log: &SessionLog, id: &str, event: &Event) -> anyhow::Result<
         .context("the event is stored, but waking the session failed")?;
     let note = if a.duplicate { " (already there)" } else { "" };
     println!("{} at sequence {}{note}", event.id, a.last_seq);
-    Ok(())
+    Ok(a.last_seq)
 }
 
 pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<()> {
@@ -243,7 +281,13 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             log.create(&id, &event).await?;
             println!("{id}");
         }
-        SessionCmd::Send { id, text, event_id } => {
+        SessionCmd::Send {
+            id,
+            text,
+            event_id,
+            wait,
+            timeout_secs,
+        } => {
             if text.trim().is_empty() {
                 bail!("the message is empty");
             }
@@ -257,7 +301,10 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                     content: vec![ContentBlock::text(text)],
                 },
             );
-            send_fact(&log, &id, &event).await?;
+            let seq = send_fact(&log, &id, &event).await?;
+            if wait {
+                wait_for_idle(&log, &parse_session(&id)?, seq + 1, timeout_secs).await?;
+            }
         }
         SessionCmd::Interrupt { id } => {
             send_fact(&log, &id, &Event::new(UserInterrupt {})).await?;

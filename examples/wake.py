@@ -1,0 +1,43 @@
+"""Wake a herd agent from Python and print its answer, with nothing but nats-py.
+
+    pip install nats-py msgpack
+    python3 examples/wake.py <session_id> "your message" [nats://127.0.0.1:4222]
+"""
+import asyncio
+import json
+import sys
+import uuid
+
+import msgpack
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+
+async def main(session: str, text: str, url: str) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    # Subscribe first, to new events only, so nothing between the wake and the answer is missed.
+    sub = await js.subscribe(
+        f"herd.session.{session}.>",
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+    )
+    event_id = f"evt-{uuid.uuid4().hex}"
+    wake = {"events": [{"id": event_id, "type": "user.message",
+                        "content": [{"type": "text", "text": text}]}]}
+    # Nats-Msg-Id makes a resent wake collapse into one.
+    await js.publish(f"herd.wake.{session}", json.dumps(wake).encode(),
+                     headers={"Nats-Msg-Id": event_id})
+    async for msg in sub.messages:
+        event = msgpack.unpackb(msg.data)      # herd writes MessagePack maps with named fields
+        kind = event["type"]
+        if kind == "agent.message":
+            print("agent:", "".join(b.get("text", "") for b in event["content"]))
+        elif kind == "session.status_idle":
+            print("idle:", event["stop_reason"]["type"])
+            break
+    await nc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "nats://127.0.0.1:4222"))

@@ -247,3 +247,20 @@ async fn the_log_benchmark_runs_and_reports() {
     let table = report.table();
     assert!(table.contains("ratio herd / raw"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brain_benchmark_runs_and_reports() {
+    // A miniature run: checks the benchmark works end to end, not how fast anything is.
+    let report = herd::bench::brain::run(herd::bench::brain::Params {
+        sessions_per_size: 2,
+        sizes: vec![10, 100],
+        throughput_sessions: 5,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.sizes.len(), 2);
+    assert_eq!(report.sizes[1].warm.n, 2);
+    assert!(report.sizes[1].events >= 90);
+    assert!(report.wakes_per_sec > 0.0 && report.raw.n > 0);
+    assert!(report.table().contains("wakes/s"));
+}

@@ -1,6 +1,7 @@
 //! Benchmarks that measure herd against the raw NATS primitives it is built on, in the same run
 //! on the same server, and report ratios. They print figures; they assert nothing about time.
 
+pub mod brain;
 pub mod log;
 
 use std::time::Duration;

@@ -467,11 +467,29 @@ impl Brain {
                 },
                 Decision::CallModel { preamble, request } => {
                     let (events, start_id) = materialize_with_start(preamble);
-                    let expected = match self.log.append_step(id, r.state.last_seq, &events).await {
-                        Ok(a) => a.last_seq,
-                        Err(LogError::Conflict { .. }) => continue,
-                        Err(e) => return Err(e.into()),
-                    };
+                    // The preamble goes out one event at a time, each conditional on the last:
+                    // no atomic batch is needed (a crash between them leaves a state decide
+                    // continues from), and a one-event append costs a fraction of a batch on
+                    // nats-server 2.15 (0.35 ms against ~2.5 ms), on the wake's critical path.
+                    let mut expected = r.state.last_seq;
+                    let mut moved_on = false;
+                    for e in &events {
+                        match self
+                            .log
+                            .append_step(id, expected, std::slice::from_ref(e))
+                            .await
+                        {
+                            Ok(a) => expected = a.last_seq,
+                            Err(LogError::Conflict { .. }) => {
+                                moved_on = true;
+                                break;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    if moved_on {
+                        continue;
+                    }
                     let config = r.state.config.as_ref().expect("checked above");
                     let kind = ProviderKind::for_agent(
                         config.agent.provider.as_deref(),

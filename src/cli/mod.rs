@@ -105,6 +105,15 @@ enum StreamsCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Wake → first model byte (cold and warm), replay, and wakes per second of one brain.
+    Brain {
+        /// Sessions measured per size.
+        #[arg(long, default_value_t = 40)]
+        sessions_per_size: usize,
+        /// Sessions in the throughput run.
+        #[arg(long, default_value_t = 300)]
+        throughput_sessions: usize,
+    },
     /// Append latency and replay time of the session log vs raw JetStream.
     Log {
         /// Timed appends of each kind.
@@ -205,6 +214,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Decode { pretty } => decode(pretty),
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Brain {
+                    sessions_per_size,
+                    throughput_sessions,
+                },
+        } => {
+            let report = herd::bench::brain::run(herd::bench::brain::Params {
+                sessions_per_size,
+                throughput_sessions,
+                ..Default::default()
+            })
+            .await?;
+            println!("{}", report.table());
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Cmd::Bench {
             cmd:
                 BenchCmd::Log {

@@ -728,3 +728,62 @@ async fn the_same_wake_on_two_brains_never_forks_a_session() {
         assert_eq!(starts, ends, "round {round}: every span closed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_budget_context_is_compacted_and_the_log_is_untouched() {
+    let rig = Rig::start().await;
+    let mut agent = agent_with("claude-test", vec![]);
+    agent.context_budget_tokens = Some(300);
+    let id = rig.session(agent).await;
+    let long = format!("Remember the code word PELICAN. {}", "padding ".repeat(150));
+    rig.model.push([Reply::text("Noted, PELICAN.")]);
+    rig.say(&id, &long).await;
+    let first = rig.idle(&id, 1).await;
+    let first_idle = first.last().unwrap().seq;
+
+    rig.model.push([
+        Reply::text("The user asked me to remember the code word PELICAN."),
+        Reply::text("The code word is PELICAN."),
+    ]);
+    rig.say(&id, "What was the code word?").await;
+    let events = rig.idle(&id, 2).await;
+    let compacted = events.iter().find_map(|e| match &e.event.body {
+        EventBody::AgentThreadContextCompacted(c) => Some(c.clone()),
+        _ => None,
+    });
+    let c = compacted.expect("a compaction event");
+    assert_eq!(c.compacted_up_to, first_idle);
+    assert!(c.summary.contains("PELICAN"));
+
+    let received = rig.model.received();
+    assert_eq!(received.len(), 3);
+    // The summarising request: the old turn plus the instruction, no tools.
+    let summarise = &received[1].body;
+    assert!(
+        summarise["system"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Summarise the conversation")
+    );
+    assert!(summarise.to_string().contains("padding padding"));
+    // The next request is built from the summary, without the old turn's text.
+    let next = received[2].body.to_string();
+    assert!(
+        next.contains("Summary of the conversation so far"),
+        "{next}"
+    );
+    assert!(next.contains("What was the code word?"));
+    assert!(
+        !next.contains("padding padding"),
+        "old turns are gone from the context"
+    );
+    // The events themselves are never changed: the long message is still in the log.
+    let still = events.iter().any(
+        |e| matches!(&e.event.body, EventBody::UserMessage(m) if content_text(&m.content) == long),
+    );
+    assert!(still);
+    assert_eq!(
+        texts(&events).last().map(String::as_str),
+        Some("The code word is PELICAN.")
+    );
+}

@@ -61,6 +61,14 @@ pub enum Decision {
     Wait,
     /// Append these events (a step that needs no model).
     Append(Vec<Planned>),
+    /// The context is over budget: summarise the events up to `up_to` with `request`, then
+    /// append `agent.thread_context_compacted` and decide again.
+    Compact {
+        /// The last sequence the summary covers.
+        up_to: u64,
+        /// The summarisation request.
+        request: Box<ModelRequest>,
+    },
     /// Append `preamble` (step A), then call the model with `request`.
     CallModel {
         /// Events that open the request (`status_running`, `span.model_request_start`, …).
@@ -75,14 +83,43 @@ pub enum Decision {
 pub struct Limits {
     /// Failed model requests in a row before the turn ends with `retries_exhausted`.
     pub max_model_attempts: u32,
+    /// Whether to compact a context over budget (off after a failed compaction in this wake,
+    /// so a failing summariser never stalls the turn).
+    pub compact: bool,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_model_attempts: 5,
+            compact: true,
         }
     }
+}
+
+/// The context budget when the agent sets none, in estimated tokens.
+pub const DEFAULT_CONTEXT_BUDGET: u32 = 150_000;
+
+/// The instruction of a compaction request.
+const SUMMARISE: &str = "Summarise the conversation so far for yourself, so that you can continue it without the original messages: the user's goals, decisions made, facts learned, tool results that still matter, and open tasks. Be complete but concise.";
+
+/// Where to cut for compaction: everything up to the last idle before the newest input, if
+/// that is past what an earlier summary already covers.
+fn compaction_cut(events: &[StoredEvent], boundary: u64) -> Option<u64> {
+    let covered = events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event.body {
+            EventBody::AgentThreadContextCompacted(c) => Some(c.compacted_up_to),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let cut = events
+        .iter()
+        .filter(|e| e.seq <= boundary && e.event.type_name() == "session.status_idle")
+        .map(|e| e.seq)
+        .next_back()?;
+    (cut > covered).then_some(cut)
 }
 
 /// What the harness reads off the log in one pass.
@@ -287,6 +324,29 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
             step.extend(idle("retries_exhausted", vec![], state.usage));
             return Decision::Append(step);
         }
+        let request = context::build(config, events);
+        let budget = config
+            .agent
+            .context_budget_tokens
+            .unwrap_or(DEFAULT_CONTEXT_BUDGET) as usize;
+        if limits.compact && context::estimate_tokens(&request) > budget {
+            let newest_input = s.last_input.max(boundary);
+            if let Some(up_to) = compaction_cut(events, newest_input) {
+                let older: Vec<StoredEvent> =
+                    events.iter().filter(|e| e.seq <= up_to).cloned().collect();
+                let mut summarise = context::build(config, &older);
+                summarise.tools.clear();
+                summarise.system = Some(SUMMARISE.into());
+                summarise.messages.push(super::provider::Message {
+                    role: "user".into(),
+                    content: vec![serde_json::json!({"type": "text", "text": SUMMARISE})],
+                });
+                return Decision::Compact {
+                    up_to,
+                    request: Box::new(summarise),
+                };
+            }
+        }
         let mut preamble = Vec::new();
         if state.status != Status::Running {
             preamble.push(Planned::new(SessionStatusRunning {}));
@@ -297,7 +357,7 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
         }));
         return Decision::CallModel {
             preamble,
-            request: Box::new(context::build(config, events)),
+            request: Box::new(request),
         };
     }
 
@@ -527,4 +587,276 @@ pub fn jobs_to_dispatch(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Given these events, decide.
+    #[derive(Clone)]
+    struct Given(Vec<StoredEvent>);
+
+    impl Given {
+        fn session(tools: Vec<ToolConfig>) -> Self {
+            let mut agent = AgentConfig::new("claude-test");
+            agent.tools = tools;
+            Self(vec![]).and(SessionCreated {
+                agent,
+                environment: EnvironmentConfig::default(),
+                title: None,
+                metadata: Default::default(),
+            })
+        }
+        fn and(mut self, body: impl Into<EventBody>) -> Self {
+            let seq = self.0.len() as u64 + 1;
+            self.0.push(StoredEvent {
+                session_id: SessionId::parse("s").unwrap(),
+                seq,
+                event: Event::new(body),
+            });
+            self
+        }
+        fn decide(&self) -> Decision {
+            let state = SessionState::fold(SessionId::parse("s").unwrap(), &self.0);
+            decide(&state, &self.0, Limits::default())
+        }
+        fn appends(&self) -> Vec<String> {
+            match self.decide() {
+                Decision::Append(step) => step
+                    .iter()
+                    .map(|p| p.body.type_name().to_string())
+                    .collect(),
+                other => panic!("expected an append, got {other:?}"),
+            }
+        }
+    }
+
+    fn user(t: &str) -> UserMessage {
+        UserMessage {
+            content: vec![ContentBlock::text(t)],
+        }
+    }
+    fn start() -> SpanModelRequestStart {
+        SpanModelRequestStart { model: None }
+    }
+    fn end(is_error: bool) -> SpanModelRequestEnd {
+        SpanModelRequestEnd {
+            model_request_start_id: None,
+            model_usage: Usage::default(),
+            is_error,
+        }
+    }
+    fn idle(kind: &str, ids: &[&str]) -> SessionStatusIdle {
+        SessionStatusIdle {
+            stop_reason: StopReason {
+                kind: kind.into(),
+                event_ids: ids.iter().map(|s| s.to_string()).collect(),
+            },
+        }
+    }
+    fn bash(policy: PermissionPolicy) -> ToolConfig {
+        ToolConfig {
+            name: "bash".into(),
+            kind: "builtin".into(),
+            description: None,
+            input_schema: None,
+            permission_policy: policy,
+        }
+    }
+    fn call(id: &str, permission: EvaluatedPermission) -> AgentToolUse {
+        AgentToolUse {
+            tool_use_id: id.into(),
+            name: "bash".into(),
+            input: json!({}),
+            evaluated_permission: Some(permission),
+        }
+    }
+    fn preamble(d: Decision) -> Vec<String> {
+        match d {
+            Decision::CallModel { preamble, .. } => preamble
+                .iter()
+                .map(|p| p.body.type_name().to_string())
+                .collect(),
+            other => panic!("expected a model call, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_message_starts_a_turn_and_an_answered_one_waits() {
+        let g = Given::session(vec![]).and(user("hi"));
+        assert_eq!(
+            preamble(g.decide()),
+            ["session.status_running", "span.model_request_start"]
+        );
+        let g = g
+            .and(SessionStatusRunning {})
+            .and(start())
+            .and(end(false))
+            .and(idle("end_turn", &[]));
+        assert_eq!(g.decide(), Decision::Wait);
+    }
+
+    #[test]
+    fn an_open_span_from_a_dead_brain_is_closed_and_retried() {
+        let g = Given::session(vec![])
+            .and(user("hi"))
+            .and(SessionStatusRunning {})
+            .and(start());
+        assert_eq!(
+            preamble(g.decide()),
+            ["span.model_request_end", "span.model_request_start"]
+        );
+    }
+
+    #[test]
+    fn failures_are_retried_until_the_budget_then_exhausted() {
+        let mut g = Given::session(vec![])
+            .and(user("hi"))
+            .and(SessionStatusRunning {});
+        for _ in 0..4 {
+            g = g.and(start()).and(end(true));
+            assert_eq!(preamble(g.decide()), ["span.model_request_start"]);
+        }
+        g = g.and(start()).and(end(true));
+        assert_eq!(
+            g.appends(),
+            ["session.error", "session.usage", "session.status_idle"]
+        );
+        // After exhaustion, only new input starts again.
+        let g = g.and(idle("retries_exhausted", &[]));
+        assert_eq!(g.decide(), Decision::Wait);
+        assert!(matches!(
+            g.and(user("again")).decide(),
+            Decision::CallModel { .. }
+        ));
+    }
+
+    #[test]
+    fn calls_awaiting_the_user_park_the_session_once() {
+        let g = Given::session(vec![bash(PermissionPolicy::AlwaysAsk)])
+            .and(user("go"))
+            .and(SessionStatusRunning {})
+            .and(start())
+            .and(call("t1", EvaluatedPermission::Ask))
+            .and(end(false));
+        assert_eq!(g.appends(), ["session.usage", "session.status_idle"]);
+        let g = g.and(idle("requires_action", &["t1"]));
+        assert_eq!(g.decide(), Decision::Wait);
+        // A denial becomes the call's error result, with the deterministic id.
+        let denied = g.clone().and(UserToolConfirmation {
+            tool_use_id: "t1".into(),
+            result: "deny".into(),
+            deny_message: None,
+        });
+        match denied.decide() {
+            Decision::Append(step) => {
+                assert_eq!(
+                    step[0].id.as_ref().map(EventId::as_str),
+                    Some("sevt_result_t1")
+                );
+                assert!(matches!(&step[0].body, EventBody::AgentToolResult(r) if r.is_error));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An allowed call resumes the turn (and its job is dispatched).
+        let allowed = g.and(UserToolConfirmation {
+            tool_use_id: "t1".into(),
+            result: "allow".into(),
+            deny_message: None,
+        });
+        assert_eq!(allowed.appends(), ["session.status_running"]);
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &allowed.0);
+        let jobs = jobs_to_dispatch(
+            &state,
+            &allowed.0,
+            OffsetDateTime::now_utc(),
+            time::Duration::seconds(100),
+        );
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].tool_use_id, "t1");
+        // Long after, the job is the hands' business: no re-publish.
+        let later = OffsetDateTime::now_utc() + time::Duration::minutes(10);
+        assert!(
+            jobs_to_dispatch(&state, &allowed.0, later, time::Duration::seconds(100)).is_empty()
+        );
+    }
+
+    #[test]
+    fn an_interrupt_ends_a_running_turn_and_closes_its_calls() {
+        let g = Given::session(vec![bash(PermissionPolicy::AlwaysAllow)])
+            .and(user("go"))
+            .and(SessionStatusRunning {})
+            .and(start())
+            .and(call("t1", EvaluatedPermission::Allow))
+            .and(end(false))
+            .and(UserInterrupt {});
+        match g.decide() {
+            Decision::Append(step) => {
+                let kinds: Vec<&str> = step.iter().map(|p| p.body.type_name()).collect();
+                assert_eq!(
+                    kinds,
+                    ["agent.tool_result", "session.usage", "session.status_idle"]
+                );
+                assert_eq!(
+                    step[0].id.as_ref().map(EventId::as_str),
+                    Some("sevt_result_t1")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // An interrupt while idle does nothing.
+        let idle_g = Given::session(vec![])
+            .and(user("hi"))
+            .and(SessionStatusRunning {})
+            .and(start())
+            .and(end(false))
+            .and(idle("end_turn", &[]))
+            .and(UserInterrupt {});
+        assert_eq!(idle_g.decide(), Decision::Wait);
+    }
+
+    #[test]
+    fn a_response_becomes_events_in_block_order() {
+        let g = Given::session(vec![bash(PermissionPolicy::AlwaysAllow)]).and(user("go"));
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &g.0);
+        let block = |v: serde_json::Value| {
+            ContentBlock::from_object(v.as_object().unwrap().clone()).unwrap()
+        };
+        let response = ModelResponse {
+            content: vec![
+                block(json!({"type": "thinking", "thinking": "hm", "signature": "x"})),
+                block(json!({"type": "text", "text": "Running it."})),
+                block(
+                    json!({"type": "tool_use", "id": "t1", "name": "bash", "input": {"command": "ls"}}),
+                ),
+                block(json!({"type": "tool_use", "id": "bad id!", "name": "nope", "input": {}})),
+            ],
+            stop_reason: "tool_use".into(),
+            usage: Usage::default(),
+        };
+        let step = response_step(&state, &EventId::generate(), &response);
+        let kinds: Vec<&str> = step.iter().map(|p| p.body.type_name()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "agent.thinking",
+                "agent.message",
+                "agent.tool_use",
+                "agent.tool_use",
+                "agent.tool_result",
+                "span.model_request_end"
+            ]
+        );
+        // The unsafe id was replaced consistently in the call and its error result.
+        let (EventBody::AgentToolUse(u), EventBody::AgentToolResult(r)) =
+            (&step[3].body, &step[4].body)
+        else {
+            panic!()
+        };
+        assert_eq!(u.tool_use_id, r.tool_use_id);
+        assert!(check_token("id", &u.tool_use_id).is_ok());
+        assert!(r.is_error);
+    }
 }

@@ -413,6 +413,7 @@ impl Brain {
         let _guard = lock.lock().await;
         let limits = Limits {
             max_model_attempts: self.config.max_model_attempts,
+            compact: true,
         };
         for _ in 0..8 {
             match self.leases.acquire(id).await {
@@ -441,8 +442,9 @@ impl Brain {
     /// Runs a session until it waits.
     async fn run_session(&self, id: &SessionId) -> Result<(), HandleError> {
         const MAX_STEPS: usize = 200;
-        let limits = Limits {
+        let mut limits = Limits {
             max_model_attempts: self.config.max_model_attempts,
+            compact: true,
         };
         for _ in 0..MAX_STEPS {
             let r = replay(&self.cache, &self.log, id).await?;
@@ -465,6 +467,41 @@ impl Brain {
                     Err(LogError::Conflict { .. }) => continue,
                     Err(e) => return Err(e.into()),
                 },
+                Decision::Compact { up_to, request } => {
+                    let config = r.state.config.as_ref().expect("checked above");
+                    let kind = ProviderKind::for_agent(
+                        config.agent.provider.as_deref(),
+                        &config.agent.model,
+                    );
+                    let summary = match kind {
+                        Ok(kind) => self.providers.complete(kind, &config.agent, &request).await,
+                        Err(message) => Err(ModelError::Fatal {
+                            status: None,
+                            message,
+                        }),
+                    };
+                    let text = summary.map(|r| crate::event::content_text(&r.content));
+                    match text {
+                        Ok(summary) if !summary.trim().is_empty() => {
+                            let step = vec![Planned {
+                                id: None,
+                                body: crate::event::AgentThreadContextCompacted {
+                                    summary,
+                                    compacted_up_to: up_to,
+                                }
+                                .into(),
+                            }];
+                            match self.append(id, r.state.last_seq, step).await {
+                                Ok(_) | Err(LogError::Conflict { .. }) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        other => {
+                            tracing::warn!(outcome = ?other.err(), "Compaction failed; sending the whole context.");
+                            limits.compact = false;
+                        }
+                    }
+                }
                 Decision::CallModel { preamble, request } => {
                     let (events, start_id) = materialize_with_start(preamble);
                     // The preamble goes out one event at a time, each conditional on the last:

@@ -88,6 +88,27 @@ pub struct FileConfig {
     /// The `[nats]` table.
     #[serde(default)]
     pub nats: NatsConfig,
+    /// The `[models]` table: overrides the providers' environment variables for brains.
+    #[serde(default)]
+    pub models: ModelsConfig,
+}
+
+/// Model API settings in the config file; each overrides its environment variable.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Overrides `ANTHROPIC_API_KEY`.
+    #[serde(default)]
+    pub anthropic_api_key: Option<Secret>,
+    /// Overrides `ANTHROPIC_BASE_URL`.
+    #[serde(default)]
+    pub anthropic_base_url: Option<String>,
+    /// Overrides `OPENAI_API_KEY`.
+    #[serde(default)]
+    pub openai_api_key: Option<Secret>,
+    /// Overrides `OPENAI_BASE_URL`.
+    #[serde(default)]
+    pub openai_base_url: Option<String>,
 }
 
 /// Why a config could not be loaded.

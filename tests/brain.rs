@@ -613,6 +613,17 @@ async fn poison_wakes_are_terminated_and_reported_without_slowing_others() {
         .unwrap()
         .await
         .unwrap();
+    // A session the harness cannot run: events, but no session.created.
+    let headless = SessionId::parse("headless").unwrap();
+    rig.log()
+        .append_fact(&headless, &user("hello?"))
+        .await
+        .unwrap();
+    js.publish(herd::subjects::wake(&headless), "".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     // Meanwhile a healthy session runs normally.
     rig.model.push([Reply::text("fine")]);
     let healthy = rig.session(agent_with("claude-test", vec![])).await;
@@ -655,6 +666,30 @@ async fn poison_wakes_are_terminated_and_reported_without_slowing_others() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let headless_error = loop {
+        let found = rig
+            .log()
+            .read_from(&headless, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|r| match r.ok()?.event.body {
+                EventBody::SessionError(e) => Some(e.error.message),
+                _ => None,
+            });
+        if let Some(m) = found {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session.error on the headless session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        headless_error.contains("no session.created"),
+        "{headless_error}"
+    );
     // The work queue holds nothing: every poison wake was terminated, none is redelivered.
     let mut wq = js.get_stream("HERD_WAKE").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

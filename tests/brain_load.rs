@@ -254,10 +254,20 @@ struct BrainProcs {
     url: String,
     model_url: String,
     procs: Vec<Child>,
+    logs: tempfile::TempDir,
 }
+
+/// The key the brains get; it must never appear in what they print.
+const CRASH_KEY: &str = "sk-crash-test-canary-77c1";
 
 impl BrainProcs {
     fn spawn(&mut self) {
+        let log = std::fs::File::create(
+            self.logs
+                .path()
+                .join(format!("brain-{}.log", uuid::Uuid::new_v4().simple())),
+        )
+        .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_herd"))
             .args([
                 "brain",
@@ -270,23 +280,14 @@ impl BrainProcs {
             ])
             .env("HERD_NATS_URL", &self.url)
             .env("ANTHROPIC_BASE_URL", &self.model_url)
-            .env("ANTHROPIC_API_KEY", "sk-crash-test")
+            .env("ANTHROPIC_API_KEY", CRASH_KEY)
             .env(
                 "HERD_LOG",
-                std::env::var("BRAIN_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("BRAIN_LOG").unwrap_or_else(|_| "debug".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(match std::env::var("BRAIN_LOG_DIR") {
-                Ok(dir) => Stdio::from(
-                    std::fs::File::create(format!(
-                        "{dir}/brain-{}.log",
-                        uuid::Uuid::new_v4().simple()
-                    ))
-                    .unwrap(),
-                ),
-                Err(_) => Stdio::null(),
-            })
+            .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
         self.procs.push(child);
@@ -324,6 +325,7 @@ async fn brains_killed_at_random_points_lose_nothing() {
         url: t.server.url(),
         model_url: model.anthropic_url(),
         procs: vec![],
+        logs: tempfile::tempdir().unwrap(),
     };
     brains.spawn();
     brains.spawn();
@@ -418,4 +420,25 @@ async fn brains_killed_at_random_points_lose_nothing() {
         requests <= starts,
         "{requests} requests > {starts} recorded request spans"
     );
+    // The key reached the model server, and never the brains' logs (at debug level) or events.
+    assert!(model.received().iter().all(|r| {
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "x-api-key" && v == CRASH_KEY)
+    }));
+    let mut log_bytes = 0;
+    for f in std::fs::read_dir(brains.logs.path()).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        log_bytes += text.len();
+        assert!(
+            !text.contains(CRASH_KEY),
+            "the API key leaked into a brain's log"
+        );
+    }
+    for id in sent.keys() {
+        for e in valid_events(&t.log, id).await {
+            assert!(!e.event.to_json().to_string().contains(CRASH_KEY));
+        }
+    }
+    eprintln!("{log_bytes} bytes of brain logs checked for the key");
 }

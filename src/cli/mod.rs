@@ -142,9 +142,9 @@ fn init_tracing(filter: Option<&str>) {
         .try_init();
 }
 
-/// Connection settings: defaults, then the config file, then the environment, then flags.
-fn nats_config(g: &Global) -> anyhow::Result<NatsConfig> {
-    let file = match &g.config {
+/// The config file: `--config`, `HERD_CONFIG`, or `./herd.toml` when present.
+fn file_config(g: &Global) -> anyhow::Result<Option<FileConfig>> {
+    Ok(match &g.config {
         Some(p) => Some(FileConfig::load(p)?),
         None => {
             let default = PathBuf::from("herd.toml");
@@ -153,7 +153,12 @@ fn nats_config(g: &Global) -> anyhow::Result<NatsConfig> {
                 .then(|| FileConfig::load(&default))
                 .transpose()?
         }
-    };
+    })
+}
+
+/// Connection settings: defaults, then the config file, then the environment, then flags.
+fn nats_config(g: &Global) -> anyhow::Result<NatsConfig> {
+    let file = file_config(g)?;
     let mut cfg = file.map(|f| f.nats).unwrap_or_default().with_env();
     if let Some(url) = &g.nats_url {
         cfg.url = url.clone();
@@ -186,6 +191,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let js = async_nats::jetstream::new(client.clone());
             herd::streams::apply(&js, 1).await?;
             let mut providers = herd::brain::provider::ProviderSettings::from_env();
+            if let Some(m) = file_config(&cli.global)?.map(|f| f.models) {
+                providers.anthropic_api_key = m.anthropic_api_key.or(providers.anthropic_api_key);
+                providers.anthropic_base_url =
+                    m.anthropic_base_url.or(providers.anthropic_base_url);
+                providers.openai_api_key = m.openai_api_key.or(providers.openai_api_key);
+                providers.openai_base_url = m.openai_base_url.or(providers.openai_base_url);
+            }
             providers.timeouts = herd::brain::provider::Timeouts {
                 idle: std::time::Duration::from_secs(a.model_idle_timeout_secs.max(1)),
                 total: std::time::Duration::from_secs(a.model_timeout_secs.max(1)),

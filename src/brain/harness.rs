@@ -103,8 +103,9 @@ pub const DEFAULT_CONTEXT_BUDGET: u32 = 150_000;
 /// The instruction of a compaction request.
 const SUMMARISE: &str = "Summarise the conversation so far for yourself, so that you can continue it without the original messages: the user's goals, decisions made, facts learned, tool results that still matter, and open tasks. Be complete but concise.";
 
-/// Where to cut for compaction: everything up to the last idle before the newest input, if
-/// that is past what an earlier summary already covers.
+/// Where to cut for compaction: everything up to the last finished turn (an idle with
+/// `end_turn` or `retries_exhausted`, so no tool call is open across the cut) before the newest
+/// input, if that is past what an earlier summary already covers.
 fn compaction_cut(events: &[StoredEvent], boundary: u64) -> Option<u64> {
     let covered = events
         .iter()
@@ -116,7 +117,11 @@ fn compaction_cut(events: &[StoredEvent], boundary: u64) -> Option<u64> {
         .unwrap_or(0);
     let cut = events
         .iter()
-        .filter(|e| e.seq <= boundary && e.event.type_name() == "session.status_idle")
+        .filter(|e| {
+            e.seq <= boundary
+                && matches!(&e.event.body, EventBody::SessionStatusIdle(i)
+                    if i.stop_reason.kind == "end_turn" || i.stop_reason.kind == "retries_exhausted")
+        })
         .map(|e| e.seq)
         .next_back()?;
     (cut > covered).then_some(cut)
@@ -238,7 +243,8 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
 
     // An interrupt stops a running turn at this step boundary: calls in flight get error
     // results (so the history stays valid) and the session goes idle.
-    if state.status == Status::Running && s.last_interrupt > s.running_at {
+    let in_turn = matches!(state.status, Status::Running | Status::Rescheduling);
+    if in_turn && s.last_interrupt > s.running_at {
         let mut step: Vec<Planned> = close_open_span().into_iter().collect();
         for (id, t) in &state.pending_tools {
             if t.kind == ToolKind::Sandbox || t.kind == ToolKind::Mcp {
@@ -408,7 +414,9 @@ pub fn response_step(
                 let input = o.get("input").cloned().unwrap_or(Value::Null);
                 let raw_id = o.get("id").and_then(Value::as_str).unwrap_or("");
                 // Tool_use ids become subject tokens and event ids; replace an unsafe one.
-                let id = if check_token("tool_use id", raw_id).is_ok() {
+                // Bounded so that the derived result id (`sevt_result_<id>`) stays valid.
+                let fits = raw_id.len() + "sevt_result_".len() <= MAX_ID_LEN;
+                let id = if fits && check_token("tool_use id", raw_id).is_ok() {
                     raw_id.to_string()
                 } else {
                     format!("toolu_herd_{}", uuid::Uuid::now_v7().simple())
@@ -541,16 +549,11 @@ pub fn failure_step(
     ]
 }
 
-/// Tool jobs that may need (re)publishing: allowed sandbox calls without a result whose
-/// call or allowing confirmation is recent enough that a duplicate publish is still
-/// deduplicated by the stream (`window`). Older jobs were published long ago; the hands own
-/// them now.
-pub fn jobs_to_dispatch(
-    state: &SessionState,
-    events: &[StoredEvent],
-    now: OffsetDateTime,
-    window: time::Duration,
-) -> Vec<ToolJob> {
+/// Tool jobs the session's pending calls need: allowed sandbox calls without a result. The
+/// worker publishes each one that is not already waiting in `HERD_TOOLS` (a job leaves the
+/// queue only when a hand acknowledges it, after appending its result), so a job lost to a
+/// crash between the append and the publish is published again, however long ago that was.
+pub fn jobs_to_dispatch(state: &SessionState, events: &[StoredEvent]) -> Vec<ToolJob> {
     let s = scan(events);
     let image = state
         .config
@@ -565,11 +568,7 @@ pub fn jobs_to_dispatch(
                 && t.confirmation.as_deref() != Some("deny")
         })
         .filter_map(|(id, t)| {
-            let (seq, at) = *s.tool_uses.get(id)?;
-            let allowed_at = s.confirmations.get(id).map_or(at, |c| c.2.max(at));
-            if now - allowed_at > window {
-                return None;
-            }
+            let (seq, _) = *s.tool_uses.get(id)?;
             let input = events
                 .iter()
                 .find(|e| e.seq == seq)
@@ -768,19 +767,9 @@ mod tests {
         });
         assert_eq!(allowed.appends(), ["session.status_running"]);
         let state = SessionState::fold(SessionId::parse("s").unwrap(), &allowed.0);
-        let jobs = jobs_to_dispatch(
-            &state,
-            &allowed.0,
-            OffsetDateTime::now_utc(),
-            time::Duration::seconds(100),
-        );
+        let jobs = jobs_to_dispatch(&state, &allowed.0);
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].tool_use_id, "t1");
-        // Long after, the job is the hands' business: no re-publish.
-        let later = OffsetDateTime::now_utc() + time::Duration::minutes(10);
-        assert!(
-            jobs_to_dispatch(&state, &allowed.0, later, time::Duration::seconds(100)).is_empty()
-        );
     }
 
     #[test]
@@ -815,6 +804,65 @@ mod tests {
             .and(idle("end_turn", &[]))
             .and(UserInterrupt {});
         assert_eq!(idle_g.decide(), Decision::Wait);
+    }
+
+    #[test]
+    fn an_interrupt_during_a_retry_backoff_ends_the_turn() {
+        let g = Given::session(vec![])
+            .and(user("go"))
+            .and(SessionStatusRunning {})
+            .and(start())
+            .and(end(true))
+            .and(SessionStatusRescheduled { reason: None })
+            .and(UserInterrupt {});
+        assert_eq!(g.appends(), ["session.usage", "session.status_idle"]);
+    }
+
+    #[test]
+    fn compaction_never_cuts_across_an_open_call() {
+        let mut agent = AgentConfig::new("claude-test");
+        agent.context_budget_tokens = Some(10);
+        agent.tools = vec![ToolConfig {
+            name: "lookup".into(),
+            kind: "custom".into(),
+            description: None,
+            input_schema: None,
+            permission_policy: PermissionPolicy::AlwaysAllow,
+        }];
+        let g = Given(vec![])
+            .and(SessionCreated {
+                agent,
+                environment: EnvironmentConfig::default(),
+                title: None,
+                metadata: Default::default(),
+            })
+            .and(user(&"long ".repeat(100)))
+            .and(SessionStatusRunning {})
+            .and(start())
+            .and(AgentCustomToolUse {
+                tool_use_id: "c1".into(),
+                name: "lookup".into(),
+                input: json!({}),
+            })
+            .and(end(false))
+            .and(idle("requires_action", &["c1"]))
+            .and(UserCustomToolResult {
+                custom_tool_use_id: "c1".into(),
+                content: vec![ContentBlock::text("x")],
+                is_error: false,
+            });
+        // Over budget, but the only idle leaves a call open: no compaction, the model is asked.
+        assert!(matches!(g.decide(), Decision::CallModel { .. }));
+        // After a finished turn, compaction cuts there.
+        let g = g
+            .and(start())
+            .and(end(false))
+            .and(idle("end_turn", &[]))
+            .and(user("more"));
+        match g.decide() {
+            Decision::Compact { up_to, .. } => assert_eq!(up_to, g.0.len() as u64 - 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

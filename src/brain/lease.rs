@@ -137,9 +137,13 @@ impl Leases {
 
     /// Gives a lease back (if still ours).
     pub async fn release(&self, lease: Lease) {
-        let _ = self
+        if let Err(e) = self
             .store
             .delete_expect_revision(&lease.key, Some(lease.revision))
-            .await;
+            .await
+        {
+            // It then expires by its TTL; wakes that meet it meanwhile come back later.
+            tracing::warn!(key = %lease.key, error = %e, "Releasing a session lease failed.");
+        }
     }
 }

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::StreamExt;
-use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use super::cache::{SessionCache, replay};
@@ -256,11 +255,12 @@ impl Brain {
             let every = self.config.ack_wait / 6;
             let acker = msg.clone();
             let (leases, lease) = (self.leases.clone(), lease.clone());
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if acker.ack_with(AckKind::Progress).await.is_err() {
-                        return;
+                    // A failed heartbeat (a reconnect) is retried at the next tick, not fatal.
+                    if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                        tracing::warn!(error = %e, "A wake heartbeat failed.");
                     }
                     if let Some(l) = lease.lock().await.as_mut() {
                         match leases.renew(l).await {
@@ -274,10 +274,10 @@ impl Brain {
                         }
                     }
                 }
-            })
+            }))
         };
-        let result = self.run_wake(&wake, &lease, delivered).await;
-        heartbeat.abort();
+        let result = self.run_wake(&wake, &lease).await;
+        drop(heartbeat);
         if let Some(l) = lease.lock().await.take() {
             self.leases.release(l).await;
         }
@@ -402,11 +402,16 @@ impl Brain {
         &self,
         wake: &Wake,
         lease: &tokio::sync::Mutex<Option<Lease>>,
-        delivered: i64,
     ) -> Result<(), HandleError> {
         let id = &wake.session_id;
+        // The leader's view: the session must exist before anything is appended to it, or a
+        // wake for a mistyped id would create a log that can never be deleted.
+        let mut appended = self.log.last_sequence(id).await?;
+        if appended == 0 {
+            return Err(HandleError::Log(LogError::NotFound(id.clone())));
+        }
         for e in &wake.events {
-            self.log.append_fact(id, e).await?;
+            appended = appended.max(self.log.append_fact(id, e).await?.last_seq);
         }
         // One wake per session at a time in this process.
         let lock = self.session_lock(id);
@@ -418,36 +423,58 @@ impl Brain {
         for _ in 0..8 {
             match self.leases.acquire(id).await {
                 Ok(Some(l)) => *lease.lock().await = Some(l),
-                // Another brain works on this session and will look again when it is done. A
-                // redelivered wake is different: its first handler died, perhaps holding this
-                // very lease, so it must come back after the lease expires rather than vanish.
-                Ok(None) if delivered > 1 => return Err(HandleError::LeaseHeld),
-                Ok(None) => return Ok(()),
+                // Another brain works on this session (or held it and died: its lease expires
+                // within ack_wait / 2). Come back later rather than vanish; after max_deliver
+                // tries the wake is dropped, since a live holder re-checks when it is done.
+                Ok(None) => return Err(HandleError::LeaseHeld),
                 Err(e) => {
                     tracing::warn!(error = %e, "Session leases unavailable; relying on conditional appends.")
                 }
             }
-            self.run_session(id).await?;
+            self.run_session(id, appended).await?;
             if let Some(l) = lease.lock().await.take() {
                 self.leases.release(l).await;
             }
-            let r = replay(&self.cache, &self.log, id).await?;
+            let r = self.replay_at_least(id, appended).await?;
             if harness::decide(&r.state, &r.events, limits) == Decision::Wait {
                 return Ok(());
             }
         }
-        Ok(())
+        // Input kept arriving: let the wake come back rather than leave work behind.
+        Err(HandleError::LeaseHeld)
     }
 
-    /// Runs a session until it waits.
-    async fn run_session(&self, id: &SessionId) -> Result<(), HandleError> {
+    /// Replays a session, making sure the replay reaches `at_least`: a direct get may be
+    /// served by a replica that trails the leader for a moment, and deciding (or declaring the
+    /// session unknown) on such a read could leave the wake's own input unanswered.
+    async fn replay_at_least(
+        &self,
+        id: &SessionId,
+        at_least: u64,
+    ) -> Result<super::cache::Replay, HandleError> {
+        for attempt in 0..50 {
+            let r = replay(&self.cache, &self.log, id).await?;
+            if r.state.last_seq >= at_least {
+                return Ok(r);
+            }
+            tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await;
+        }
+        Err(HandleError::Log(LogError::Unavailable {
+            attempts: 50,
+            elapsed_ms: 12_750,
+            last: format!("the session's replay never reached sequence {at_least}"),
+        }))
+    }
+
+    /// Runs a session until it waits; the first replay must reach `at_least`.
+    async fn run_session(&self, id: &SessionId, at_least: u64) -> Result<(), HandleError> {
         const MAX_STEPS: usize = 200;
         let mut limits = Limits {
             max_model_attempts: self.config.max_model_attempts,
             compact: true,
         };
         for _ in 0..MAX_STEPS {
-            let r = replay(&self.cache, &self.log, id).await?;
+            let r = self.replay_at_least(id, at_least).await?;
             if r.state.config.is_none() {
                 if r.state.event_count == 0 {
                     return Err(HandleError::Log(LogError::NotFound(id.clone())));
@@ -643,8 +670,16 @@ impl Brain {
         state: &crate::session::SessionState,
         events: &[crate::event::StoredEvent],
     ) -> Result<(), HandleError> {
-        let window = time::Duration::seconds(100);
-        for job in harness::jobs_to_dispatch(state, events, OffsetDateTime::now_utc(), window) {
+        let jobs = harness::jobs_to_dispatch(state, events);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let tools = self
+            .js
+            .get_stream(subjects::TOOLS_STREAM)
+            .await
+            .map_err(|e| HandleError::Publish(e.to_string()))?;
+        for job in jobs {
             let subject = match job.pool_subject() {
                 Ok(s) => s,
                 Err(e) => {
@@ -652,6 +687,16 @@ impl Brain {
                     continue;
                 }
             };
+            // Still queued: nothing to do. (A job leaves the queue when a hand acknowledges it,
+            // after appending its result; a hand checks the log before running a job, so a
+            // publish racing a result that this replay does not show yet is harmless.)
+            if tools
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .is_ok()
+            {
+                continue;
+            }
             let payload = serde_json::to_vec(&job).unwrap_or_default();
             let msg = jetstream::message::PublishMessage::build()
                 .message_id(job.message_id())
@@ -665,6 +710,16 @@ impl Brain {
                 .map_err(|e| HandleError::Publish(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+/// Aborts a task when dropped (also when the handler panics), so a heartbeat never outlives
+/// its wake.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -103,7 +103,13 @@ impl Assembler {
         }
         let v: Value = serde_json::from_str(data).map_err(|_| malformed("an event is not JSON"))?;
         let kind = v["type"].as_str().unwrap_or(event);
-        let index = v["index"].as_u64().unwrap_or(0) as usize;
+        let index = v["index"].as_u64().unwrap_or(0);
+        // Blocks arrive in order; an index past the next one is malformed (and must not become
+        // a huge allocation or a wrapped-around index).
+        if index > self.blocks.len() as u64 {
+            return Err(malformed("a block index out of order"));
+        }
+        let index = index as usize;
         match kind {
             "message_start" => usage_from(&v["message"]["usage"], &mut self.usage),
             "content_block_start" => {
@@ -345,6 +351,30 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(a.finish(), Err(ModelError::Retryable { .. })));
+    }
+
+    #[test]
+    fn out_of_order_indexes_are_malformed_not_a_panic() {
+        let mut a = Assembler::default();
+        let e = a
+            .apply("content_block_start", r#"{"type":"content_block_start","index":18446744073709551615,"content_block":{"type":"text","text":""}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+        let e = a
+            .apply("content_block_delta", r#"{"type":"content_block_delta","index":3,"delta":{"type":"text_delta","text":"x"}}"#)
+            .unwrap_err();
+        assert!(matches!(e, ModelError::Retryable { .. }));
+    }
+
+    #[test]
+    fn authentication_error_bodies_are_not_kept() {
+        let e = ModelError::from_status(
+            401,
+            None,
+            r#"{"error":{"message":"Incorrect API key provided: sk-abc...wxyz"}}"#,
+        );
+        assert!(!e.to_string().contains("wxyz"), "{e}");
+        assert_eq!(e.kind(), "authentication_error");
     }
 
     #[test]

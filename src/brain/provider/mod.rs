@@ -117,8 +117,16 @@ impl ModelError {
 
     /// Classifies an HTTP error status.
     pub(crate) fn from_status(status: u16, retry_after: Option<Duration>, body: &str) -> Self {
-        let body: String = body.chars().take(500).collect();
-        let message = format!("the model API answered HTTP {status}: {body}");
+        // Authentication errors may echo part of the key (OpenAI shows its last characters):
+        // their body is dropped. Other bodies are kept short, for the session's error event.
+        let message = if status == 401 || status == 403 {
+            format!(
+                "the model API answered HTTP {status} (authentication failed; check the brain's API key)"
+            )
+        } else {
+            let body: String = body.chars().take(500).collect();
+            format!("the model API answered HTTP {status}: {body}")
+        };
         if status == 408 || status == 409 || status == 429 || status >= 500 {
             Self::Retryable {
                 status: Some(status),

@@ -120,7 +120,17 @@ impl Assembler {
                 self.text.push_str(t);
             }
             for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let i = call["index"].as_u64().unwrap_or(0) as usize;
+                let i = call["index"].as_u64().unwrap_or(0);
+                if i > self.calls.len() as u64 {
+                    return Err(ModelError::Retryable {
+                        status: None,
+                        retry_after: None,
+                        message:
+                            "malformed stream from the model API: a tool call index out of order"
+                                .into(),
+                    });
+                }
+                let i = i as usize;
                 if self.calls.len() <= i {
                     self.calls.resize_with(i + 1, Default::default);
                 }
@@ -154,7 +164,7 @@ impl Assembler {
         if !self.text.is_empty() {
             content.push(ContentBlock::text(self.text));
         }
-        for (i, (id, name, args)) in self.calls.into_iter().enumerate() {
+        for (id, name, args) in self.calls {
             let input: Value = if args.trim().is_empty() {
                 json!({})
             } else {
@@ -165,8 +175,9 @@ impl Assembler {
                         .into(),
                 })?
             };
+            // Some servers send no id; a counter would repeat across turns and sessions.
             let id = if id.is_empty() {
-                format!("call_{i}")
+                format!("call_{}", uuid::Uuid::now_v7().simple())
             } else {
                 id
             };

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod brain;
 pub mod config;
 pub mod event;
+pub mod hands;
 pub mod jobs;
 pub mod local_server;
 pub mod session;

@@ -51,6 +51,9 @@ enum Cmd {
     /// Run a brain worker: take wakes, replay sessions, call the model, append its steps.
     /// Start as many as you like; they share the `brain` consumer.
     Brain(BrainArgs),
+    /// Run a hand worker: take tool jobs, run them in hardened Docker sandboxes, append the
+    /// results. Start one per Docker host (or more).
+    Hands(HandsArgs),
     /// Decode one event payload (MessagePack or JSON) from stdin into JSON on stdout, e.g. for
     /// `nats sub --translate 'herd decode'`.
     Decode {
@@ -91,6 +94,37 @@ struct BrainArgs {
     /// Longest model request, in seconds.
     #[arg(long, default_value_t = 600)]
     model_timeout_secs: u64,
+}
+
+#[derive(Args)]
+struct HandsArgs {
+    /// This host's name, on its sandboxes' labels [default: $HOSTNAME].
+    #[arg(long)]
+    host: Option<String>,
+    /// Tool jobs run at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds a job may go without an ack or heartbeat before another hand gets it.
+    #[arg(long, default_value_t = 30)]
+    ack_wait_secs: u64,
+    /// Deliveries of one job before it is answered with an error.
+    #[arg(long, default_value_t = 5)]
+    max_deliver: i64,
+    /// Seconds a sandbox may sit unused before it is removed (its workspace volume stays).
+    #[arg(long, default_value_t = 600)]
+    idle_reap_secs: u64,
+    /// The image of sessions whose environment names none.
+    #[arg(long, default_value = "herd-sandbox:debian")]
+    image: String,
+    /// Memory limit per sandbox, MiB.
+    #[arg(long, default_value_t = 512)]
+    memory_mib: i64,
+    /// CPU limit per sandbox.
+    #[arg(long, default_value_t = 1.0)]
+    cpus: f64,
+    /// Process limit per sandbox.
+    #[arg(long, default_value_t = 128)]
+    pids: i64,
 }
 
 #[derive(Subcommand)]
@@ -219,6 +253,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let brain = herd::brain::Brain::new(client, config).await?;
             eprintln!("herd brain: taking wakes (Ctrl-C to stop)");
             brain
+                .run(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+            Ok(())
+        }
+        Cmd::Hands(a) => {
+            let client = nats_config(&cli.global)?.connect("herd-hands").await?;
+            herd::streams::apply(&async_nats::jetstream::new(client.clone()), 1).await?;
+            let mut config = herd::hands::HandsConfig {
+                ack_wait: std::time::Duration::from_secs(a.ack_wait_secs.max(1)),
+                max_deliver: a.max_deliver.max(1),
+                concurrency: a.concurrency.max(1),
+                idle_reap: std::time::Duration::from_secs(a.idle_reap_secs.max(1)),
+                sandbox: herd::hands::sandbox::SandboxConfig {
+                    default_image: a.image,
+                    memory_bytes: a.memory_mib.max(16) << 20,
+                    nano_cpus: (a.cpus.clamp(0.01, 1024.0) * 1e9) as i64,
+                    pids_limit: a.pids.max(8),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            if let Some(h) = a.host {
+                config.host = h;
+            }
+            let hands = herd::hands::Hands::new(client, config).await?;
+            eprintln!("herd hands: taking tool jobs (Ctrl-C to stop)");
+            hands
                 .run(async {
                     let _ = tokio::signal::ctrl_c().await;
                 })

@@ -389,6 +389,11 @@ impl Sandboxes {
             .await;
     }
 
+    /// Removes a session's sandbox; its workspace volume stays for the next one.
+    pub async fn remove_sandbox(&self, session: &SessionId) {
+        self.remove_container(&container_name(session)).await;
+    }
+
     /// Removes a session's sandbox and its workspace volume.
     pub async fn destroy(&self, session: &SessionId) {
         self.remove_container(&container_name(session)).await;

@@ -1,0 +1,412 @@
+//! `herd hands`: takes tool jobs off `HERD_TOOLS`, runs them in the session's sandbox, and
+//! appends each call's one `agent.tool_result`.
+//!
+//! One job is handled like this (DESIGN rules 5 to 7):
+//!
+//! 1. parse it; check the log: the `agent.tool_use` it names must be there (a job that does not
+//!    match the log is refused, never run), and if its result is already there (a redelivery
+//!    after a crash) nothing runs again;
+//! 2. run the tool in the session's sandbox (provisioned on first use), with progress
+//!    heartbeats so a long tool is not redelivered;
+//! 3. append the result as a fact whose event id is derived from the tool_use id, so however
+//!    often the job runs, one result lands;
+//! 4. wake the session, then acknowledge the job.
+//!
+//! A sandbox that dies mid-tool is a tool error for the model, never a dead session; the next
+//! call provisions a fresh sandbox over the same workspace volume.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+
+use super::sandbox::{SandboxConfig, SandboxError, Sandboxes};
+use super::tools;
+use crate::event::{AgentToolResult, ContentBlock, Event, EventBody, SessionId};
+use crate::jobs::{ToolJob, result_event_id};
+use crate::session::{LogError, SessionLog, Slice};
+use crate::subjects;
+
+/// The durable consumer of the shared pool.
+pub const POOL_CONSUMER: &str = "hands-pool";
+/// Where jobs that cannot be parsed go.
+pub const DEAD_LETTER_SUBJECT: &str = "herd.deadletter.tool";
+
+/// How a hand worker runs.
+#[derive(Debug, Clone)]
+pub struct HandsConfig {
+    /// This host's name (sandboxes are labelled with it).
+    pub host: String,
+    /// How long a job may go without an ack or heartbeat before it is redelivered.
+    pub ack_wait: Duration,
+    /// Deliveries of one job before it is given up (with an error result).
+    pub max_deliver: i64,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Sandboxes unused this long are removed (their workspace volumes stay).
+    pub idle_reap: Duration,
+    /// Sandbox limits and the default image.
+    pub sandbox: SandboxConfig,
+}
+
+impl Default for HandsConfig {
+    fn default() -> Self {
+        Self {
+            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            concurrency: 8,
+            idle_reap: Duration::from_secs(600),
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+/// Why a hand could not start or keep going.
+#[derive(Debug, thiserror::Error)]
+pub enum HandsError {
+    /// Setting up NATS or Docker failed.
+    #[error("hands setup failed: {0}")]
+    Setup(String),
+    /// The job consumer stopped.
+    #[error("the tool-job consumer failed: {0}")]
+    Consumer(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("docker: {0}")]
+    Docker(String),
+    #[error("cannot publish the wake: {0}")]
+    Wake(String),
+}
+
+/// A running hand worker.
+pub struct Hands {
+    log: SessionLog,
+    js: jetstream::Context,
+    sandboxes: Sandboxes,
+    last_used: Mutex<HashMap<SessionId, Instant>>,
+    locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    config: HandsConfig,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Hands {
+    /// Connects to Docker, ensures the pool consumer, and removes this host's orphaned
+    /// sandboxes (left by a previous run).
+    pub async fn new(
+        client: async_nats::Client,
+        config: HandsConfig,
+    ) -> Result<Arc<Self>, HandsError> {
+        let setup = |e: String| HandsError::Setup(e);
+        let js = jetstream::new(client.clone());
+        let log = SessionLog::open(client)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let sandboxes = Sandboxes::connect(&config.host, config.sandbox.clone())
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let stream = js
+            .get_stream(subjects::TOOLS_STREAM)
+            .await
+            .map_err(|e| setup(format!("stream {} is missing: {e}", subjects::TOOLS_STREAM)))?;
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(POOL_CONSUMER.into()),
+                description: Some("herd hands: the shared pool of tool jobs".into()),
+                filter_subject: "herd.tools.pool.>".into(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_deliver: config.max_deliver,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(format!("cannot create consumer {POOL_CONSUMER}: {e}")))?;
+        let hands = Arc::new(Self {
+            log,
+            js,
+            sandboxes,
+            last_used: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            config,
+        });
+        // Sandboxes of this host from an earlier run have no worker any more.
+        for (session, _) in hands.sandboxes.list().await.unwrap_or_default() {
+            if let Ok(id) = SessionId::parse(session) {
+                tracing::info!(session = %id, "Removing an orphaned sandbox.");
+                hands.sandboxes.remove_sandbox(&id).await;
+            }
+        }
+        Ok(hands)
+    }
+
+    /// The sandboxes this worker drives.
+    pub fn sandboxes(&self) -> &Sandboxes {
+        &self.sandboxes
+    }
+
+    /// Pulls and runs jobs until `shutdown` resolves; jobs in progress then finish.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), HandsError> {
+        let err = |e: String| HandsError::Consumer(e);
+        let stream = self
+            .js
+            .get_stream(subjects::TOOLS_STREAM)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .get_consumer(POOL_CONSUMER)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.config.concurrency.min(64))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let reaper = {
+            let me = self.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(30).min(me.config.idle_reap)).await;
+                    me.reap_idle().await;
+                }
+            }))
+        };
+        tokio::pin!(shutdown);
+        tracing::info!(host = %self.config.host, "Hands are taking tool jobs.");
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => p.map_err(|e| err(e.to_string()))?,
+            };
+            let msg = tokio::select! {
+                _ = &mut shutdown => break,
+                m = messages.next() => m,
+            };
+            let msg = match msg {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Pulling tool jobs failed; retrying.");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                None => return Err(err("the message stream ended".into())),
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.handle(msg).await;
+                drop(permit);
+            });
+        }
+        drop(reaper);
+        let _ = permits
+            .acquire_many(self.config.concurrency.max(1) as u32)
+            .await;
+        Ok(())
+    }
+
+    async fn reap_idle(&self) {
+        let idle: Vec<SessionId> = {
+            let used = self.last_used.lock().unwrap_or_else(|p| p.into_inner());
+            used.iter()
+                .filter(|(_, t)| t.elapsed() > self.config.idle_reap)
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        for s in idle {
+            tracing::info!(session = %s, "Removing an idle sandbox.");
+            self.sandboxes.remove_sandbox(&s).await;
+            self.last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&s);
+        }
+    }
+
+    async fn handle(&self, msg: jetstream::Message) {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        let job: ToolJob = match serde_json::from_slice(&msg.payload) {
+            Ok(j) => j,
+            Err(e) => {
+                self.dead_letter(&msg, &format!("not a tool job: {e}"))
+                    .await;
+                return;
+            }
+        };
+        let heartbeat = {
+            let every = self.config.ack_wait / 3;
+            let acker = msg.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                        tracing::warn!(error = %e, "A job heartbeat failed.");
+                    }
+                }
+            }))
+        };
+        let last_try = delivered >= self.config.max_deliver;
+        let result = self.run_job(&job, last_try).await;
+        drop(heartbeat);
+        match result {
+            Ok(()) => {
+                let _ = msg.double_ack().await;
+            }
+            Err(JobError::Log(LogError::Invalid(why))) => {
+                self.dead_letter(&msg, &why).await;
+            }
+            Err(e) => {
+                tracing::warn!(session = %job.session_id, tool_use_id = %job.tool_use_id, error = %e, "Tool job failed; it will be redelivered.");
+                let delay = Duration::from_millis(250 * (1 << delivered.clamp(0, 6)));
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+
+    async fn dead_letter(&self, msg: &jetstream::Message, why: &str) {
+        tracing::warn!(error = why, "Refusing a tool job.");
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Herd-Error", why.replace(['\r', '\n'], " ").as_str());
+        h.insert("Herd-Original-Subject", msg.subject.as_str());
+        let ok = match self
+            .js
+            .publish_with_headers(DEAD_LETTER_SUBJECT, h, msg.payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        let _ = msg
+            .ack_with(if ok {
+                AckKind::Term
+            } else {
+                AckKind::Nak(Some(Duration::from_secs(5)))
+            })
+            .await;
+    }
+
+    fn session_lock(&self, id: &SessionId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 4096 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(id.clone()).or_default().clone()
+    }
+
+    async fn run_job(&self, job: &ToolJob, last_try: bool) -> Result<(), JobError> {
+        let session = &job.session_id;
+        // What the log says about this call: it must exist, and may already be answered.
+        let records = self
+            .log
+            .read(
+                session,
+                &Slice {
+                    from: Some(job.tool_use_seq),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut call = None;
+        let mut answered = None;
+        for r in records.iter().filter_map(|r| r.as_ref().ok()) {
+            match &r.event.body {
+                EventBody::AgentToolUse(u)
+                    if u.tool_use_id == job.tool_use_id && r.seq == job.tool_use_seq =>
+                {
+                    call = Some(u.clone())
+                }
+                EventBody::AgentToolResult(res) if res.tool_use_id == job.tool_use_id => {
+                    answered = Some(r.seq)
+                }
+                _ => {}
+            }
+        }
+        if let Some(seq) = answered {
+            // A redelivery of a job that already ran: make sure the session was woken.
+            return self.wake(session, seq).await;
+        }
+        let Some(call) = call else {
+            return Err(JobError::Log(LogError::Invalid(format!(
+                "no agent.tool_use {} at sequence {} in session {session}",
+                job.tool_use_id, job.tool_use_seq
+            ))));
+        };
+        // One tool at a time per session on this host: calls of one turn share a workspace.
+        let lock = self.session_lock(session);
+        let _guard = lock.lock().await;
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.clone(), Instant::now());
+        let outcome = match self.sandboxes.ensure(session, job.image.as_deref()).await {
+            Ok(sandbox) => {
+                match tools::run(&self.sandboxes, &sandbox, &call.name, &call.input).await {
+                    Ok(o) => o,
+                    Err(SandboxError::Lost(why)) => tools::ToolOutcome {
+                        text: format!(
+                            "The sandbox was lost while this tool ran ({why}). The next tool call gets a fresh sandbox; files in /workspace are kept."
+                        ),
+                        is_error: true,
+                    },
+                    Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
+                    Err(e) => tools::ToolOutcome {
+                        text: format!("The tool could not run: {e}"),
+                        is_error: true,
+                    },
+                }
+            }
+            Err(SandboxError::NoImage(image)) => tools::ToolOutcome {
+                text: format!(
+                    "The sandbox image {image:?} is not available on the hand host; no tool can run until it is built."
+                ),
+                is_error: true,
+            },
+            Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
+            Err(e) => tools::ToolOutcome {
+                text: format!("No sandbox could be provisioned: {e}"),
+                is_error: true,
+            },
+        };
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.clone(), Instant::now());
+        let id = result_event_id(&job.tool_use_id).map_err(|e| LogError::Invalid(e.to_string()))?;
+        let result = Event::with_id(
+            id,
+            AgentToolResult {
+                tool_use_id: job.tool_use_id.clone(),
+                content: vec![ContentBlock::text(outcome.text)],
+                is_error: outcome.is_error,
+            },
+        );
+        let appended = self.log.append_fact(session, &result).await?;
+        self.wake(session, appended.last_seq).await
+    }
+
+    async fn wake(&self, session: &SessionId, seq: u64) -> Result<(), JobError> {
+        crate::brain::wake::publish(&self.js, session, seq)
+            .await
+            .map_err(|e| JobError::Wake(e.to_string()))
+    }
+}

@@ -1,0 +1,182 @@
+//! An agent end to end: brain, hands and a real sandbox, through NATS, on the scripted model.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use herd::brain::{Brain, BrainConfig};
+use herd::event::*;
+use herd::hands::sandbox::SandboxConfig;
+use herd::hands::{Hands, HandsConfig};
+use serde_json::json;
+
+const IMAGE: &str = "herd-sandbox:debian";
+
+fn builtin(name: &str) -> ToolConfig {
+    ToolConfig {
+        name: name.into(),
+        kind: "builtin".into(),
+        description: None,
+        input_schema: None,
+        permission_policy: PermissionPolicy::AlwaysAllow,
+    }
+}
+
+fn tool_turn(id: &str, name: &str, input: serde_json::Value) -> serde_json::Value {
+    json!({"content": [{"type": "tool_use", "id": id, "name": name, "input": input}]})
+}
+
+/// A scripted agent writes a Python program, runs it, edits it and runs it again; every tool
+/// call runs in the session's hardened sandbox and lands one result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_agent_writes_runs_edits_and_reruns_a_program() {
+    let status =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sandbox-images/build"))
+            .arg("debian")
+            .status()
+            .unwrap();
+    assert!(status.success(), "building {IMAGE} failed");
+    let t = TestNats::start().await;
+    let brain = Brain::new(
+        connect(&t.server.url()).await,
+        BrainConfig {
+            name: "e2e-brain".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let hands = Hands::new(
+        connect(&t.server.url()).await,
+        HandsConfig {
+            host: format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+            sandbox: SandboxConfig {
+                default_image: IMAGE.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sandboxes = hands.sandboxes().clone();
+    let b = tokio::spawn(async move { brain.run(std::future::pending()).await.unwrap() });
+    let h = tokio::spawn(async move { hands.run(std::future::pending()).await.unwrap() });
+
+    let mut agent = AgentConfig::new("scripted");
+    agent.tools = ["bash", "read", "write", "edit"]
+        .into_iter()
+        .map(builtin)
+        .collect();
+    agent.script = vec![
+        tool_turn(
+            "toolu_w",
+            "write",
+            json!({"path": "hello.py", "content": "print('hello, ' + str(6 * 7))\n"}),
+        ),
+        tool_turn("toolu_r1", "bash", json!({"command": "python3 hello.py"})),
+        tool_turn(
+            "toolu_e",
+            "edit",
+            json!({"path": "hello.py", "old_string": "hello", "new_string": "goodbye"}),
+        ),
+        tool_turn(
+            "toolu_r2",
+            "bash",
+            json!({"command": "python3 hello.py && id -u"}),
+        ),
+        json!({"content": [{"type": "text", "text": "Done: it printed goodbye, 42."}]}),
+    ];
+    let id = SessionId::generate();
+    t.log
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent,
+                environment: EnvironmentConfig {
+                    image: Some(IMAGE.into()),
+                },
+                title: None,
+                metadata: Default::default(),
+            }),
+        )
+        .await
+        .unwrap();
+    let a = t
+        .log
+        .append_fact(&id, &user("Write a Python program and run it."))
+        .await
+        .unwrap();
+    herd::brain::wake::publish(
+        &async_nats::jetstream::new(t.client.clone()),
+        &id,
+        a.last_seq,
+    )
+    .await
+    .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let events: Vec<StoredEvent> = t
+            .log
+            .read_from(&id, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        if events
+            .iter()
+            .any(|e| e.event.type_name() == "session.status_idle")
+        {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            events
+                .iter()
+                .map(|e| e.event.type_name())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let results: Vec<(String, bool, String)> = events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::AgentToolResult(r) => {
+                Some((r.tool_use_id.clone(), r.is_error, content_text(&r.content)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        results.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["toolu_w", "toolu_r1", "toolu_e", "toolu_r2"]
+    );
+    assert!(results.iter().all(|r| !r.1), "{results:?}");
+    assert!(results[1].2.contains("hello, 42"), "{}", results[1].2);
+    assert!(
+        results[3].2.contains("goodbye, 42") && results[3].2.contains("1000"),
+        "{}",
+        results[3].2
+    );
+    let last = events.iter().rev().find_map(|e| match &e.event.body {
+        EventBody::AgentMessage(m) => Some(content_text(&m.content)),
+        _ => None,
+    });
+    assert_eq!(last.as_deref(), Some("Done: it printed goodbye, 42."));
+    // One sandbox served the whole session, found by its label.
+    let listed: Vec<String> = sandboxes
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(listed, vec![id.to_string()]);
+    sandboxes.destroy(&id).await;
+    b.abort();
+    h.abort();
+}

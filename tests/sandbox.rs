@@ -320,3 +320,49 @@ async fn timeouts_floods_and_lost_sandboxes_are_tool_errors() {
     r.sandboxes.kill(&again).await;
     assert_eq!(r.ok("read", json!({"path": "keep.txt"})).await, "kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_commands_leave_the_host_and_the_sandbox_usable() {
+    let r = Rig::start().await;
+    // A fork bomb runs into the process limit (128): the call returns, the host is untouched.
+    let t = Instant::now();
+    match r
+        .tool(
+            "bash",
+            json!({"command": "b() { b | b & }; b; sleep 2", "timeout_secs": 5}),
+        )
+        .await
+    {
+        Ok(o) => assert!(
+            o.text.contains("can't fork") || o.text.contains("timed out"),
+            "{}",
+            o.text
+        ),
+        Err(SandboxError::Lost(_)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(20));
+    // The bomb's processes may keep the sandbox saturated; replacing it always recovers.
+    let sb = r.sandboxes.ensure(&r.session, None).await.unwrap();
+    r.sandboxes.kill(&sb).await;
+    assert!(
+        r.ok("bash", json!({"command": "echo alive"}))
+            .await
+            .contains("alive")
+    );
+    // Output without end until the timeout: capped, and the tool returns.
+    let out = r
+        .err("bash", json!({"command": "yes", "timeout_secs": 2}))
+        .await;
+    assert!(
+        out.len() < 2 * OUTPUT_CAP + 1024 && out.contains("output truncated"),
+        "{}",
+        out.len()
+    );
+    // No Docker API inside, and no host paths.
+    let out = r.ok("bash", json!({"command": "ls /var/run/docker.sock 2>&1; ls /run 2>&1; cat /proc/mounts | grep -c ' / '"})).await;
+    assert!(
+        out.contains("No such file") && !out.contains("docker.sock\n"),
+        "{out}"
+    );
+}

@@ -161,3 +161,145 @@ async fn hands_killed_mid_tool_still_answer_each_call_once() {
     sandboxes.destroy(&id).await;
     b.abort();
 }
+
+/// Secrets in the brain's and the hand's environments never reach a sandbox: not its
+/// environment, files, process list or `docker inspect`, and no event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_in_the_workers_environments_never_reaches_a_sandbox() {
+    ensure_busybox();
+    const CANARY: &str = "canary-7f3d9e2a51";
+    let t = TestNats::start().await;
+    let brain = Brain::new(
+        connect(&t.server.url()).await,
+        BrainConfig {
+            name: "canary-brain".into(),
+            providers: herd::brain::provider::ProviderSettings {
+                anthropic_api_key: Some(herd::config::Secret::new(CANARY)),
+                openai_api_key: Some(herd::config::Secret::new(CANARY)),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let b = tokio::spawn(async move { brain.run(std::future::pending()).await.unwrap() });
+    let host = format!("canary-{}", uuid::Uuid::new_v4().simple());
+    let mut hand = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["hands", "--host", &host, "--image", "herd-sandbox:busybox"])
+        .env("HERD_NATS_URL", t.server.url())
+        .env("ANTHROPIC_API_KEY", CANARY)
+        .env("HERD_SECRET_TOKEN", CANARY)
+        .env("GITHUB_TOKEN", CANARY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The pattern is assembled in the shell so the command itself never holds the canary.
+    let (a, z) = CANARY.split_at(8);
+    let dump = format!(
+        "env; echo ---; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; echo ---; ps; cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '; echo ---; cat /proc/mounts; echo ---; \
+         p1={a}; p2={z}; for d in / /workspace /tmp; do find $d -xdev -type f 2>/dev/null; done | xargs grep -l \"$p1$p2\" 2>/dev/null; echo scan-done"
+    );
+    let mut agent = AgentConfig::new("scripted");
+    agent.tools = vec![ToolConfig {
+        name: "bash".into(),
+        kind: "builtin".into(),
+        description: None,
+        input_schema: None,
+        permission_policy: PermissionPolicy::AlwaysAllow,
+    }];
+    agent.script = vec![
+        json!({"content": [{"type": "tool_use", "id": "toolu_dump", "name": "bash", "input": {"command": dump}}]}),
+        json!({"content": [{"type": "text", "text": "dumped"}]}),
+    ];
+    let id = SessionId::generate();
+    t.log
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent,
+                environment: EnvironmentConfig {
+                    image: Some("herd-sandbox:busybox".into()),
+                },
+                title: None,
+                metadata: Default::default(),
+            }),
+        )
+        .await
+        .unwrap();
+    let a = t
+        .log
+        .append_fact(&id, &user("show me everything"))
+        .await
+        .unwrap();
+    herd::brain::wake::publish(
+        &async_nats::jetstream::new(t.client.clone()),
+        &id,
+        a.last_seq,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events: Vec<StoredEvent> = t
+            .log
+            .read_from(&id, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        if events
+            .iter()
+            .any(|e| e.event.type_name() == "session.status_idle")
+        {
+            break events;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = events.iter().find_map(|e| match &e.event.body {
+        EventBody::AgentToolResult(r) => Some(content_text(&r.content)),
+        _ => None,
+    });
+    let output = output.expect("the dump ran");
+    assert!(
+        output.contains("scan-done") && output.contains("/workspace"),
+        "the dump ran whole: {output}"
+    );
+    assert!(
+        !output.contains(CANARY),
+        "the canary reached the sandbox:\n{output}"
+    );
+    for e in &events {
+        assert!(
+            !e.event.to_json().to_string().contains(CANARY),
+            "the canary is in an event"
+        );
+    }
+    let sandboxes = herd::hands::sandbox::Sandboxes::connect(&host, Default::default())
+        .await
+        .unwrap();
+    let (_, container) = sandboxes
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the sandbox");
+    let inspect = sandboxes
+        .docker()
+        .inspect_container(&container, None)
+        .await
+        .unwrap();
+    assert!(
+        !serde_json::to_string(&inspect).unwrap().contains(CANARY),
+        "the canary is in docker inspect"
+    );
+    let _ = hand.kill();
+    let _ = hand.wait();
+    sandboxes.destroy(&id).await;
+    b.abort();
+}

@@ -2,6 +2,7 @@
 
 mod output;
 mod session;
+mod up;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -51,6 +52,15 @@ enum Cmd {
     /// Run a brain worker: take wakes, replay sessions, call the model, append its steps.
     /// Start as many as you like; they share the `brain` consumer.
     Brain(BrainArgs),
+    /// Run every plane in one process on this machine: a brain and a hand (and a nats-server
+    /// from nats.conf when none answers), until Ctrl-C.
+    Up {
+        #[command(flatten)]
+        brain: BrainArgs,
+        /// The image of sessions whose environment names none.
+        #[arg(long = "sandbox-image", default_value = "herd-sandbox:debian")]
+        image: String,
+    },
     /// Run a hand worker: take tool jobs, run them in hardened Docker sandboxes, append the
     /// results. Start one per Docker host (or more).
     Hands(HandsArgs),
@@ -200,6 +210,35 @@ fn nats_config(g: &Global) -> anyhow::Result<NatsConfig> {
     Ok(cfg)
 }
 
+/// A brain's settings from its flags, the environment and the config file's `[models]`.
+fn brain_config(g: &Global, a: &BrainArgs) -> anyhow::Result<herd::brain::BrainConfig> {
+    let mut providers = herd::brain::provider::ProviderSettings::from_env();
+    if let Some(m) = file_config(g)?.map(|f| f.models) {
+        providers.anthropic_api_key = m.anthropic_api_key.or(providers.anthropic_api_key);
+        providers.anthropic_base_url = m.anthropic_base_url.or(providers.anthropic_base_url);
+        providers.openai_api_key = m.openai_api_key.or(providers.openai_api_key);
+        providers.openai_base_url = m.openai_base_url.or(providers.openai_base_url);
+    }
+    providers.timeouts = herd::brain::provider::Timeouts {
+        idle: std::time::Duration::from_secs(a.model_idle_timeout_secs.max(1)),
+        total: std::time::Duration::from_secs(a.model_timeout_secs.max(1)),
+    };
+    Ok(herd::brain::BrainConfig {
+        ack_wait: std::time::Duration::from_secs(a.ack_wait_secs.max(1)),
+        max_deliver: a.max_deliver.max(1),
+        backoff: a
+            .backoff_secs
+            .iter()
+            .map(|s| std::time::Duration::from_secs(*s))
+            .collect(),
+        concurrency: a.concurrency.max(1),
+        cache_sessions: a.cache_sessions,
+        max_model_attempts: a.max_model_attempts.max(1),
+        providers,
+        ..Default::default()
+    })
+}
+
 async fn connect(g: &Global) -> anyhow::Result<async_nats::Client> {
     Ok(nats_config(g)?.connect("herd-cli").await?)
 }
@@ -220,36 +259,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = connect(&cli.global).await?;
             session::run(client, cmd).await
         }
+        Cmd::Up { brain, image } => {
+            let cfg = nats_config(&cli.global)?;
+            let brain = brain_config(&cli.global, &brain)?;
+            let mut hands = herd::hands::HandsConfig::default();
+            hands.sandbox.default_image = image;
+            up::run(cfg, brain, hands).await
+        }
         Cmd::Brain(a) => {
             let client = nats_config(&cli.global)?.connect("herd-brain").await?;
             let js = async_nats::jetstream::new(client.clone());
             herd::streams::apply(&js, 1).await?;
-            let mut providers = herd::brain::provider::ProviderSettings::from_env();
-            if let Some(m) = file_config(&cli.global)?.map(|f| f.models) {
-                providers.anthropic_api_key = m.anthropic_api_key.or(providers.anthropic_api_key);
-                providers.anthropic_base_url =
-                    m.anthropic_base_url.or(providers.anthropic_base_url);
-                providers.openai_api_key = m.openai_api_key.or(providers.openai_api_key);
-                providers.openai_base_url = m.openai_base_url.or(providers.openai_base_url);
-            }
-            providers.timeouts = herd::brain::provider::Timeouts {
-                idle: std::time::Duration::from_secs(a.model_idle_timeout_secs.max(1)),
-                total: std::time::Duration::from_secs(a.model_timeout_secs.max(1)),
-            };
-            let config = herd::brain::BrainConfig {
-                ack_wait: std::time::Duration::from_secs(a.ack_wait_secs.max(1)),
-                max_deliver: a.max_deliver.max(1),
-                backoff: a
-                    .backoff_secs
-                    .iter()
-                    .map(|s| std::time::Duration::from_secs(*s))
-                    .collect(),
-                concurrency: a.concurrency.max(1),
-                cache_sessions: a.cache_sessions,
-                max_model_attempts: a.max_model_attempts.max(1),
-                providers,
-                ..Default::default()
-            };
+            let config = brain_config(&cli.global, &a)?;
             let brain = herd::brain::Brain::new(client, config).await?;
             eprintln!("herd brain: taking wakes (Ctrl-C to stop)");
             brain

@@ -264,3 +264,30 @@ async fn the_brain_benchmark_runs_and_reports() {
     assert!(report.wakes_per_sec > 0.0 && report.raw.n > 0);
     assert!(report.table().contains("wakes/s"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hands_benchmark_runs_and_reports() {
+    // A miniature run: checks the benchmark works end to end, not how fast anything is.
+    let status =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sandbox-images/build"))
+            .arg("busybox")
+            .status()
+            .unwrap();
+    assert!(status.success());
+    let report = herd::bench::hands::run(herd::bench::hands::Params {
+        provisions: 2,
+        round_trips: 3,
+        image: "herd-sandbox:busybox".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            report.provision_herd.n,
+            report.round_trip.n,
+            report.exec_bare.n
+        ),
+        (2, 3, 3)
+    );
+    assert!(report.table().contains("overhead"));
+}

@@ -149,6 +149,18 @@ enum StreamsCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Sandbox provisioning and the tool round trip vs bare Docker.
+    Hands {
+        /// Sandboxes provisioned each way.
+        #[arg(long, default_value_t = 20)]
+        provisions: usize,
+        /// Timed tool round trips.
+        #[arg(long, default_value_t = 100)]
+        round_trips: usize,
+        /// The sandbox image.
+        #[arg(long, default_value = "herd-sandbox:busybox")]
+        image: String,
+    },
     /// Wake → first model byte (cold and warm), replay, and wakes per second of one brain.
     Brain {
         /// Sessions measured per size.
@@ -310,6 +322,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Decode { pretty } => decode(pretty),
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Hands {
+                    provisions,
+                    round_trips,
+                    image,
+                },
+        } => {
+            let report = herd::bench::hands::run(herd::bench::hands::Params {
+                provisions,
+                round_trips,
+                image,
+            })
+            .await?;
+            println!("{}", report.table());
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Cmd::Bench {
             cmd:
                 BenchCmd::Brain {

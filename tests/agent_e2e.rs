@@ -180,3 +180,148 @@ async fn a_scripted_agent_writes_runs_edits_and_reruns_a_program() {
     b.abort();
     h.abort();
 }
+
+/// A sandbox killed from outside mid-tool: the model gets a tool error, the next call runs in a
+/// fresh sandbox that says so and still has the workspace, and no orphaned container remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sandbox_is_a_tool_error_and_the_next_call_gets_a_fresh_one() {
+    let status =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sandbox-images/build"))
+            .arg("busybox")
+            .status()
+            .unwrap();
+    assert!(status.success());
+    let t = TestNats::start().await;
+    let brain = Brain::new(
+        connect(&t.server.url()).await,
+        BrainConfig {
+            name: "kill-brain".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let hands = Hands::new(
+        connect(&t.server.url()).await,
+        HandsConfig {
+            host: format!("kill-{}", uuid::Uuid::new_v4().simple()),
+            sandbox: SandboxConfig {
+                default_image: "herd-sandbox:busybox".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sandboxes = hands.sandboxes().clone();
+    let b = tokio::spawn(async move { brain.run(std::future::pending()).await.unwrap() });
+    let h = tokio::spawn(async move { hands.run(std::future::pending()).await.unwrap() });
+    let mut agent = AgentConfig::new("scripted");
+    agent.tools = ["bash", "write"].into_iter().map(builtin).collect();
+    agent.script = vec![
+        tool_turn(
+            "toolu_1",
+            "write",
+            json!({"path": "kept.txt", "content": "still here"}),
+        ),
+        tool_turn("toolu_2", "bash", json!({"command": "sleep 20"})),
+        tool_turn("toolu_3", "bash", json!({"command": "cat kept.txt"})),
+        json!({"content": [{"type": "text", "text": "recovered"}]}),
+    ];
+    let id = SessionId::generate();
+    t.log
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent,
+                environment: EnvironmentConfig::default(),
+                title: None,
+                metadata: Default::default(),
+            }),
+        )
+        .await
+        .unwrap();
+    let a = t.log.append_fact(&id, &user("go")).await.unwrap();
+    herd::brain::wake::publish(
+        &async_nats::jetstream::new(t.client.clone()),
+        &id,
+        a.last_seq,
+    )
+    .await
+    .unwrap();
+    // Kill the sandbox while `sleep 20` runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = t.log.read_from(&id, 1).await.unwrap().into_iter().filter_map(Result::ok).any(|e| matches!(&e.event.body, EventBody::AgentToolUse(u) if u.tool_use_id == "toolu_2"));
+        if running {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let (_, container) = sandboxes.list().await.unwrap().into_iter().next().unwrap();
+            sandboxes
+                .docker()
+                .kill_container(
+                    &container,
+                    None::<bollard::query_parameters::KillContainerOptions>,
+                )
+                .await
+                .unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = loop {
+        let events: Vec<StoredEvent> = t
+            .log
+            .read_from(&id, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        if events
+            .iter()
+            .any(|e| e.event.type_name() == "session.status_idle")
+        {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            events
+                .iter()
+                .map(|e| e.event.type_name())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let result = |id: &str| {
+        events
+            .iter()
+            .find_map(|e| match &e.event.body {
+                EventBody::AgentToolResult(r) if r.tool_use_id == id => {
+                    Some((r.is_error, content_text(&r.content)))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (err2, text2) = result("toolu_2");
+    assert!(err2 && text2.contains("sandbox was lost"), "{text2}");
+    let (err3, text3) = result("toolu_3");
+    assert!(
+        !err3 && text3.contains("sandbox was replaced") && text3.contains("still here"),
+        "{text3}"
+    );
+    let count = |t: &str| events.iter().filter(|e| e.event.type_name() == t).count();
+    assert_eq!(
+        (count("sandbox.provisioned"), count("sandbox.lost")),
+        (2, 1)
+    );
+    // Only the fresh sandbox is left: the dead one was removed, not orphaned.
+    let left = sandboxes.list().await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    sandboxes.destroy(&id).await;
+    b.abort();
+    h.abort();
+}

@@ -450,6 +450,27 @@ payload!(
     }
 );
 
+payload!(
+    /// `sandbox.provisioned`: a hand started a sandbox for the session (herd's own type).
+    SandboxProvisioned {
+        /// The hand host that runs it.
+        host: String,
+        /// Its image.
+        image: String,
+        /// Its container id.
+        container: String,
+    }
+);
+payload!(
+    /// `sandbox.lost`: a session's sandbox died (killed, out of memory, its host gone).
+    SandboxLost {
+        /// The hand host that ran it.
+        host: String,
+        /// What happened.
+        reason: String,
+    }
+);
+
 /// An event of a type this version of herd does not know, kept whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnknownEvent {
@@ -565,6 +586,10 @@ event_types! {
     "span.model_request_start" => SpanModelRequestStart(SpanModelRequestStart),
     /// See [`SpanModelRequestEnd`].
     "span.model_request_end" => SpanModelRequestEnd(SpanModelRequestEnd),
+    /// See [`SandboxProvisioned`].
+    "sandbox.provisioned" => SandboxProvisioned(SandboxProvisioned),
+    /// See [`SandboxLost`].
+    "sandbox.lost" => SandboxLost(SandboxLost),
 }
 
 /// Checks an event type name: dot-separated lowercase tokens (`user.message`), which become the

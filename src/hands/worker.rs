@@ -25,7 +25,9 @@ use tokio::sync::Semaphore;
 
 use super::sandbox::{SandboxConfig, SandboxError, Sandboxes};
 use super::tools;
-use crate::event::{AgentToolResult, ContentBlock, Event, EventBody, SessionId};
+use crate::event::{
+    AgentToolResult, ContentBlock, Event, EventBody, SandboxLost, SandboxProvisioned, SessionId,
+};
 use crate::jobs::{ToolJob, result_event_id};
 use crate::session::{LogError, SessionLog, Slice};
 use crate::subjects;
@@ -358,16 +360,37 @@ impl Hands {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.clone(), Instant::now());
-        let outcome = match self.sandboxes.ensure(session, job.image.as_deref()).await {
+        let image = job
+            .image
+            .clone()
+            .unwrap_or_else(|| self.config.sandbox.default_image.clone());
+        let outcome = match self.sandboxes.ensure(session, Some(&image)).await {
             Ok(sandbox) => {
+                let note = if sandbox.fresh {
+                    self.provisioned(session, &image, &sandbox.id).await?
+                } else {
+                    None
+                };
                 match tools::run(&self.sandboxes, &sandbox, &call.name, &call.input).await {
-                    Ok(o) => o,
-                    Err(SandboxError::Lost(why)) => tools::ToolOutcome {
-                        text: format!(
-                            "The sandbox was lost while this tool ran ({why}). The next tool call gets a fresh sandbox; files in /workspace are kept."
-                        ),
-                        is_error: true,
-                    },
+                    Ok(mut o) => {
+                        if let Some(note) = note {
+                            o.text = format!("{note}\n\n{}", o.text);
+                        }
+                        o
+                    }
+                    Err(SandboxError::Lost(why)) => {
+                        let lost = Event::new(SandboxLost {
+                            host: self.config.host.clone(),
+                            reason: why.clone(),
+                        });
+                        self.log.append_fact(session, &lost).await?;
+                        tools::ToolOutcome {
+                            text: format!(
+                                "The sandbox was lost while this tool ran ({why}). The next tool call gets a fresh sandbox; files in /workspace are kept."
+                            ),
+                            is_error: true,
+                        }
+                    }
                     Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
                     Err(e) => tools::ToolOutcome {
                         text: format!("The tool could not run: {e}"),
@@ -402,6 +425,50 @@ impl Hands {
         );
         let appended = self.log.append_fact(session, &result).await?;
         self.wake(session, appended.last_seq).await
+    }
+
+    /// Records a new sandbox in the log; when the session had one before, returns the note
+    /// that tells the model what survived (the workspace on the same host; nothing across
+    /// hosts).
+    async fn provisioned(
+        &self,
+        session: &SessionId,
+        image: &str,
+        container: &str,
+    ) -> Result<Option<String>, JobError> {
+        let earlier = self
+            .log
+            .read(
+                session,
+                &Slice {
+                    types: vec!["sandbox.provisioned".into()],
+                    last: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let previous_host = earlier
+            .iter()
+            .rev()
+            .find_map(|r| match &r.as_ref().ok()?.event.body {
+                EventBody::SandboxProvisioned(p) => Some(p.host.clone()),
+                _ => None,
+            });
+        let event = Event::new(SandboxProvisioned {
+            host: self.config.host.clone(),
+            image: image.to_string(),
+            container: container.to_string(),
+        });
+        self.log.append_fact(session, &event).await?;
+        Ok(previous_host.map(|h| {
+            if h == self.config.host {
+                "Note: this session's sandbox was replaced by a fresh one. Files in /workspace were kept; processes and files elsewhere are gone.".to_string()
+            } else {
+                format!(
+                    "Note: this session's sandbox (on host {h}) is gone; this call ran in a fresh sandbox on another host, so files written before are not here."
+                )
+            }
+        }))
     }
 
     async fn wake(&self, session: &SessionId, seq: u64) -> Result<(), JobError> {

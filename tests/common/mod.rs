@@ -250,6 +250,17 @@ pub fn one_of_each() -> Vec<Event> {
             is_error: false,
         }
         .into(),
+        SandboxProvisioned {
+            host: "h1".into(),
+            image: "herd-sandbox:debian".into(),
+            container: "abc".into(),
+        }
+        .into(),
+        SandboxLost {
+            host: "h1".into(),
+            reason: "it ran out of memory".into(),
+        }
+        .into(),
     ];
     bodies.into_iter().map(Event::new).collect()
 }

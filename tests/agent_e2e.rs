@@ -325,3 +325,109 @@ async fn a_killed_sandbox_is_a_tool_error_and_the_next_call_gets_a_fresh_one() {
     b.abort();
     h.abort();
 }
+
+/// A large output: the event keeps its head and tail and a reference; the object store has it
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_go_to_the_object_store() {
+    let status =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sandbox-images/build"))
+            .arg("busybox")
+            .status()
+            .unwrap();
+    assert!(status.success());
+    let t = TestNats::start().await;
+    let brain = Brain::new(
+        connect(&t.server.url()).await,
+        BrainConfig {
+            name: "blob-brain".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let hands = Hands::new(
+        connect(&t.server.url()).await,
+        HandsConfig {
+            host: format!("blob-{}", uuid::Uuid::new_v4().simple()),
+            sandbox: SandboxConfig {
+                default_image: "herd-sandbox:busybox".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sandboxes = hands.sandboxes().clone();
+    let b = tokio::spawn(async move { brain.run(std::future::pending()).await.unwrap() });
+    let h = tokio::spawn(async move { hands.run(std::future::pending()).await.unwrap() });
+    let mut agent = AgentConfig::new("scripted");
+    agent.tools = vec![builtin("bash")];
+    agent.script = vec![
+        tool_turn("toolu_big", "bash", json!({"command": "seq 1 100000"})),
+        json!({"content": [{"type": "text", "text": "counted"}]}),
+    ];
+    let id = SessionId::generate();
+    t.log
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent,
+                environment: EnvironmentConfig::default(),
+                title: None,
+                metadata: Default::default(),
+            }),
+        )
+        .await
+        .unwrap();
+    let a = t.log.append_fact(&id, &user("count")).await.unwrap();
+    herd::brain::wake::publish(
+        &async_nats::jetstream::new(t.client.clone()),
+        &id,
+        a.last_seq,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        let found = t
+            .log
+            .read_from(&id, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(Result::ok)
+            .find_map(|e| match e.event.body {
+                EventBody::AgentToolResult(r) => Some(r),
+                _ => None,
+            });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = content_text(&result.content);
+    let r = result.output_ref.expect("a reference to the whole output");
+    assert!(text.len() < 40_000, "{}", text.len());
+    assert!(
+        text.contains("\n1\n2\n3\n") && text.contains("100000") && text.contains(&r.name),
+        "head, tail and where the rest is"
+    );
+    let store = async_nats::jetstream::new(t.client.clone())
+        .get_object_store(&r.bucket)
+        .await
+        .unwrap();
+    let mut object = store.get(&r.name).await.unwrap();
+    let mut whole = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut whole)
+        .await
+        .unwrap();
+    let whole = String::from_utf8(whole).unwrap();
+    assert_eq!(whole.len() as u64, r.size);
+    assert!(whole.contains("\n50000\n") && whole.trim_end().ends_with("100000"));
+    sandboxes.destroy(&id).await;
+    b.abort();
+    h.abort();
+}

@@ -323,6 +323,7 @@ async fn fake_hand(rig: &Rig) -> tokio::task::JoinHandle<()> {
                         job.input["command"].as_str().unwrap_or("")
                     ))],
                     is_error: false,
+                    output_ref: None,
                 },
             );
             let a = log.append_fact(&job.session_id, &result).await.unwrap();

@@ -189,6 +189,7 @@ async fn three_brains_fifty_sessions() {
                         tool_use_id: job.tool_use_id.clone(),
                         content: vec![ContentBlock::text("ok")],
                         is_error: false,
+                        output_ref: None,
                     },
                 );
                 let a = log.append_fact(&job.session_id, &r).await.unwrap();

@@ -321,6 +321,7 @@ mod tests {
             tool_use_id: id.into(),
             content: vec![ContentBlock::text(t)],
             is_error: false,
+            output_ref: None,
         }
     }
 

@@ -48,6 +48,7 @@ impl Planned {
                 tool_use_id: tool_use_id.to_string(),
                 content: vec![ContentBlock::text(text)],
                 is_error: true,
+                output_ref: None,
             }
             .into(),
         }

@@ -327,10 +327,12 @@ payload!(
     AgentToolResult {
         /// The call it answers.
         tool_use_id: String,
-        /// The output.
+        /// The output (its head and tail when it was too large to keep inline).
         #[serde(default)] content: Vec<ContentBlock>,
         /// Whether the tool failed (including a lost sandbox or a denial).
         #[serde(default)] is_error: bool,
+        /// Where the whole output is, when it was too large for the event.
+        #[serde(default, skip_serializing_if = "Option::is_none")] output_ref: Option<OutputRef>,
     }
 );
 payload!(
@@ -470,6 +472,17 @@ payload!(
         reason: String,
     }
 );
+
+/// A large output kept in the object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputRef {
+    /// The object store bucket.
+    pub bucket: String,
+    /// The object's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
 
 /// An event of a type this version of herd does not know, kept whole.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::sandbox::{ExecOutput, Sandbox, SandboxError, Sandboxes};
 
-/// Output kept per stream before truncation.
-pub const OUTPUT_CAP: usize = 64 * 1024;
+/// Output kept per stream before truncation. Results larger than the hand's inline limit go
+/// to the object store whole, with their head and tail in the event.
+pub const OUTPUT_CAP: usize = 1024 * 1024;
 /// The longest file `write` and `edit` accept.
 pub const MAX_FILE: usize = 1024 * 1024;
 /// Default and longest `bash` timeouts.

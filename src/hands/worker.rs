@@ -34,6 +34,12 @@ use crate::subjects;
 
 /// The durable consumer of the shared pool.
 pub const POOL_CONSUMER: &str = "hands-pool";
+/// Results longer than this (in bytes) keep only their head and tail in the event; the whole
+/// output goes to the object store.
+pub const INLINE_LIMIT: usize = 32 * 1024;
+/// The object store bucket for large outputs (defined in `streams/buckets.json`).
+pub const BLOBS: &str = "herd-blobs";
+
 /// Where jobs that cannot be parsed go.
 pub const DEAD_LETTER_SUBJECT: &str = "herd.deadletter.tool";
 
@@ -86,6 +92,8 @@ enum JobError {
     Docker(String),
     #[error("cannot publish the wake: {0}")]
     Wake(String),
+    #[error("cannot store a large output: {0}")]
+    Blob(String),
 }
 
 /// A running hand worker.
@@ -414,17 +422,67 @@ impl Hands {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.clone(), Instant::now());
+        let (text, output_ref) = self
+            .inline_or_store(session, &job.tool_use_id, outcome.text)
+            .await?;
         let id = result_event_id(&job.tool_use_id).map_err(|e| LogError::Invalid(e.to_string()))?;
         let result = Event::with_id(
             id,
             AgentToolResult {
                 tool_use_id: job.tool_use_id.clone(),
-                content: vec![ContentBlock::text(outcome.text)],
+                content: vec![ContentBlock::text(text)],
                 is_error: outcome.is_error,
+                output_ref,
             },
         );
         let appended = self.log.append_fact(session, &result).await?;
         self.wake(session, appended.last_seq).await
+    }
+
+    /// Keeps a short output inline; puts a long one in the object store and keeps its head and
+    /// tail, with a note saying where the rest is.
+    async fn inline_or_store(
+        &self,
+        session: &SessionId,
+        tool_use_id: &str,
+        text: String,
+    ) -> Result<(String, Option<crate::event::OutputRef>), JobError> {
+        if text.len() <= INLINE_LIMIT {
+            return Ok((text, None));
+        }
+        let name = format!("sessions/{session}/{tool_use_id}.txt");
+        let store = self
+            .js
+            .get_object_store(BLOBS)
+            .await
+            .map_err(|e| JobError::Blob(e.to_string()))?;
+        store
+            .put(name.as_str(), &mut text.as_bytes())
+            .await
+            .map_err(|e| JobError::Blob(e.to_string()))?;
+        let floor = |mut i: usize| {
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let head = floor(INLINE_LIMIT / 2);
+        let tail = floor(text.len() - INLINE_LIMIT / 4);
+        let inline = format!(
+            "{}\n[… {} bytes omitted here; the whole output ({} bytes) is in object store {BLOBS}, object {name}]\n{}",
+            &text[..head],
+            tail - head,
+            text.len(),
+            &text[tail..]
+        );
+        Ok((
+            inline,
+            Some(crate::event::OutputRef {
+                bucket: BLOBS.into(),
+                name,
+                size: text.len() as u64,
+            }),
+        ))
     }
 
     /// Records a new sandbox in the log; when the session had one before, returns the note

@@ -329,6 +329,7 @@ mod tests {
                 tool_use_id: "t1".into(),
                 content: vec![ContentBlock::text("ok")],
                 is_error: false,
+                output_ref: None,
             })
             .then(UserCustomToolResult {
                 custom_tool_use_id: "c1".into(),

@@ -179,6 +179,7 @@ pub fn one_of_each() -> Vec<Event> {
             tool_use_id: "toolu_1".into(),
             content: text("total 0"),
             is_error: false,
+            output_ref: None,
         }
         .into(),
         AgentCustomToolUse {

@@ -29,6 +29,7 @@ use super::lease::{Lease, Leases};
 use super::provider::{ModelError, ProviderKind, ProviderSettings, Providers};
 use super::wake::{Wake, WakeError};
 use crate::event::{ErrorInfo, Event, EventId, SessionError, SessionId};
+use crate::hands::registry;
 use crate::session::{LogError, SessionLog};
 use crate::subjects;
 
@@ -112,6 +113,7 @@ pub struct Brain {
     cache: Mutex<SessionCache>,
     locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
     leases: Leases,
+    registry: crate::hands::registry::Registry,
     config: BrainConfig,
 }
 
@@ -169,7 +171,11 @@ impl Brain {
         let leases = Leases::open(js.clone(), &config.name, config.ack_wait / 2)
             .await
             .map_err(|e| BrainError::Setup(e.to_string()))?;
+        let registry = crate::hands::registry::Registry::open(js.clone())
+            .await
+            .map_err(BrainError::Setup)?;
         Ok(Arc::new(Self {
+            registry,
             leases,
             log,
             js,
@@ -679,27 +685,23 @@ impl Brain {
             .get_stream(subjects::TOOLS_STREAM)
             .await
             .map_err(|e| HandleError::Publish(e.to_string()))?;
+        // Later calls go to the host holding the session's sandbox while it lives.
+        let route = self.registry.route(events).await;
         for job in jobs {
-            let subject = match job.pool_subject() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Skipping a tool job with an unusable id.");
-                    continue;
-                }
-            };
-            // Still queued: nothing to do. (A job leaves the queue when a hand acknowledges it,
-            // after appending its result; a hand checks the log before running a job, so a
-            // publish racing a result that this replay does not show yet is harmless.)
-            if tools
-                .get_last_raw_message_by_subject(&subject)
-                .await
-                .is_ok()
-            {
+            if let Err(e) = job.pool_subject() {
+                tracing::warn!(error = %e, "Skipping a tool job with an unusable id.");
                 continue;
             }
+            // Still queued (on any route): nothing to do. A job leaves the queue when a hand
+            // acknowledges it, after appending its result; a hand checks the log before running
+            // a job, so a publish racing a result that this replay does not show is harmless.
+            if registry::queued(&tools, &job.session_id, &job.tool_use_id).await {
+                continue;
+            }
+            let subject = registry::subject(&route, &job);
             let payload = serde_json::to_vec(&job).unwrap_or_default();
             let msg = jetstream::message::PublishMessage::build()
-                .message_id(job.message_id())
+                .message_id(registry::message_id(&route, &job))
                 .header("Content-Type", crate::event::CONTENT_TYPE_JSON)
                 .payload(payload.into());
             self.js

@@ -110,12 +110,14 @@ pub struct Sandbox {
     pub fresh: bool,
 }
 
-fn container_name(session: &SessionId) -> String {
-    format!("herd-{session}")
+/// Names carry the host, so hands that share a Docker engine (tests, or several hands on one
+/// machine) never adopt each other's sandboxes.
+fn container_name(host: &str, session: &SessionId) -> String {
+    format!("herd-{host}-{session}")
 }
 
-fn volume_name(session: &SessionId) -> String {
-    format!("herd-ws-{session}")
+fn volume_name(host: &str, session: &SessionId) -> String {
+    format!("herd-ws-{host}-{session}")
 }
 
 impl Sandboxes {
@@ -147,7 +149,7 @@ impl Sandboxes {
         session: &SessionId,
         image: Option<&str>,
     ) -> Result<Sandbox, SandboxError> {
-        let name = container_name(session);
+        let name = container_name(&self.host, session);
         match self.docker.inspect_container(&name, None).await {
             Ok(c) => {
                 let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
@@ -205,7 +207,7 @@ impl Sandboxes {
                 )])),
                 mounts: Some(vec![Mount {
                     target: Some("/workspace".into()),
-                    source: Some(volume_name(session)),
+                    source: Some(volume_name(&self.host, session)),
                     typ: Some(MountType::VOLUME),
                     read_only: Some(false),
                     ..Default::default()
@@ -227,7 +229,7 @@ impl Sandboxes {
             .create_container(
                 Some(
                     CreateContainerOptionsBuilder::default()
-                        .name(&container_name(session))
+                        .name(&container_name(&self.host, session))
                         .build(),
                 ),
                 body,
@@ -391,16 +393,18 @@ impl Sandboxes {
 
     /// Removes a session's sandbox; its workspace volume stays for the next one.
     pub async fn remove_sandbox(&self, session: &SessionId) {
-        self.remove_container(&container_name(session)).await;
+        self.remove_container(&container_name(&self.host, session))
+            .await;
     }
 
     /// Removes a session's sandbox and its workspace volume.
     pub async fn destroy(&self, session: &SessionId) {
-        self.remove_container(&container_name(session)).await;
+        self.remove_container(&container_name(&self.host, session))
+            .await;
         let _ = self
             .docker
             .remove_volume(
-                &volume_name(session),
+                &volume_name(&self.host, session),
                 None::<bollard::query_parameters::RemoveVolumeOptions>,
             )
             .await;

@@ -23,6 +23,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
+use super::registry::{Registry, check_host};
 use super::sandbox::{SandboxConfig, SandboxError, Sandboxes};
 use super::tools;
 use crate::event::{
@@ -58,6 +59,9 @@ pub struct HandsConfig {
     pub idle_reap: Duration,
     /// Sandbox limits and the default image.
     pub sandbox: SandboxConfig,
+    /// How long this hand's registry entry lives without renewal; its sessions' jobs go to the
+    /// pool once it expires.
+    pub registry_ttl: Duration,
 }
 
 impl Default for HandsConfig {
@@ -69,6 +73,7 @@ impl Default for HandsConfig {
             concurrency: 8,
             idle_reap: Duration::from_secs(600),
             sandbox: SandboxConfig::default(),
+            registry_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -96,11 +101,17 @@ enum JobError {
     Blob(String),
 }
 
+/// The durable consumer of one host's jobs.
+fn host_consumer(host: &str) -> String {
+    format!("hands-host-{host}")
+}
+
 /// A running hand worker.
 pub struct Hands {
     log: SessionLog,
     js: jetstream::Context,
     sandboxes: Sandboxes,
+    registry: Registry,
     last_used: Mutex<HashMap<SessionId, Instant>>,
     locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
     config: HandsConfig,
@@ -122,7 +133,9 @@ impl Hands {
         config: HandsConfig,
     ) -> Result<Arc<Self>, HandsError> {
         let setup = |e: String| HandsError::Setup(e);
+        check_host(&config.host).map_err(setup)?;
         let js = jetstream::new(client.clone());
+        let registry = Registry::open(js.clone()).await.map_err(setup)?;
         let log = SessionLog::open(client)
             .await
             .map_err(|e| setup(e.to_string()))?;
@@ -146,7 +159,28 @@ impl Hands {
             })
             .await
             .map_err(|e| setup(format!("cannot create consumer {POOL_CONSUMER}: {e}")))?;
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(host_consumer(&config.host)),
+                description: Some(format!(
+                    "herd hands: jobs for sandboxes on host {}",
+                    config.host
+                )),
+                filter_subject: format!("herd.tools.host.{}.>", config.host),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_deliver: config.max_deliver,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(format!("cannot create the host consumer: {e}")))?;
+        registry
+            .announce(&config.host, config.registry_ttl)
+            .await
+            .map_err(setup)?;
         let hands = Arc::new(Self {
+            registry,
             log,
             js,
             sandboxes,
@@ -180,18 +214,52 @@ impl Hands {
             .get_stream(subjects::TOOLS_STREAM)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_consumer(POOL_CONSUMER)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(self.config.concurrency.min(64))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let mut streams = Vec::new();
+        for name in [POOL_CONSUMER.to_string(), host_consumer(&self.config.host)] {
+            let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+                .get_consumer(&name)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            streams.push(
+                consumer
+                    .stream()
+                    .max_messages_per_batch(self.config.concurrency.min(64))
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages()
+                    .await
+                    .map_err(|e| err(e.to_string()))?,
+            );
+        }
+        let host_msgs = streams.pop().expect("two consumers");
+        let pool_msgs = streams.pop().expect("two consumers");
+        let mut messages = futures_util::stream::select(pool_msgs, host_msgs);
+        // Keep this hand in the registry, and move jobs stranded on dead hosts to the pool.
+        let announcer = {
+            let me = self.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(me.config.registry_ttl / 3).await;
+                    if let Err(e) = me
+                        .registry
+                        .announce(&me.config.host, me.config.registry_ttl)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "Renewing this hand in the registry failed.");
+                    }
+                    match me.registry.reroute_orphaned_jobs().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            moved = n,
+                            "Moved jobs of hands that are gone to the pool."
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Rerouting jobs of hands that are gone failed.")
+                        }
+                    }
+                }
+            }))
+        };
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let reaper = {
             let me = self.clone();
@@ -229,6 +297,8 @@ impl Hands {
             });
         }
         drop(reaper);
+        drop(announcer);
+        self.registry.withdraw(&self.config.host).await;
         let _ = permits
             .acquire_many(self.config.concurrency.max(1) as u32)
             .await;

@@ -22,3 +22,4 @@ pub mod session;
 pub mod streams;
 pub mod subjects;
 pub mod testkit;
+pub mod work_queue;

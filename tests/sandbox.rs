@@ -192,6 +192,26 @@ async fn every_tool_works_and_fails_clearly() {
             .await
             .contains("no built-in tool")
     );
+    // A command that echoes its input back (cat into /dev/stdout) neither deadlocks the hand
+    // nor hangs the call.
+    let echoed = r
+        .tool(
+            "write",
+            json!({"path": "/dev/stdout", "content": "x".repeat(1_000_000)}),
+        )
+        .await
+        .expect("sandbox alive");
+    assert!(!echoed.text.is_empty());
+    // Option-like paths are paths, not options (find -delete would empty the workspace).
+    assert!(
+        r.err("glob", json!({"pattern": "*", "path": "-delete"}))
+            .await
+            .contains("cannot list ./-delete")
+    );
+    assert_eq!(
+        r.ok("read", json!({"path": "src/app.py"})).await,
+        "print('bye')\n"
+    );
     // The root filesystem is read-only; only /workspace and /tmp are writable.
     assert!(
         r.err("write", json!({"path": "/etc/evil", "content": "x"}))

@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures_util::StreamExt;
-use tokio::sync::Semaphore;
 
 use super::cache::{SessionCache, replay};
 use super::harness::{self, Decision, Limits, Planned};
@@ -201,7 +199,7 @@ impl Brain {
             .get_consumer(CONSUMER)
             .await
             .map_err(|e| consumer_err(e.to_string()))?;
-        let mut messages = consumer
+        let messages = consumer
             .stream()
             .max_messages_per_batch(self.config.concurrency.min(256))
             .heartbeat(Duration::from_secs(5))
@@ -209,38 +207,14 @@ impl Brain {
             .messages()
             .await
             .map_err(|e| consumer_err(e.to_string()))?;
-        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        tokio::pin!(shutdown);
         tracing::info!(name = %self.config.name, "Brain is taking wakes.");
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = permits.clone().acquire_owned() => p.map_err(|e| consumer_err(e.to_string()))?,
-            };
-            let msg = tokio::select! {
-                _ = &mut shutdown => break,
-                m = messages.next() => m,
-            };
-            let msg = match msg {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Pulling wakes failed; retrying.");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                None => return Err(consumer_err("the message stream ended".into())),
-            };
+        let concurrency = self.config.concurrency;
+        crate::work_queue::pull_loop(messages, concurrency, shutdown, |msg| {
             let me = self.clone();
-            tokio::spawn(async move {
-                me.handle(msg).await;
-                drop(permit);
-            });
-        }
-        // Let wakes in progress finish (their acks matter); new ones stay in the stream.
-        let _ = permits
-            .acquire_many(self.config.concurrency.max(1) as u32)
-            .await;
-        Ok(())
+            async move { me.handle(msg).await }
+        })
+        .await
+        .map_err(consumer_err)
     }
 
     async fn handle(self: Arc<Self>, msg: jetstream::Message) {

@@ -80,6 +80,15 @@ fn docker_err(e: bollard::errors::Error) -> SandboxError {
     SandboxError::Docker(e.to_string())
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a command printed, and how it ended.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOutput {
@@ -167,11 +176,14 @@ impl Sandboxes {
         let image = image.unwrap_or(&self.config.default_image).to_string();
         let user = match self.docker.inspect_image(&image).await {
             Ok(i) => {
+                // Only a numeric, non-zero uid is trusted as is: a name (even "root:root") or
+                // uid 0 runs as the fallback user instead.
                 let u = i.config.and_then(|c| c.user).unwrap_or_default();
-                if u.is_empty() || u == "root" || u == "0" || u.starts_with("0:") {
-                    self.config.fallback_user.clone()
-                } else {
+                let uid = u.split(':').next().unwrap_or("");
+                if uid.parse::<u32>().is_ok_and(|n| n != 0) {
                     u
+                } else {
+                    self.config.fallback_user.clone()
                 }
             }
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -296,11 +308,15 @@ impl Sandboxes {
         else {
             return Err(SandboxError::Docker("the exec did not attach".into()));
         };
-        if let Some(data) = stdin {
-            let _ = input.write_all(&data).await;
-            let _ = input.shutdown().await;
-        }
-        drop(input);
+        // Stdin is fed while the output is read: a command that echoes its input (cat to
+        // /dev/stdout) would otherwise block on a full pipe, and so would this write.
+        let feeder = tokio::spawn(async move {
+            if let Some(data) = stdin {
+                let _ = input.write_all(&data).await;
+                let _ = input.shutdown().await;
+            }
+        });
+        let _feeder = AbortOnDrop(feeder);
         let mut out = ExecOutput::default();
         let collect = async {
             while let Some(chunk) = output.next().await {
@@ -386,7 +402,12 @@ impl Sandboxes {
             .docker
             .remove_container(
                 id,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                Some(
+                    RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
             )
             .await;
     }

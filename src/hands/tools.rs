@@ -274,25 +274,32 @@ async fn edit(s: &Sandboxes, sb: &Sandbox, input: &Value) -> Result<ToolOutcome,
     Ok(ToolOutcome::ok(format!("edited {path}")))
 }
 
-/// Matches a path against a glob: `*` and `?` within a segment, `**` across segments.
+/// Matches one path segment against a pattern segment (`*`, `?`), in O(p * s) time.
+fn segment_match(p: &[u8], s: &[u8]) -> bool {
+    // dp[j] = pattern[..i] matches s[..j]
+    let mut dp = vec![false; s.len() + 1];
+    dp[0] = true;
+    for &c in p {
+        let mut next = vec![false; s.len() + 1];
+        if c == b'*' {
+            let mut any = false;
+            for j in 0..=s.len() {
+                any |= dp[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 1..=s.len() {
+                next[j] = dp[j - 1] && (c == b'?' || c == s[j - 1]);
+            }
+        }
+        dp = next;
+    }
+    dp[s.len()]
+}
+
+/// Matches a path against a glob: `*` and `?` within a segment, `**` across segments. Both
+/// levels are dynamic programming, so no pattern can make it slow.
 pub fn glob_match(pattern: &str, path: &str) -> bool {
-    fn seg(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => seg(&p[1..], s) || (!s.is_empty() && seg(p, &s[1..])),
-            (Some(b'?'), Some(_)) => seg(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => seg(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    fn segs(p: &[&str], s: &[&str]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(&"**"), _) => segs(&p[1..], s) || (!s.is_empty() && segs(p, &s[1..])),
-            (Some(a), Some(b)) => seg(a.as_bytes(), b.as_bytes()) && segs(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
     let p: Vec<&str> = pattern
         .trim_start_matches("./")
         .split('/')
@@ -303,12 +310,39 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
         .split('/')
         .filter(|x| !x.is_empty())
         .collect();
-    segs(&p, &s)
+    let mut dp = vec![false; s.len() + 1];
+    dp[0] = true;
+    for seg in &p {
+        let mut next = vec![false; s.len() + 1];
+        if *seg == "**" {
+            let mut any = false;
+            for j in 0..=s.len() {
+                any |= dp[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 1..=s.len() {
+                next[j] = dp[j - 1] && segment_match(seg.as_bytes(), s[j - 1].as_bytes());
+            }
+        }
+        dp = next;
+    }
+    dp[s.len()]
+}
+
+/// A path for commands that would read a leading `-` as an option (`find -delete`).
+fn not_an_option(path: &str) -> String {
+    if path.starts_with('-') {
+        format!("./{path}")
+    } else {
+        path.to_string()
+    }
 }
 
 async fn glob(s: &Sandboxes, sb: &Sandbox, input: &Value) -> Result<ToolOutcome, SandboxError> {
     let pattern = field!(string(input, "glob", "pattern"));
-    let root = input.get("path").and_then(Value::as_str).unwrap_or(".");
+    let root = not_an_option(input.get("path").and_then(Value::as_str).unwrap_or("."));
+    let root = root.as_str();
     let out = s
         .exec(
             sb,
@@ -389,5 +423,24 @@ mod tests {
         assert!(glob_match("src/?.rs", "src/a.rs"));
         assert!(!glob_match("src/?.rs", "src/ab.rs"));
         assert!(glob_match("./src/**", "src/x/y"));
+    }
+
+    #[test]
+    fn pathological_globs_terminate() {
+        // Exponential under a backtracking matcher (this test would run into nextest's
+        // timeout); polynomial here.
+        assert!(!glob_match(
+            &format!("{}x", "*".repeat(40)),
+            &"a".repeat(60)
+        ));
+        let deep = format!("{}y", "d/".repeat(40));
+        assert!(!glob_match(&format!("{}x", "**/".repeat(30)), &deep));
+        assert!(glob_match(&format!("{}y", "**/".repeat(30)), &deep));
+    }
+
+    #[test]
+    fn option_like_paths_are_made_paths() {
+        assert_eq!(super::not_an_option("-delete"), "./-delete");
+        assert_eq!(super::not_an_option("src"), "src");
     }
 }

@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures_util::StreamExt;
-use tokio::sync::Semaphore;
 
 use super::registry::{Registry, check_host};
 use super::sandbox::{SandboxConfig, SandboxError, Sandboxes};
@@ -99,6 +97,27 @@ enum JobError {
     Wake(String),
     #[error("cannot store a large output: {0}")]
     Blob(String),
+}
+
+/// The head and tail of a long text, with a note in between saying what was left out and why.
+fn head_and_tail(text: &str, why: &str) -> String {
+    if text.len() <= INLINE_LIMIT {
+        return text.to_string();
+    }
+    let floor = |mut i: usize| {
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let head = floor(INLINE_LIMIT / 2);
+    let tail = floor(text.len() - INLINE_LIMIT / 4);
+    format!(
+        "{}\n[… {} bytes omitted here; {why}]\n{}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    )
 }
 
 /// The durable consumer of one host's jobs.
@@ -233,7 +252,7 @@ impl Hands {
         }
         let host_msgs = streams.pop().expect("two consumers");
         let pool_msgs = streams.pop().expect("two consumers");
-        let mut messages = futures_util::stream::select(pool_msgs, host_msgs);
+        let messages = futures_util::stream::select(pool_msgs, host_msgs);
         // Keep this hand in the registry, and move jobs stranded on dead hosts to the pool.
         let announcer = {
             let me = self.clone();
@@ -260,7 +279,6 @@ impl Hands {
                 }
             }))
         };
-        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let reaper = {
             let me = self.clone();
             AbortOnDrop(tokio::spawn(async move {
@@ -270,39 +288,18 @@ impl Hands {
                 }
             }))
         };
-        tokio::pin!(shutdown);
         tracing::info!(host = %self.config.host, "Hands are taking tool jobs.");
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = permits.clone().acquire_owned() => p.map_err(|e| err(e.to_string()))?,
-            };
-            let msg = tokio::select! {
-                _ = &mut shutdown => break,
-                m = messages.next() => m,
-            };
-            let msg = match msg {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Pulling tool jobs failed; retrying.");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                None => return Err(err("the message stream ended".into())),
-            };
-            let me = self.clone();
-            tokio::spawn(async move {
-                me.handle(msg).await;
-                drop(permit);
-            });
-        }
+        let result =
+            crate::work_queue::pull_loop(messages, self.config.concurrency, shutdown, |msg| {
+                let me = self.clone();
+                async move { me.handle(msg).await }
+            })
+            .await
+            .map_err(err);
         drop(reaper);
         drop(announcer);
         self.registry.withdraw(&self.config.host).await;
-        let _ = permits
-            .acquire_many(self.config.concurrency.max(1) as u32)
-            .await;
-        Ok(())
+        result
     }
 
     async fn reap_idle(&self) {
@@ -314,6 +311,21 @@ impl Hands {
                 .collect()
         };
         for s in idle {
+            // Not while a job runs in it (a job holds the session's lock), and not if one
+            // started since the list was made.
+            let lock = self.session_lock(&s);
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            let still_idle = self
+                .last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&s)
+                .is_some_and(|t| t.elapsed() > self.config.idle_reap);
+            if !still_idle {
+                continue;
+            }
             tracing::info!(session = %s, "Removing an idle sandbox.");
             self.sandboxes.remove_sandbox(&s).await;
             self.last_used
@@ -492,9 +504,25 @@ impl Hands {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.clone(), Instant::now());
-        let (text, output_ref) = self
-            .inline_or_store(session, &job.tool_use_id, outcome.text)
-            .await?;
+        let (text, output_ref) = match self
+            .inline_or_store(session, &job.tool_use_id, &outcome.text)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if !last_try => return Err(e),
+            // The object store is out of reach on the last try: keep what fits inline rather
+            // than leave the call without a result.
+            Err(_) => (
+                head_and_tail(&outcome.text, "the whole output could not be stored"),
+                None,
+            ),
+        };
+        // The tool may have run long: a result may have landed meanwhile (an interrupt's, or a
+        // redelivered job's), past the two-minute window in which the derived id alone would
+        // deduplicate it.
+        if let Some(seq) = self.result_in_log(session, job).await? {
+            return self.wake(session, seq).await;
+        }
         let id = result_event_id(&job.tool_use_id).map_err(|e| LogError::Invalid(e.to_string()))?;
         let result = Event::with_id(
             id,
@@ -515,10 +543,10 @@ impl Hands {
         &self,
         session: &SessionId,
         tool_use_id: &str,
-        text: String,
+        text: &str,
     ) -> Result<(String, Option<crate::event::OutputRef>), JobError> {
         if text.len() <= INLINE_LIMIT {
-            return Ok((text, None));
+            return Ok((text.to_string(), None));
         }
         let name = format!("sessions/{session}/{tool_use_id}.txt");
         let store = self
@@ -530,20 +558,12 @@ impl Hands {
             .put(name.as_str(), &mut text.as_bytes())
             .await
             .map_err(|e| JobError::Blob(e.to_string()))?;
-        let floor = |mut i: usize| {
-            while !text.is_char_boundary(i) {
-                i -= 1;
-            }
-            i
-        };
-        let head = floor(INLINE_LIMIT / 2);
-        let tail = floor(text.len() - INLINE_LIMIT / 4);
-        let inline = format!(
-            "{}\n[… {} bytes omitted here; the whole output ({} bytes) is in object store {BLOBS}, object {name}]\n{}",
-            &text[..head],
-            tail - head,
-            text.len(),
-            &text[tail..]
+        let inline = head_and_tail(
+            text,
+            &format!(
+                "the whole output ({} bytes) is in object store {BLOBS}, object {name}",
+                text.len()
+            ),
         );
         Ok((
             inline,
@@ -553,6 +573,34 @@ impl Hands {
                 size: text.len() as u64,
             }),
         ))
+    }
+
+    /// The sequence of the call's result, if one is in the log.
+    async fn result_in_log(
+        &self,
+        session: &SessionId,
+        job: &ToolJob,
+    ) -> Result<Option<u64>, JobError> {
+        let records = self
+            .log
+            .read(
+                session,
+                &Slice {
+                    from: Some(job.tool_use_seq),
+                    types: vec!["agent.tool_result".into()],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(records
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .find_map(|r| match &r.event.body {
+                EventBody::AgentToolResult(res) if res.tool_use_id == job.tool_use_id => {
+                    Some(r.seq)
+                }
+                _ => None,
+            }))
     }
 
     /// Records a new sandbox in the log; when the session had one before, returns the note

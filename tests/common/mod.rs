@@ -265,3 +265,189 @@ pub fn one_of_each() -> Vec<Event> {
     ];
     bodies.into_iter().map(Event::new).collect()
 }
+
+// ---- Agents end to end: a brain, hands, a scripted session. ----
+
+/// Builds a sandbox image (idempotent: skipped when it exists).
+pub fn ensure_image(which: &str) {
+    let status =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sandbox-images/build"))
+            .arg(which)
+            .status()
+            .expect("run sandbox-images/build");
+    assert!(
+        status.success(),
+        "building the {which} sandbox image failed"
+    );
+}
+
+/// An in-process brain on the test server.
+pub async fn start_brain(t: &TestNats, name: &str) -> tokio::task::JoinHandle<()> {
+    let brain = herd::brain::Brain::new(
+        connect(&t.server.url()).await,
+        herd::brain::BrainConfig {
+            name: name.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("brain");
+    tokio::spawn(async move { brain.run(std::future::pending()).await.unwrap() })
+}
+
+/// An in-process hand on the test server, on `host`, with `image` as its default.
+pub async fn start_hands(
+    t: &TestNats,
+    host: &str,
+    image: &str,
+    registry_ttl: Duration,
+) -> (tokio::task::JoinHandle<()>, herd::hands::sandbox::Sandboxes) {
+    let hands = herd::hands::Hands::new(
+        connect(&t.server.url()).await,
+        herd::hands::HandsConfig {
+            host: host.to_string(),
+            registry_ttl,
+            sandbox: herd::hands::sandbox::SandboxConfig {
+                default_image: image.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("hands");
+    let sandboxes = hands.sandboxes().clone();
+    (
+        tokio::spawn(async move { hands.run(std::future::pending()).await.unwrap() }),
+        sandboxes,
+    )
+}
+
+/// A unique, subject-safe host name.
+pub fn host(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A built-in tool, always allowed.
+pub fn builtin(name: &str) -> ToolConfig {
+    ToolConfig {
+        name: name.into(),
+        kind: "builtin".into(),
+        description: None,
+        input_schema: None,
+        permission_policy: PermissionPolicy::AlwaysAllow,
+    }
+}
+
+/// A scripted assistant turn that calls one tool.
+pub fn tool_turn(id: &str, name: &str, input: serde_json::Value) -> serde_json::Value {
+    json!({"content": [{"type": "tool_use", "id": id, "name": name, "input": input}]})
+}
+
+/// A scripted assistant turn that says something and ends the turn.
+pub fn text_turn(text: &str) -> serde_json::Value {
+    json!({"content": [{"type": "text", "text": text}]})
+}
+
+/// Creates a session on the scripted model with these tools and this script, sends it `say`
+/// and wakes it.
+pub async fn scripted_session(
+    t: &TestNats,
+    tools: &[&str],
+    script: Vec<serde_json::Value>,
+    image: Option<&str>,
+    say: &str,
+) -> SessionId {
+    let mut agent = AgentConfig::new("scripted");
+    agent.tools = tools.iter().map(|n| builtin(n)).collect();
+    agent.script = script;
+    let id = SessionId::generate();
+    t.log
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent,
+                environment: EnvironmentConfig {
+                    image: image.map(String::from),
+                },
+                title: None,
+                metadata: Default::default(),
+            }),
+        )
+        .await
+        .unwrap();
+    send(t, &id, say).await;
+    id
+}
+
+/// Appends a user message and wakes the session.
+pub async fn send(t: &TestNats, id: &SessionId, text: &str) {
+    let a = t.log.append_fact(id, &user(text)).await.unwrap();
+    herd::brain::wake::publish(
+        &async_nats::jetstream::new(t.client.clone()),
+        id,
+        a.last_seq,
+    )
+    .await
+    .unwrap();
+}
+
+/// Reads the session until `done` holds for its events (at most `secs` seconds).
+pub async fn wait_until(
+    t: &TestNats,
+    id: &SessionId,
+    secs: u64,
+    done: impl Fn(&[StoredEvent]) -> bool,
+) -> Vec<StoredEvent> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let events: Vec<StoredEvent> = t
+            .log
+            .read_from(id, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never got there: {:?}",
+            events
+                .iter()
+                .map(|e| e.event.type_name())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the session has gone idle `n` times.
+pub async fn wait_idles(t: &TestNats, id: &SessionId, n: usize) -> Vec<StoredEvent> {
+    wait_until(t, id, 120, |events| {
+        events
+            .iter()
+            .filter(|e| e.event.type_name() == "session.status_idle")
+            .count()
+            >= n
+    })
+    .await
+}
+
+/// The text and error flag of the result of tool call `id`.
+pub fn tool_result(events: &[StoredEvent], id: &str) -> (bool, String) {
+    events
+        .iter()
+        .find_map(|e| match &e.event.body {
+            EventBody::AgentToolResult(r) if r.tool_use_id == id => {
+                Some((r.is_error, content_text(&r.content)))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no result for {id}"))
+}

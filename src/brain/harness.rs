@@ -232,15 +232,7 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
         Some((_, id)) if !s.last_start_closed => Some(id.clone()),
         _ => None,
     };
-    let close_open_span = || {
-        open_span.clone().map(|id| {
-            Planned::new(SpanModelRequestEnd {
-                model_request_start_id: Some(id.to_string()),
-                model_usage: Usage::default(),
-                is_error: true,
-            })
-        })
-    };
+    let close_open_span = || open_span.clone().map(|id| failed_span(id.as_str()));
 
     // An interrupt stops a running turn at this step boundary: calls in flight get error
     // results (so the history stays valid) and the session goes idle.
@@ -483,6 +475,15 @@ pub fn response_step(
     step
 }
 
+/// The `span.model_request_end` of a request that failed or never finished.
+fn failed_span(start_id: &str) -> Planned {
+    Planned::new(SpanModelRequestEnd {
+        model_request_start_id: Some(start_id.to_string()),
+        model_usage: Usage::default(),
+        is_error: true,
+    })
+}
+
 /// Failed model requests in a row at the end of the log (since the last success or the last
 /// `retries_exhausted`).
 pub fn failed_requests_in_a_row(events: &[StoredEvent]) -> u32 {
@@ -498,11 +499,7 @@ pub fn fatal_failure_step(
     message: &str,
 ) -> Vec<Planned> {
     let mut step = vec![
-        Planned::new(SpanModelRequestEnd {
-            model_request_start_id: Some(start_id.to_string()),
-            model_usage: Usage::default(),
-            is_error: true,
-        }),
+        failed_span(start_id.as_str()),
         Planned::new(SessionError {
             error: ErrorInfo {
                 kind: kind.into(),
@@ -528,11 +525,7 @@ pub fn failure_step(
     retry_in_ms: u64,
 ) -> Vec<Planned> {
     vec![
-        Planned::new(SpanModelRequestEnd {
-            model_request_start_id: Some(start_id.to_string()),
-            model_usage: Usage::default(),
-            is_error: true,
-        }),
+        failed_span(start_id.as_str()),
         Planned::new(SessionError {
             error: ErrorInfo {
                 kind: kind.into(),

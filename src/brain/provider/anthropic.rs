@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::sse::SseReader;
-use super::{ModelError, ModelRequest, ModelResponse, retry_after};
+use super::sse;
+use super::{ModelError, ModelRequest, ModelResponse};
 use crate::config::Secret;
 use crate::event::{ContentBlock, Usage};
 
@@ -224,31 +224,20 @@ impl Anthropic<'_> {
     /// Sends the request and assembles the streamed answer.
     pub async fn complete(&self, req: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let url = format!("{}/v1/messages", self.base_url.trim_end_matches('/'));
-        let response = self
+        let request = self
             .http
             .post(&url)
             .header("x-api-key", self.api_key.expose())
             .header("anthropic-version", API_VERSION)
             .header("content-type", "application/json")
             .header("accept", "text/event-stream")
-            .body(body(req).to_string())
-            .send()
-            .await
-            .map_err(ModelError::transport)?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let wait = retry_after(response.headers());
-            let text = response.text().await.unwrap_or_default();
-            return Err(ModelError::from_status(status, wait, &text));
-        }
-        let mut sse = SseReader::new(response, self.idle);
+            .body(body(req).to_string());
         let mut asm = Assembler::default();
-        while let Some(ev) = sse.next().await? {
+        sse::stream(request, self.idle, |ev| {
             asm.apply(&ev.event, &ev.data)?;
-            if asm.done {
-                break;
-            }
-        }
+            Ok(asm.done)
+        })
+        .await?;
         asm.finish()
     }
 }

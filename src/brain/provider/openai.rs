@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::sse::SseReader;
-use super::{ModelError, ModelRequest, ModelResponse, retry_after};
+use super::sse;
+use super::{ModelError, ModelRequest, ModelResponse};
 use crate::config::Secret;
 use crate::event::{ContentBlock, Usage};
 
@@ -215,21 +215,12 @@ impl OpenAi<'_> {
         if let Some(key) = self.api_key {
             builder = builder.bearer_auth(key.expose());
         }
-        let response = builder.send().await.map_err(ModelError::transport)?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let wait = retry_after(response.headers());
-            let text = response.text().await.unwrap_or_default();
-            return Err(ModelError::from_status(status, wait, &text));
-        }
-        let mut sse = SseReader::new(response, self.idle);
         let mut asm = Assembler::default();
-        while let Some(ev) = sse.next().await? {
+        sse::stream(builder, self.idle, |ev| {
             asm.apply(&ev.data)?;
-            if asm.done {
-                break;
-            }
-        }
+            Ok(asm.done)
+        })
+        .await?;
         asm.finish()
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::ModelError;
+use super::{ModelError, retry_after};
 
 /// One SSE event: its `event:` name (may be empty) and its joined `data:` lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,4 +94,27 @@ impl SseReader {
             }
         }
     }
+}
+
+/// Sends a streaming request and feeds each event to `on_event` until it reports the message
+/// complete (`Ok(true)`) or the stream ends. A non-200 answer becomes a classified error.
+pub async fn stream(
+    request: reqwest::RequestBuilder,
+    idle: Duration,
+    mut on_event: impl FnMut(&SseEvent) -> Result<bool, ModelError>,
+) -> Result<(), ModelError> {
+    let response = request.send().await.map_err(ModelError::transport)?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let wait = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        return Err(ModelError::from_status(status, wait, &text));
+    }
+    let mut sse = SseReader::new(response, idle);
+    while let Some(ev) = sse.next().await? {
+        if on_event(&ev)? {
+            break;
+        }
+    }
+    Ok(())
 }

@@ -21,5 +21,6 @@ pub mod local_server;
 pub mod session;
 pub mod streams;
 pub mod subjects;
+pub mod tasks;
 pub mod testkit;
 pub mod work_queue;

@@ -5,7 +5,7 @@
 //! It is a real nats-server, never a stand-in.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -96,11 +96,6 @@ impl LocalServer {
     /// The store directory.
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("jetstream")
-    }
-
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     fn write_config(&self) -> Result<PathBuf, ServerError> {
@@ -198,11 +193,6 @@ impl LocalServer {
     pub fn restart(&mut self) -> Result<(), ServerError> {
         self.kill();
         self.spawn()
-    }
-
-    /// The directory holding the config and the store.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -17,8 +17,6 @@ pub const SESSIONS_STREAM: &str = "HERD_SESSIONS";
 pub const WAKE_STREAM: &str = "HERD_WAKE";
 /// The tool-job work-queue stream.
 pub const TOOLS_STREAM: &str = "HERD_TOOLS";
-/// Malformed messages that name no valid session.
-pub const DEADLETTER_STREAM: &str = "HERD_DEADLETTER";
 
 /// Header carrying the event type, for tools that only see headers.
 pub const HEADER_EVENT_TYPE: &str = "Herd-Event-Type";

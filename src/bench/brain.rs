@@ -19,10 +19,9 @@ use crate::brain::provider::{ProviderSettings, Timeouts};
 use crate::brain::{Brain, BrainConfig};
 use crate::config::Secret;
 use crate::event::*;
-use crate::local_server::{LocalServer, ServerOptions};
 use crate::session::{SessionLog, SessionState};
+use crate::subjects;
 use crate::testkit::mock_model::MockModel;
-use crate::{streams, subjects};
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Serialize)]
@@ -188,11 +187,8 @@ async fn wait_idle(log: &SessionLog, id: &SessionId, idles: usize) -> anyhow::Re
 
 /// Runs the benchmark on a private nats-server and a local mock model.
 pub async fn run(params: Params) -> anyhow::Result<Report> {
-    let server = LocalServer::start(ServerOptions::default())?;
-    let client = async_nats::connect(server.url()).await?;
-    let js = jetstream::new(client.clone());
-    streams::apply(&js, 1).await?;
-    let log = SessionLog::open(client.clone()).await?;
+    let nats = super::PrivateNats::start().await?;
+    let (server, js, log) = (&nats.server, nats.js.clone(), nats.log.clone());
     let model = MockModel::start().await?;
     let config = BrainConfig {
         name: "bench-brain".into(),

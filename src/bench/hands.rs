@@ -20,9 +20,7 @@ use crate::event::*;
 use crate::hands::sandbox::SandboxConfig;
 use crate::hands::{Hands, HandsConfig};
 use crate::jobs::ToolJob;
-use crate::local_server::{LocalServer, ServerOptions};
-use crate::session::SessionLog;
-use crate::{streams, subjects};
+use crate::subjects;
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Serialize)]
@@ -70,13 +68,43 @@ pub struct Report {
     pub overhead_p99_ms: f64,
 }
 
+/// Times a bare `docker create` + `start` of `image` (optionally with a network mode), then
+/// removes the container.
+async fn bare_start(
+    docker: &bollard::Docker,
+    image: &str,
+    network: Option<&str>,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let c = docker
+        .create_container(
+            None,
+            ContainerCreateBody {
+                image: Some(image.to_string()),
+                cmd: Some(vec!["sleep".into(), "2147483647".into()]),
+                host_config: network.map(|n| bollard::models::HostConfig {
+                    network_mode: Some(n.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+    docker.start_container(&c.id, None).await?;
+    let elapsed = t.elapsed();
+    docker
+        .remove_container(
+            &c.id,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await?;
+    Ok(elapsed)
+}
+
 /// Runs the benchmark on a private nats-server and the local Docker engine.
 pub async fn run(params: Params) -> anyhow::Result<Report> {
-    let server = LocalServer::start(ServerOptions::default())?;
-    let client = async_nats::connect(server.url()).await?;
-    let js = jetstream::new(client.clone());
-    streams::apply(&js, 1).await?;
-    let log = SessionLog::open(client.clone()).await?;
+    let nats = super::PrivateNats::start().await?;
+    let (server, js, log) = (&nats.server, nats.js.clone(), nats.log.clone());
     let host = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let hands = Hands::new(
         async_nats::connect(server.url()).await?,
@@ -102,49 +130,8 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         herd_p.push(t.elapsed());
         sandboxes.destroy(&s).await;
 
-        let t = Instant::now();
-        let c = docker
-            .create_container(
-                None,
-                ContainerCreateBody {
-                    image: Some(params.image.clone()),
-                    cmd: Some(vec!["sleep".into(), "2147483647".into()]),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        docker.start_container(&c.id, None).await?;
-        bare_p.push(t.elapsed());
-        docker
-            .remove_container(
-                &c.id,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
-            .await?;
-
-        let t = Instant::now();
-        let c = docker
-            .create_container(
-                None,
-                ContainerCreateBody {
-                    image: Some(params.image.clone()),
-                    cmd: Some(vec!["sleep".into(), "2147483647".into()]),
-                    host_config: Some(bollard::models::HostConfig {
-                        network_mode: Some("none".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        docker.start_container(&c.id, None).await?;
-        bare_none.push(t.elapsed());
-        docker
-            .remove_container(
-                &c.id,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
-            .await?;
+        bare_p.push(bare_start(&docker, &params.image, None).await?);
+        bare_none.push(bare_start(&docker, &params.image, Some("none")).await?);
     }
 
     eprintln!("{} tool round trips on a warm sandbox…", params.round_trips);
@@ -206,9 +193,12 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             tool_use_seq: a.last_seq,
             image: None,
         };
-        js.publish(job.pool_subject()?, serde_json::to_vec(&job)?.into())
-            .await?
-            .await?;
+        js.publish(
+            crate::hands::registry::subject(&crate::hands::registry::Route::Pool, &job),
+            serde_json::to_vec(&job)?.into(),
+        )
+        .await?
+        .await?;
         let m = tokio::time::timeout(Duration::from_secs(30), results.next())
             .await?
             .ok_or_else(|| anyhow::anyhow!("the result stream ended"))?
@@ -260,14 +250,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
 impl Report {
     /// The human-readable table.
     pub fn table(&self) -> String {
-        let ms = |us: f64| us / 1000.0;
-        let row = |name: &str, s: &Summary| {
-            format!(
-                "  {name:<44} p50 {:>8.2} ms   p99 {:>8.2} ms\n",
-                ms(s.p50_us),
-                ms(s.p99_us)
-            )
-        };
+        let row = |name: &str, s: &Summary| s.row(name);
         let mut t = format!(
             "herd bench hands — {} CPUs, {}, image {}\n\nprovisioning ({} each, interleaved):\n",
             self.environment.cpus,

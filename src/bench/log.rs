@@ -19,9 +19,8 @@ use crate::event::{
     AgentConfig, AgentMessage, ContentBlock, EnvironmentConfig, Event, SessionCreated, SessionId,
     UserMessage,
 };
-use crate::local_server::{LocalServer, ServerOptions};
-use crate::session::{SessionLog, SessionState};
-use crate::{streams, subjects};
+use crate::session::SessionState;
+use crate::subjects;
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Serialize)]
@@ -114,11 +113,8 @@ fn created() -> Event {
 
 /// Runs the benchmark on a fresh private nats-server, printing progress to stderr.
 pub async fn run(params: Params) -> anyhow::Result<Report> {
-    let server = LocalServer::start(ServerOptions::default())?;
-    let client = async_nats::connect(server.url()).await?;
-    let js = jetstream::new(client.clone());
-    streams::apply(&js, 1).await?;
-    let log = SessionLog::open(client.clone()).await?;
+    let nats = super::PrivateNats::start().await?;
+    let (client, js, log) = (nats.client.clone(), nats.js.clone(), nats.log.clone());
 
     eprintln!("appends: {} timed rounds of each kind…", params.appends);
     let sid = SessionId::generate();
@@ -339,15 +335,7 @@ async fn raw_ordered_read(stream: &jetstream::stream::Stream, filter: &str) -> a
 impl Report {
     /// The human-readable table.
     pub fn table(&self) -> String {
-        let ms = |us: f64| us / 1000.0;
-        let row = |name: &str, s: &Summary| {
-            format!(
-                "  {name:<38} p50 {:>8.3} ms   p99 {:>8.3} ms   min {:>8.3} ms\n",
-                ms(s.p50_us),
-                ms(s.p99_us),
-                ms(s.min_us)
-            )
-        };
+        let row = |name: &str, s: &Summary| s.row(name);
         let mut t = String::new();
         t.push_str(&format!(
             "herd bench log — {} CPUs, {}, sync_interval {}\n\n",

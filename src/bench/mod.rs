@@ -53,6 +53,51 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// One line of a report table: `name`, then p50, p99 and min in milliseconds.
+    pub fn row(&self, name: &str) -> String {
+        format!(
+            "  {name:<44} p50 {:>8.3} ms   p99 {:>8.3} ms   min {:>8.3} ms\n",
+            self.p50_us / 1000.0,
+            self.p99_us / 1000.0,
+            self.min_us / 1000.0
+        )
+    }
+}
+
+/// A report as the `herd bench` commands print it: the table, then the figures as one JSON line
+/// for scripts.
+pub fn render(table: &str, figures: &impl Serialize) -> Result<String, serde_json::Error> {
+    Ok(format!("{table}\n{}", serde_json::to_string(figures)?))
+}
+
+/// A private nats-server with herd's streams, a client and the session log on it: what every
+/// benchmark starts from.
+pub(crate) struct PrivateNats {
+    /// Killed when dropped.
+    pub(crate) server: crate::local_server::LocalServer,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: async_nats::jetstream::Context,
+    pub(crate) log: crate::session::SessionLog,
+}
+
+impl PrivateNats {
+    /// Starts the server (fsync always, as production should run) and applies the streams.
+    pub(crate) async fn start() -> anyhow::Result<Self> {
+        let server = crate::local_server::LocalServer::start(Default::default())?;
+        let client = async_nats::connect(server.url()).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        crate::streams::apply(&js, 1).await?;
+        let log = crate::session::SessionLog::open(client.clone()).await?;
+        Ok(Self {
+            server,
+            client,
+            js,
+            log,
+        })
+    }
+}
+
 /// Safe ratio for reports.
 pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }

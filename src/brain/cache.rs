@@ -56,16 +56,6 @@ impl SessionCache {
             }
         }
     }
-
-    /// Number of sessions held.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 /// Replays a session, reading only what the cache does not hold. The cache lock is not held

@@ -476,7 +476,7 @@ pub fn response_step(
 }
 
 /// The `span.model_request_end` of a request that failed or never finished.
-fn failed_span(start_id: &str) -> Planned {
+pub fn failed_span(start_id: &str) -> Planned {
     Planned::new(SpanModelRequestEnd {
         model_request_start_id: Some(start_id.to_string()),
         model_usage: Usage::default(),

@@ -15,7 +15,6 @@
 //! runs. A brain that dies anywhere leaves the wake unacknowledged; after `ack_wait` another
 //! brain replays and decides again, repeating at most the one model call that was in flight.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use crate::event::{ErrorInfo, Event, EventId, SessionError, SessionId};
 use crate::hands::registry;
 use crate::session::{LogError, SessionLog};
 use crate::subjects;
+use crate::tasks::{AbortOnDrop, SessionLocks};
 
 /// The durable consumer brains share.
 pub const CONSUMER: &str = "brain";
@@ -109,9 +109,11 @@ pub struct Brain {
     js: jetstream::Context,
     providers: Providers,
     cache: Mutex<SessionCache>,
-    locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: SessionLocks,
     leases: Leases,
     registry: crate::hands::registry::Registry,
+    /// `HERD_TOOLS`, looked up once: dispatch checks it for queued jobs on every step.
+    tools: jetstream::stream::Stream,
     config: BrainConfig,
 }
 
@@ -172,14 +174,18 @@ impl Brain {
         let registry = crate::hands::registry::Registry::open(js.clone())
             .await
             .map_err(BrainError::Setup)?;
+        let tools = js.get_stream(subjects::TOOLS_STREAM).await.map_err(|e| {
+            BrainError::Setup(format!("stream {} is missing: {e}", subjects::TOOLS_STREAM))
+        })?;
         Ok(Arc::new(Self {
+            tools,
             registry,
             leases,
             log,
             js,
             providers: Providers::new(config.providers.clone()),
             cache: Mutex::new(SessionCache::new(config.cache_sessions)),
-            locks: Mutex::new(HashMap::new()),
+            locks: SessionLocks::new(4 * config.cache_sessions.max(64)),
             config,
         }))
     }
@@ -367,14 +373,6 @@ impl Brain {
         }
     }
 
-    fn session_lock(&self, id: &SessionId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        if locks.len() > 4 * self.config.cache_sessions.max(64) {
-            locks.retain(|_, l| Arc::strong_count(l) > 1);
-        }
-        locks.entry(id.clone()).or_default().clone()
-    }
-
     /// Appends the wake's events, then runs the session while holding its lease. After giving
     /// the lease back it looks once more, so input that arrived while another wake was turned
     /// away (the lease was held) is never left unanswered.
@@ -394,7 +392,7 @@ impl Brain {
             appended = appended.max(self.log.append_fact(id, e).await?.last_seq);
         }
         // One wake per session at a time in this process.
-        let lock = self.session_lock(id);
+        let lock = self.locks.get(id);
         let _guard = lock.lock().await;
         let limits = Limits {
             max_model_attempts: self.config.max_model_attempts,
@@ -587,16 +585,9 @@ impl Brain {
                                 }
                                 // The last attempt: close the span; decide ends the turn with
                                 // retries_exhausted.
-                                ModelError::Retryable { .. } => harness::failure_step(
-                                    &start_id,
-                                    err.kind(),
-                                    &err.to_string(),
-                                    attempt,
-                                    0,
-                                )
-                                .into_iter()
-                                .take(1)
-                                .collect(),
+                                ModelError::Retryable { .. } => {
+                                    vec![harness::failed_span(start_id.as_str())]
+                                }
                             }
                         }
                     };
@@ -654,22 +645,18 @@ impl Brain {
         if jobs.is_empty() {
             return Ok(());
         }
-        let tools = self
-            .js
-            .get_stream(subjects::TOOLS_STREAM)
-            .await
-            .map_err(|e| HandleError::Publish(e.to_string()))?;
+        let tools = &self.tools;
         // Later calls go to the host holding the session's sandbox while it lives.
         let route = self.registry.route(events).await;
         for job in jobs {
-            if let Err(e) = job.pool_subject() {
+            if let Err(e) = job.check() {
                 tracing::warn!(error = %e, "Skipping a tool job with an unusable id.");
                 continue;
             }
             // Still queued (on any route): nothing to do. A job leaves the queue when a hand
             // acknowledges it, after appending its result; a hand checks the log before running
             // a job, so a publish racing a result that this replay does not show is harmless.
-            if registry::queued(&tools, &job.session_id, &job.tool_use_id).await {
+            if registry::queued(tools, &job.session_id, &job.tool_use_id).await {
                 continue;
             }
             let subject = registry::subject(&route, &job);
@@ -686,16 +673,6 @@ impl Brain {
                 .map_err(|e| HandleError::Publish(e.to_string()))?;
         }
         Ok(())
-    }
-}
-
-/// Aborts a task when dropped (also when the handler panics), so a heartbeat never outlives
-/// its wake.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -336,8 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 image,
             })
             .await?;
-            println!("{}", report.table());
-            println!("{}", serde_json::to_string(&report)?);
+            println!("{}", herd::bench::render(&report.table(), &report)?);
             Ok(())
         }
         Cmd::Bench {
@@ -353,8 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             })
             .await?;
-            println!("{}", report.table());
-            println!("{}", serde_json::to_string(&report)?);
+            println!("{}", herd::bench::render(&report.table(), &report)?);
             Ok(())
         }
         Cmd::Bench {
@@ -373,8 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 replays,
             })
             .await?;
-            println!("{}", report.table());
-            println!("{}", serde_json::to_string(&report)?);
+            println!("{}", herd::bench::render(&report.table(), &report)?);
             Ok(())
         }
     }

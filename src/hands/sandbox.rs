@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::event::SessionId;
+use crate::tasks::AbortOnDrop;
 
 /// Label carrying the session id.
 pub const LABEL_SESSION: &str = "herd.session";
@@ -80,15 +81,6 @@ fn docker_err(e: bollard::errors::Error) -> SandboxError {
     SandboxError::Docker(e.to_string())
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What a command printed, and how it ended.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOutput {
@@ -144,11 +136,6 @@ impl Sandboxes {
     /// The Docker client.
     pub fn docker(&self) -> &Docker {
         &self.docker
-    }
-
-    /// This host's name.
-    pub fn host(&self) -> &str {
-        &self.host
     }
 
     /// The session's running sandbox, provisioning one when there is none (or when the old one

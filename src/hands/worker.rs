@@ -30,6 +30,7 @@ use crate::event::{
 use crate::jobs::{ToolJob, result_event_id};
 use crate::session::{LogError, SessionLog, Slice};
 use crate::subjects;
+use crate::tasks::{AbortOnDrop, SessionLocks};
 
 /// The durable consumer of the shared pool.
 pub const POOL_CONSUMER: &str = "hands-pool";
@@ -132,16 +133,8 @@ pub struct Hands {
     sandboxes: Sandboxes,
     registry: Registry,
     last_used: Mutex<HashMap<SessionId, Instant>>,
-    locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: SessionLocks,
     config: HandsConfig,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Hands {
@@ -204,7 +197,7 @@ impl Hands {
             js,
             sandboxes,
             last_used: Mutex::new(HashMap::new()),
-            locks: Mutex::new(HashMap::new()),
+            locks: SessionLocks::new(4096),
             config,
         });
         // Sandboxes of this host from an earlier run have no worker any more.
@@ -313,7 +306,7 @@ impl Hands {
         for s in idle {
             // Not while a job runs in it (a job holds the session's lock), and not if one
             // started since the list was made.
-            let lock = self.session_lock(&s);
+            let lock = self.locks.get(&s);
             let Ok(_guard) = lock.try_lock() else {
                 continue;
             };
@@ -397,14 +390,6 @@ impl Hands {
             .await;
     }
 
-    fn session_lock(&self, id: &SessionId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        if locks.len() > 4096 {
-            locks.retain(|_, l| Arc::strong_count(l) > 1);
-        }
-        locks.entry(id.clone()).or_default().clone()
-    }
-
     async fn run_job(&self, job: &ToolJob, last_try: bool) -> Result<(), JobError> {
         let session = &job.session_id;
         // What the log says about this call: it must exist, and may already be answered.
@@ -444,7 +429,7 @@ impl Hands {
             ))));
         };
         // One tool at a time per session on this host: calls of one turn share a workspace.
-        let lock = self.session_lock(session);
+        let lock = self.locks.get(session);
         let _guard = lock.lock().await;
         self.last_used
             .lock()

@@ -65,11 +65,6 @@ pub enum LogError {
 }
 
 impl LogError {
-    /// True for a lost optimistic-concurrency race.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Conflict { .. })
-    }
-
     /// True when the same call may succeed later (the server was unreachable).
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable { .. })

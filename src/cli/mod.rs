@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch. Each subcommand's work lives in its own module.
 
+mod check;
 mod output;
 mod session;
 mod up;
@@ -64,6 +65,9 @@ enum Cmd {
     /// Run a hand worker: take tool jobs, run them in hardened Docker sandboxes, append the
     /// results. Start one per Docker host (or more).
     Hands(HandsArgs),
+    /// Verify the session logs' invariants: unique ids, whole brain steps, every tool call
+    /// answered exactly once, legal status order. Exit 1 on any violation.
+    Check(check::CheckArgs),
     /// Decode one event payload (MessagePack or JSON) from stdin into JSON on stdout, e.g. for
     /// `nats sub --translate 'herd decode'`.
     Decode {
@@ -321,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             Ok(())
         }
+        Cmd::Check(a) => check::run(connect(&cli.global).await?, a).await,
         Cmd::Decode { pretty } => decode(pretty),
         Cmd::Bench {
             cmd:

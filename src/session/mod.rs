@@ -5,6 +5,7 @@
 //! folds it into a session's current state.
 
 mod append;
+mod check;
 mod error;
 mod read;
 mod retry;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 pub use append::Appended;
+pub use check::{Checker, Outcome, Rule, SessionReport, Violation, check_session};
 pub use error::{LogError, MAX_STEP_EVENTS};
 pub use read::{READ_BATCH, Slice, to_record as decode_record};
 pub use retry::RetryPolicy;

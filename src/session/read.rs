@@ -16,6 +16,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::SessionLog;
+use super::check::{Checker, SessionReport};
 use super::error::LogError;
 use super::retry::Failure;
 use super::state::SessionState;
@@ -306,6 +307,75 @@ impl SessionLog {
                 (id, n)
             })
             .collect())
+    }
+
+    /// Checks one session's log against the invariants of [`super::check`].
+    pub async fn check(
+        &self,
+        session: &SessionId,
+        settled: bool,
+    ) -> Result<SessionReport, LogError> {
+        let records = self.read_from(session, 1).await?;
+        if records.is_empty() {
+            return Err(LogError::NotFound(session.clone()));
+        }
+        Ok(super::check::check_session(
+            session.clone(),
+            &records,
+            settled,
+        ))
+    }
+
+    /// Checks every session in the stream, in one pass over it up to its last sequence at the
+    /// start (what lands afterwards is left for the next run), in session id order.
+    pub async fn check_all(&self, settled: bool) -> Result<Vec<SessionReport>, LogError> {
+        let last = self.stream_last_sequence().await?;
+        let mut checkers: BTreeMap<SessionId, Checker> = BTreeMap::new();
+        let mut next = 1;
+        while next <= last {
+            let batch = self
+                .retry
+                .run("read", |_| {
+                    self.direct_batch(subjects::ALL_SESSIONS, next, READ_BATCH)
+                })
+                .await?;
+            let got = batch.records.len();
+            for (seq, record) in batch.records {
+                next = seq + 1;
+                if seq > last {
+                    break;
+                }
+                let Some(record) = record else { continue };
+                let id = match &record {
+                    Ok(e) => e.session_id.clone(),
+                    Err(bad) => bad.session_id.clone(),
+                };
+                checkers
+                    .entry(id.clone())
+                    .or_insert_with(|| Checker::new(id))
+                    .feed(&record);
+            }
+            if batch.pending == 0 || got == 0 {
+                break;
+            }
+        }
+        Ok(checkers.into_values().map(|c| c.finish(settled)).collect())
+    }
+
+    /// The stream's last sequence, from its leader.
+    async fn stream_last_sequence(&self) -> Result<u64, LogError> {
+        self.retry
+            .run("stream info", |_| {
+                let mut stream = self.stream.clone();
+                async move {
+                    stream
+                        .info()
+                        .await
+                        .map(|i| i.state.last_sequence)
+                        .map_err(|e| Failure::Transient(e.to_string()))
+                }
+            })
+            .await
     }
 
     /// Follows a session live from sequence `from` on: every event already there, then each new

@@ -50,6 +50,8 @@ pub struct ServerOptions {
     pub sync_always: bool,
     /// Extra lines for the `jetstream { }` block.
     pub jetstream_extra: String,
+    /// Membership of a cluster, for a node of [`LocalCluster`].
+    pub cluster: Option<ClusterMember>,
 }
 
 impl Default for ServerOptions {
@@ -57,8 +59,30 @@ impl Default for ServerOptions {
         Self {
             sync_always: true,
             jetstream_extra: String::new(),
+            cluster: None,
         }
     }
+}
+
+/// One node's place in a cluster: its name, its route port and every node's route port.
+#[derive(Debug, Clone)]
+pub struct ClusterMember {
+    /// The cluster's name (unique per test, so clusters never join each other).
+    pub cluster: String,
+    /// This node's `server_name`.
+    pub name: String,
+    /// This node's route port.
+    pub route_port: u16,
+    /// The route ports of all nodes (this one included; the server skips itself).
+    pub routes: Vec<u16>,
+}
+
+/// A port that was free a moment ago. Cluster routes must be known before any node starts, so
+/// they cannot be left to the OS like client ports.
+fn free_port() -> Result<u16, ServerError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A running nats-server with its own store.
@@ -110,9 +134,27 @@ impl LocalServer {
         } else {
             ""
         };
+        let (name, cluster) = match &self.options.cluster {
+            None => (format!("herd-local-{}", std::process::id()), String::new()),
+            Some(m) => {
+                let routes: Vec<String> = m
+                    .routes
+                    .iter()
+                    .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                    .collect();
+                (
+                    m.name.clone(),
+                    format!(
+                        "cluster {{\n  name: {}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                        m.cluster,
+                        m.route_port,
+                        routes.join(", ")
+                    ),
+                )
+            }
+        };
         let conf = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: herd-local-{port_name}\njetstream {{\n  store_dir: {store:?}\n  {sync}\n  {extra}\n}}\n",
-            port_name = std::process::id(),
+            "listen: 127.0.0.1:{port}\nserver_name: {name}\njetstream {{\n  store_dir: {store:?}\n  {sync}\n  {extra}\n}}\n{cluster}",
             store = self.store_dir(),
             extra = self.options.jetstream_extra,
         );
@@ -181,6 +223,21 @@ impl LocalServer {
         })
     }
 
+    /// The server's `server_name`.
+    pub fn name(&self) -> String {
+        match &self.options.cluster {
+            Some(m) => m.name.clone(),
+            None => format!("herd-local-{}", std::process::id()),
+        }
+    }
+
+    /// True while the process runs (it was not killed, and did not exit).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Kills the server with SIGKILL, as a crash would; its store stays.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -199,5 +256,70 @@ impl LocalServer {
 impl Drop for LocalServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A cluster of local servers on loopback: each node with its own store, client port and route
+/// port, all routed to each other. Nodes can be killed and restarted one by one.
+pub struct LocalCluster {
+    nodes: Vec<LocalServer>,
+}
+
+impl LocalCluster {
+    /// Starts `size` nodes (3 for R3 streams). One node is a plain server, not a cluster of
+    /// one (which would wait for peers forever).
+    pub fn start(size: usize, options: ServerOptions) -> Result<Self, ServerError> {
+        if size <= 1 {
+            return Ok(Self {
+                nodes: vec![LocalServer::start(options)?],
+            });
+        }
+        let cluster = format!("herd-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let routes = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<u16>, _>>()?;
+        let mut nodes = Vec::with_capacity(size);
+        for (i, route_port) in routes.iter().enumerate() {
+            let member = ClusterMember {
+                cluster: cluster.clone(),
+                name: format!("n{}", i + 1),
+                route_port: *route_port,
+                routes: routes.clone(),
+            };
+            nodes.push(LocalServer::start(ServerOptions {
+                cluster: Some(member),
+                ..options.clone()
+            })?);
+        }
+        Ok(Self { nodes })
+    }
+
+    /// The client URLs of every node, comma-separated (what `HERD_NATS_URL` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(LocalServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True for a cluster of no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// One node.
+    pub fn node(&mut self, i: usize) -> &mut LocalServer {
+        &mut self.nodes[i]
+    }
+
+    /// The index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name() == name)
     }
 }

@@ -162,10 +162,21 @@ fn matches(defined: &serde_json::Map<String, Value>, actual: &stream::Config) ->
     defined.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
+/// How many replicas to give streams and buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replicas {
+    /// Exactly this many: existing ones are scaled to it (`herd streams apply`).
+    Set(usize),
+    /// This many for what is created; what exists keeps its count (workers at start, so a
+    /// worker never scales a cluster's R3 streams down).
+    ForNew(usize),
+}
+
 async fn apply_stream(
     js: &jetstream::Context,
     cfg: &stream::Config,
     defined: &serde_json::Map<String, Value>,
+    replicas: Replicas,
 ) -> Result<Action, StreamsError> {
     match js.get_stream(&cfg.name).await {
         Ok(mut existing) => {
@@ -173,7 +184,13 @@ async fn apply_stream(
                 .info()
                 .await
                 .map_err(|e| server_err("stream", &cfg.name, e))?;
-            if matches(defined, &info.config) {
+            let mut defined = defined.clone();
+            let mut cfg = cfg.clone();
+            if let Replicas::ForNew(_) = replicas {
+                defined.remove("num_replicas");
+                cfg.num_replicas = info.config.num_replicas;
+            }
+            if matches(&defined, &info.config) {
                 return Ok(Action::Unchanged);
             }
             js.update_stream(cfg.clone())
@@ -204,8 +221,30 @@ async fn stream_exists(js: &jetstream::Context, name: &str) -> bool {
 async fn apply_bucket(
     js: &jetstream::Context,
     b: &BucketSpec,
-    replicas: usize,
+    replicas: Replicas,
 ) -> Result<Outcome, StreamsError> {
+    let replicas = match replicas {
+        Replicas::Set(n) => n,
+        Replicas::ForNew(n) => {
+            let prefix = if b.kind == BucketKind::Kv {
+                "KV"
+            } else {
+                "OBJ"
+            };
+            if stream_exists(js, &format!("{prefix}_{}", b.bucket)).await {
+                return Ok(Outcome {
+                    kind: if b.kind == BucketKind::Kv {
+                        "kv"
+                    } else {
+                        "object"
+                    },
+                    name: b.bucket.clone(),
+                    action: Action::Unchanged,
+                });
+            }
+            n
+        }
+    };
     match b.kind {
         BucketKind::Kv => {
             let existed = stream_exists(js, &format!("KV_{}", b.bucket)).await;
@@ -257,13 +296,34 @@ async fn apply_bucket(
     }
 }
 
-/// Creates or updates every stream and bucket. Safe to run any number of times, from any number
-/// of processes at once.
+/// Creates or updates every stream and bucket, with `replicas` copies each (scaling existing
+/// ones to it). Safe to run any number of times, from any number of processes at once.
 pub async fn apply(js: &jetstream::Context, replicas: usize) -> Result<Vec<Outcome>, StreamsError> {
-    let defs = Definitions::load(replicas)?;
+    apply_all(js, Replicas::Set(replicas)).await
+}
+
+/// What every worker runs at start: creates what is missing (with `replicas_for_new` copies)
+/// and updates what differs, but never changes the replica count of what exists — that is
+/// `herd streams apply --replicas`'s job, so a worker started with the defaults cannot scale a
+/// cluster's R3 streams down to one copy.
+pub async fn ensure(
+    js: &jetstream::Context,
+    replicas_for_new: usize,
+) -> Result<Vec<Outcome>, StreamsError> {
+    apply_all(js, Replicas::ForNew(replicas_for_new)).await
+}
+
+async fn apply_all(
+    js: &jetstream::Context,
+    replicas: Replicas,
+) -> Result<Vec<Outcome>, StreamsError> {
+    let n = match replicas {
+        Replicas::Set(n) | Replicas::ForNew(n) => n,
+    };
+    let defs = Definitions::load(n)?;
     let mut out = Vec::new();
     for (cfg, defined) in &defs.streams {
-        let action = apply_stream(js, cfg, defined).await?;
+        let action = apply_stream(js, cfg, defined, replicas).await?;
         out.push(Outcome {
             kind: "stream",
             name: cfg.name.clone(),

@@ -411,6 +411,10 @@ async fn brains_killed_at_random_points_lose_nothing() {
         worst = worst.max(interrupted);
         answers += ok;
     }
+    // And the log checker agrees: every session sound and settled.
+    for r in t.log.check_all(true).await.unwrap() {
+        assert!(r.ok(), "{}: {:?}", r.session_id, r.violations);
+    }
     let requests = model.count();
     eprintln!(
         "{kills} brain kills over {turns} turns: {requests} model requests for {answers} answers; {} repeated, at most {worst} in one session",

@@ -137,7 +137,9 @@ struct Scan {
     last_start_closed: bool,
     /// The start of the last request that succeeded: input before it has been answered.
     answered_up_to: u64,
-    /// Failed requests since the last successful one.
+    /// Model failures recorded (`session.error` with `retry_status: retrying`) since the last
+    /// successful request. A span closed because its brain vanished or lost a race is not a
+    /// model failure and does not count: crashes must never use up a turn's retry budget.
     failed_in_a_row: u32,
     /// The last idle with `retries_exhausted`.
     exhausted_at: u64,
@@ -165,14 +167,20 @@ fn scan(events: &[StoredEvent]) -> Scan {
             }
             EventBody::SpanModelRequestEnd(end) => {
                 s.last_start_closed = true;
-                if end.is_error {
-                    s.failed_in_a_row += 1;
-                } else {
+                if !end.is_error {
                     s.failed_in_a_row = 0;
                     if let Some((start, _)) = &s.last_start {
                         s.answered_up_to = *start;
                     }
                 }
+            }
+            EventBody::SessionError(err)
+                if err
+                    .retry_status
+                    .as_ref()
+                    .is_some_and(|r| r.kind == "retrying") =>
+            {
+                s.failed_in_a_row += 1;
             }
             EventBody::SessionStatusRunning(_) => s.running_at = e.seq,
             EventBody::SessionStatusIdle(i) => {
@@ -490,13 +498,15 @@ pub fn failed_requests_in_a_row(events: &[StoredEvent]) -> u32 {
     scan(events).failed_in_a_row
 }
 
-/// The step that records a model request that failed for good (bad request, authentication):
-/// the turn ends with `retries_exhausted` at once, since retrying cannot help.
-pub fn fatal_failure_step(
+/// The step that records a model request that ends the turn: a failure retrying cannot help
+/// (bad request, authentication: `retry_status` `terminal`), or the last attempt of the retry
+/// budget (`exhausted`, with its number). The turn ends with `retries_exhausted`.
+pub fn final_failure_step(
     state: &SessionState,
     start_id: &EventId,
     kind: &str,
     message: &str,
+    exhausted_attempt: Option<u32>,
 ) -> Vec<Planned> {
     let mut step = vec![
         failed_span(start_id.as_str()),
@@ -506,14 +516,26 @@ pub fn fatal_failure_step(
                 message: message.into(),
             },
             retry_status: Some(RetryStatus {
-                kind: "terminal".into(),
-                attempt: None,
+                kind: if exhausted_attempt.is_some() {
+                    "exhausted"
+                } else {
+                    "terminal"
+                }
+                .into(),
+                attempt: exhausted_attempt,
                 retry_in_ms: None,
             }),
         }),
     ];
     step.extend(idle("retries_exhausted", vec![], state.usage));
     step
+}
+
+/// True when the log's last model request span is open and is not `mine`: another brain is
+/// calling the model for this session right now.
+pub fn another_request_open(events: &[StoredEvent], mine: &EventId) -> bool {
+    let s = scan(events);
+    matches!(&s.last_start, Some((_, id)) if !s.last_start_closed && id != mine)
 }
 
 /// The step that records a failed model request (a retry follows).
@@ -703,16 +725,62 @@ mod tests {
         );
     }
 
+    fn retrying(attempt: u32) -> SessionError {
+        SessionError {
+            error: ErrorInfo {
+                kind: "overloaded".into(),
+                message: "529".into(),
+            },
+            retry_status: Some(RetryStatus {
+                kind: "retrying".into(),
+                attempt: Some(attempt),
+                retry_in_ms: Some(10),
+            }),
+        }
+    }
+
+    #[test]
+    fn spans_abandoned_by_crashed_or_racing_brains_never_use_the_retry_budget() {
+        let mut g = Given::session(vec![])
+            .and(user("hi"))
+            .and(SessionStatusRunning {});
+        for _ in 0..12 {
+            g = g.and(start()).and(end(true));
+            assert_eq!(preamble(g.decide()), ["span.model_request_start"]);
+        }
+    }
+
+    #[test]
+    fn a_request_opened_by_another_brain_is_recognised() {
+        let g = Given::session(vec![])
+            .and(user("hi"))
+            .and(SessionStatusRunning {})
+            .and(start());
+        let theirs = g.0.last().unwrap().event.id.clone();
+        assert!(!another_request_open(&g.0, &theirs));
+        assert!(another_request_open(&g.0, &EventId::generate()));
+        let closed = g.and(end(true));
+        assert!(!another_request_open(&closed.0, &EventId::generate()));
+    }
+
     #[test]
     fn failures_are_retried_until_the_budget_then_exhausted() {
         let mut g = Given::session(vec![])
             .and(user("hi"))
             .and(SessionStatusRunning {});
-        for _ in 0..4 {
-            g = g.and(start()).and(end(true));
-            assert_eq!(preamble(g.decide()), ["span.model_request_start"]);
+        for attempt in 1..=4 {
+            g = g
+                .and(start())
+                .and(end(true))
+                .and(retrying(attempt))
+                .and(SessionStatusRescheduled { reason: None });
+            assert_eq!(
+                preamble(g.decide()),
+                ["session.status_running", "span.model_request_start"]
+            );
+            g = g.and(SessionStatusRunning {});
         }
-        g = g.and(start()).and(end(true));
+        g = g.and(start()).and(end(true)).and(retrying(5));
         assert_eq!(
             g.appends(),
             ["session.error", "session.usage", "session.status_idle"]

@@ -111,18 +111,40 @@ impl Wake {
     }
 }
 
+/// How long [`publish`] keeps retrying through a leader election or a reconnect.
+pub const PUBLISH_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Publishes a wake for a session after an append at `after_seq`. Its message id is derived
-/// from the session and the sequence, so any number of wakes for the same change collapse.
+/// from the session and the sequence, so any number of wakes for the same change collapse —
+/// which also makes retrying safe: a wake is retried with the same id for up to
+/// [`PUBLISH_RETRY_FOR`] while `HERD_WAKE` has no leader (a cluster node died) or the
+/// connection is down, instead of failing the caller's whole job for a redelivery later.
 pub async fn publish(
     js: &async_nats::jetstream::Context,
     session: &SessionId,
     after_seq: u64,
 ) -> Result<(), async_nats::jetstream::context::PublishError> {
-    let msg = async_nats::jetstream::message::PublishMessage::build()
-        .message_id(format!("wake_{session}_{after_seq}"))
-        .payload(bytes::Bytes::new());
-    js.send_publish(subjects::wake(session), msg).await?.await?;
-    Ok(())
+    use async_nats::jetstream::context::PublishErrorKind as K;
+    let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .message_id(format!("wake_{session}_{after_seq}"))
+            .payload(bytes::Bytes::new());
+        let result = async { js.send_publish(subjects::wake(session), msg).await?.await }.await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(e.kind(), K::StreamNotFound | K::TimedOut | K::BrokenPipe)
+                    && tokio::time::Instant::now() + delay < deadline =>
+            {
+                tracing::debug!(session = %session, error = %e, "Publishing a wake failed; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

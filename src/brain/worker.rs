@@ -559,11 +559,12 @@ impl Brain {
                             let attempt = harness::failed_requests_in_a_row(&r.events) + 1;
                             tracing::warn!(error = %err, attempt, "Model request failed.");
                             match err {
-                                ModelError::Fatal { .. } => harness::fatal_failure_step(
+                                ModelError::Fatal { .. } => harness::final_failure_step(
                                     &state,
                                     &start_id,
                                     err.kind(),
                                     &err.to_string(),
+                                    None,
                                 ),
                                 ModelError::Retryable { .. }
                                     if attempt < self.config.max_model_attempts =>
@@ -583,19 +584,33 @@ impl Brain {
                                     tokio::time::sleep(delay).await;
                                     continue;
                                 }
-                                // The last attempt: close the span; decide ends the turn with
-                                // retries_exhausted.
-                                ModelError::Retryable { .. } => {
-                                    vec![harness::failed_span(start_id.as_str())]
-                                }
+                                // The last attempt of the budget ends the turn.
+                                ModelError::Retryable { .. } => harness::final_failure_step(
+                                    &state,
+                                    &start_id,
+                                    err.kind(),
+                                    &err.to_string(),
+                                    Some(attempt),
+                                ),
                             }
                         }
                     };
                     match self.append(id, expected, step).await {
                         Ok(_) => self.dispatch_after_step(id).await?,
                         // Someone moved the session while the model ran (a user message, an
-                        // interrupt, another brain): this answer is stale. Decide again.
-                        Err(LogError::Conflict { .. }) => continue,
+                        // interrupt, another brain): this answer is stale. If another brain has
+                        // started a request of its own since, it owns the turn now: stand down
+                        // (the wake comes back later) rather than close its span and start
+                        // again, which two brains could do to each other forever. Otherwise
+                        // decide again.
+                        Err(LogError::Conflict { .. }) => {
+                            let r = replay(&self.cache, &self.log, id).await?;
+                            if harness::another_request_open(&r.events, &start_id) {
+                                tracing::info!(session = %id, "Another brain took over the turn; standing down.");
+                                return Err(HandleError::LeaseHeld);
+                            }
+                            continue;
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }

@@ -36,6 +36,11 @@ struct Global {
     /// Log filter, e.g. `info` or `herd=debug` [env: HERD_LOG].
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Replicas of the streams and buckets a worker creates when they are missing (3 on a
+    /// three-node cluster). Existing ones keep theirs; `herd streams apply --replicas` changes it.
+    #[arg(long, global = true, env = "HERD_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    stream_replicas: u8,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +73,11 @@ enum Cmd {
     /// Verify the session logs' invariants: unique ids, whole brain steps, every tool call
     /// answered exactly once, legal status order. Exit 1 on any violation.
     Check(check::CheckArgs),
+    /// Run a whole deployment on this machine (a nats cluster, brains, hands, the mock model),
+    /// inject faults one at a time while sessions are busy, then check every log. Prints what
+    /// was injected, the stall of affected sessions per fault kind, and the checker's verdict;
+    /// exit 1 when anything was lost, duplicated or left unfinished.
+    Chaos(ChaosArgs),
     /// Decode one event payload (MessagePack or JSON) from stdin into JSON on stdout, e.g. for
     /// `nats sub --translate 'herd decode'`.
     Decode {
@@ -139,6 +149,44 @@ struct HandsArgs {
     /// Process limit per sandbox.
     #[arg(long, default_value_t = 128)]
     pids: i64,
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// nats nodes: 3 for a cluster with R3 streams, 1 for a single server.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nodes: u8,
+    /// Rounds of faults; each round injects every fault in `--faults` once.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// The faults of a round, comma-separated: kill-brain, stop-brain, kill-hand,
+    /// kill-sandbox, kill-node, kill-leader [default: all].
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
+    /// Sessions kept busy.
+    #[arg(long, default_value_t = 6)]
+    sessions: usize,
+    /// Brain processes.
+    #[arg(long, default_value_t = 2)]
+    brains: usize,
+    /// Hand processes.
+    #[arg(long, default_value_t = 2)]
+    hands: usize,
+    /// The workers' ack_wait, seconds.
+    #[arg(long, default_value_t = 3)]
+    ack_wait_secs: u64,
+    /// Calm seconds before each fault (longer than ack_wait, so stalls are not mixed up).
+    #[arg(long, default_value_t = 5)]
+    calm_secs: u64,
+    /// Seconds a killed nats node stays down.
+    #[arg(long, default_value_t = 3)]
+    node_down_secs: u64,
+    /// The sandbox image.
+    #[arg(long, default_value = "herd-sandbox:busybox")]
+    image: String,
+    /// Keep the workers' logs in this directory.
+    #[arg(long)]
+    logs: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -285,7 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Brain(a) => {
             let client = nats_config(&cli.global)?.connect("herd-brain").await?;
             let js = async_nats::jetstream::new(client.clone());
-            herd::streams::apply(&js, 1).await?;
+            herd::streams::ensure(&js, cli.global.stream_replicas as usize).await?;
             let config = brain_config(&cli.global, &a)?;
             let brain = herd::brain::Brain::new(client, config).await?;
             eprintln!("herd brain: taking wakes (Ctrl-C to stop)");
@@ -298,7 +346,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Hands(a) => {
             let client = nats_config(&cli.global)?.connect("herd-hands").await?;
-            herd::streams::apply(&async_nats::jetstream::new(client.clone()), 1).await?;
+            herd::streams::ensure(
+                &async_nats::jetstream::new(client.clone()),
+                cli.global.stream_replicas as usize,
+            )
+            .await?;
             let mut config = herd::hands::HandsConfig {
                 ack_wait: std::time::Duration::from_secs(a.ack_wait_secs.max(1)),
                 max_deliver: a.max_deliver.max(1),
@@ -326,6 +378,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Check(a) => check::run(connect(&cli.global).await?, a).await,
+        Cmd::Chaos(a) => chaos(a).await,
         Cmd::Decode { pretty } => decode(pretty),
         Cmd::Bench {
             cmd:
@@ -380,6 +433,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
+    use herd::testkit::chaos::{Fault, Plan};
+    let round = if a.faults.is_empty() {
+        Fault::ALL.to_vec()
+    } else {
+        a.faults
+            .iter()
+            .map(|f| Fault::parse(f.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?
+    };
+    if a.brains == 0 || a.hands == 0 || a.sessions == 0 {
+        anyhow::bail!("--brains, --hands and --sessions must be at least 1");
+    }
+    let mut plan = Plan::short(std::env::current_exe().context("finding the herd binary")?);
+    plan.nodes = a.nodes as usize;
+    plan.brains = a.brains;
+    plan.hands = a.hands;
+    plan.sessions = a.sessions;
+    plan.faults = (0..a.rounds).flat_map(|_| round.iter().copied()).collect();
+    plan.ack_wait = std::time::Duration::from_secs(a.ack_wait_secs.max(1));
+    plan.calm = std::time::Duration::from_secs(a.calm_secs);
+    plan.node_down = std::time::Duration::from_secs(a.node_down_secs);
+    plan.image = a.image;
+    plan.log_dir = a.logs;
+    let report = herd::testkit::chaos::run(plan).await?;
+    println!("{}", herd::bench::render(&report.table(), &report)?);
+    Ok(())
 }
 
 fn decode(pretty: bool) -> anyhow::Result<()> {

@@ -74,7 +74,7 @@ pub async fn run(
         Some(start_local_server(&cfg)?)
     };
     let client = cfg.connect("herd-up").await?;
-    herd::streams::apply(&async_nats::jetstream::new(client.clone()), 1).await?;
+    herd::streams::ensure(&async_nats::jetstream::new(client.clone()), 1).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

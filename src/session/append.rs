@@ -138,7 +138,13 @@ fn parse_reply(payload: &[u8]) -> Result<Sent, Failure> {
 fn request_failure(e: async_nats::RequestError) -> Failure {
     use async_nats::RequestErrorKind as K;
     match e.kind() {
-        K::TimedOut | K::NoResponders | K::Other => Failure::Transient(e.to_string()),
+        // JetStream answers "no responders" when the stream has no leader: an election in
+        // progress, or too few nodes up for a quorum. Say so; the bare words puzzle people.
+        K::NoResponders => Failure::Transient(
+            "no responders: the session stream has no leader (a leader election in progress, or too few nats nodes up for a quorum)"
+                .into(),
+        ),
+        K::TimedOut | K::Other => Failure::Transient(e.to_string()),
         K::InvalidSubject => Failure::Final(LogError::Invalid(e.to_string())),
         K::MaxPayloadExceeded => Failure::Final(LogError::Invalid(e.to_string())),
     }

@@ -52,7 +52,7 @@ pub enum LogError {
     },
     /// NATS did not answer in time, through every retry.
     #[error(
-        "NATS did not answer after {attempts} attempts over {elapsed_ms} ms; the last error was: {last}"
+        "the session log is unavailable: NATS did not answer after {attempts} attempts over {elapsed_ms} ms; the last error was: {last}"
     )]
     Unavailable {
         /// How many attempts were made.

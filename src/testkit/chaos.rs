@@ -519,6 +519,25 @@ fn seconds(d: Duration) -> f64 {
     (d.as_secs_f64() * 10.0).round() / 10.0
 }
 
+/// Applies herd's streams with `replicas` copies, waiting up to 30 s for a new cluster's meta
+/// leader (elected a moment after the nodes start).
+pub async fn apply_when_ready(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match crate::streams::apply(js, replicas).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "chaos: streams not applied yet");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e).context("applying herd's streams to the cluster"),
+        }
+    }
+}
+
 /// Runs the plan and checks the outcome; fails when anything was lost, duplicated or left
 /// unfinished.
 pub async fn run(plan: Plan) -> anyhow::Result<Report> {
@@ -534,19 +553,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     .connect("herd-chaos")
     .await?;
     let js = async_nats::jetstream::new(client.clone());
-    let replicas = plan.nodes.min(3);
-    // The meta leader is elected a moment after the nodes start.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match crate::streams::apply(&js, replicas).await {
-            Ok(_) => break,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "chaos: streams not applied yet");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => return Err(e).context("applying herd's streams to the cluster"),
-        }
-    }
+    apply_when_ready(&js, plan.nodes.min(3)).await?;
     let log = SessionLog::open(client.clone())
         .await?
         .with_retry(RetryPolicy {

@@ -205,17 +205,23 @@ impl Brain {
             .get_consumer(CONSUMER)
             .await
             .map_err(|e| consumer_err(e.to_string()))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(self.config.concurrency.min(256))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| consumer_err(e.to_string()))?;
+        let batch = self.config.concurrency.min(256);
+        let open = || {
+            let consumer = consumer.clone();
+            async move {
+                consumer
+                    .stream()
+                    .max_messages_per_batch(batch)
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
         tracing::info!(name = %self.config.name, "Brain is taking wakes.");
         let concurrency = self.config.concurrency;
-        crate::work_queue::pull_loop(messages, concurrency, shutdown, |msg| {
+        crate::work_queue::pull_loop(open, concurrency, shutdown, |msg| {
             let me = self.clone();
             async move { me.handle(msg).await }
         })

@@ -226,26 +226,37 @@ impl Hands {
             .get_stream(subjects::TOOLS_STREAM)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let mut streams = Vec::new();
+        let mut consumers: Vec<jetstream::consumer::Consumer<pull::Config>> = Vec::new();
         for name in [POOL_CONSUMER.to_string(), host_consumer(&self.config.host)] {
-            let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-                .get_consumer(&name)
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            streams.push(
-                consumer
-                    .stream()
-                    .max_messages_per_batch(self.config.concurrency.min(64))
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
+            consumers.push(
+                stream
+                    .get_consumer(&name)
                     .await
                     .map_err(|e| err(e.to_string()))?,
             );
         }
-        let host_msgs = streams.pop().expect("two consumers");
-        let pool_msgs = streams.pop().expect("two consumers");
-        let messages = futures_util::stream::select(pool_msgs, host_msgs);
+        // The pool's jobs and this host's, as one stream (opened again after errors).
+        let batch = self.config.concurrency.min(64);
+        let open = || {
+            let consumers = consumers.clone();
+            async move {
+                let mut streams = Vec::new();
+                for c in consumers {
+                    streams.push(
+                        c.stream()
+                            .max_messages_per_batch(batch)
+                            .heartbeat(Duration::from_secs(5))
+                            .expires(Duration::from_secs(30))
+                            .messages()
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                let host_msgs = streams.pop().expect("two consumers");
+                let pool_msgs = streams.pop().expect("two consumers");
+                Ok(futures_util::stream::select(pool_msgs, host_msgs))
+            }
+        };
         // Keep this hand in the registry, and move jobs stranded on dead hosts to the pool.
         let announcer = {
             let me = self.clone();
@@ -282,13 +293,12 @@ impl Hands {
             }))
         };
         tracing::info!(host = %self.config.host, "Hands are taking tool jobs.");
-        let result =
-            crate::work_queue::pull_loop(messages, self.config.concurrency, shutdown, |msg| {
-                let me = self.clone();
-                async move { me.handle(msg).await }
-            })
-            .await
-            .map_err(err);
+        let result = crate::work_queue::pull_loop(open, self.config.concurrency, shutdown, |msg| {
+            let me = self.clone();
+            async move { me.handle(msg).await }
+        })
+        .await
+        .map_err(err);
         drop(reaper);
         drop(announcer);
         self.registry.withdraw(&self.config.host).await;
@@ -390,19 +400,46 @@ impl Hands {
             .await;
     }
 
+    /// The session's log from the job's call on. Direct gets may be served by any replica, and
+    /// one that has not caught up yet (a node just restarted) would show nothing at the call's
+    /// sequence: refusing the job on such a read would drop a real call for good. So a read
+    /// that does not reach the call's sequence is checked against the leader, and repeated
+    /// while the leader has the session past it.
+    async fn read_from_call(&self, job: &ToolJob) -> Result<Vec<crate::event::Record>, JobError> {
+        let session = &job.session_id;
+        let slice = Slice {
+            from: Some(job.tool_use_seq),
+            ..Default::default()
+        };
+        let started = tokio::time::Instant::now();
+        for attempt in 1..=40u64 {
+            let records = self.log.read(session, &slice).await?;
+            let reached = records.iter().any(|r| {
+                let seq = match r {
+                    Ok(e) => e.seq,
+                    Err(bad) => bad.seq,
+                };
+                seq >= job.tool_use_seq
+            });
+            if reached || self.log.last_sequence(session).await? < job.tool_use_seq {
+                return Ok(records);
+            }
+            tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+        }
+        Err(JobError::Log(LogError::Unavailable {
+            attempts: 40,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            last: format!(
+                "the replica read never reached sequence {} of session {session}",
+                job.tool_use_seq
+            ),
+        }))
+    }
+
     async fn run_job(&self, job: &ToolJob, last_try: bool) -> Result<(), JobError> {
         let session = &job.session_id;
         // What the log says about this call: it must exist, and may already be answered.
-        let records = self
-            .log
-            .read(
-                session,
-                &Slice {
-                    from: Some(job.tool_use_seq),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let records = self.read_from_call(job).await?;
         let mut call = None;
         let mut answered = None;
         for r in records.iter().filter_map(|r| r.as_ref().ok()) {

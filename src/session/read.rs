@@ -315,15 +315,32 @@ impl SessionLog {
         session: &SessionId,
         settled: bool,
     ) -> Result<SessionReport, LogError> {
-        let records = self.read_from(session, 1).await?;
-        if records.is_empty() {
+        let last = self.last_sequence(session).await?;
+        if last == 0 {
             return Err(LogError::NotFound(session.clone()));
         }
-        Ok(super::check::check_session(
-            session.clone(),
-            &records,
-            settled,
-        ))
+        // A direct get may be served by a replica that trails the leader: read until the
+        // leader's last sequence is in hand, or a stale read would look like lost events.
+        for attempt in 1..=40u64 {
+            let records = self.read_from(session, 1).await?;
+            let reached = records.last().is_some_and(|r| match r {
+                Ok(e) => e.seq >= last,
+                Err(bad) => bad.seq >= last,
+            });
+            if reached {
+                return Ok(super::check::check_session(
+                    session.clone(),
+                    &records,
+                    settled,
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25 * attempt)).await;
+        }
+        Err(LogError::Unavailable {
+            attempts: 40,
+            elapsed_ms: 0,
+            last: format!("no replica served session {session} up to sequence {last}"),
+        })
     }
 
     /// Checks every session in the stream, in one pass over it up to its last sequence at the
@@ -332,6 +349,7 @@ impl SessionLog {
         let last = self.stream_last_sequence().await?;
         let mut checkers: BTreeMap<SessionId, Checker> = BTreeMap::new();
         let mut next = 1;
+        let mut stale_reads = 0u32;
         while next <= last {
             let batch = self
                 .retry
@@ -356,7 +374,20 @@ impl SessionLog {
                     .feed(&record);
             }
             if batch.pending == 0 || got == 0 {
-                break;
+                if next > last {
+                    break;
+                }
+                // The stream's last message is a session event, so a batch that ends before
+                // it came from a replica that trails the leader: wait for it to catch up.
+                stale_reads += 1;
+                if stale_reads > 40 {
+                    return Err(LogError::Unavailable {
+                        attempts: stale_reads,
+                        elapsed_ms: 0,
+                        last: format!("no replica served the stream up to sequence {last}"),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25 * stale_reads as u64)).await;
             }
         }
         Ok(checkers.into_values().map(|c| c.finish(settled)).collect())

@@ -185,6 +185,8 @@ pub struct Report {
     pub injected: Vec<Injected>,
     /// Figures per fault kind.
     pub figures: Vec<FaultFigures>,
+    /// The five longest stalls, with where they happened.
+    pub longest: Vec<Stall>,
     /// Wall time of the run, seconds.
     pub elapsed_s: f64,
     /// Sessions with violations, with their reports.
@@ -216,7 +218,7 @@ impl Report {
                 }
             );
         }
-        out += "stall of sessions mid-turn across a fault (longest gap between their events):\n";
+        out += "stall of sessions mid-turn across a fault (their longest gap between events, charged to the first fault it spans):\n";
         for f in &self.figures {
             out += &format!(
                 "  {:<13} x{:<3} {:>3} affected   p50 {:>6.2} s   p99 {:>6.2} s   max {:>6.2} s\n",
@@ -226,6 +228,19 @@ impl Report {
                 f.stall.p50_us / 1e6,
                 f.stall.p99_us / 1e6,
                 f.stall.max_us / 1e6
+            );
+        }
+        out += "longest stalls:\n";
+        for l in &self.longest {
+            out += &format!(
+                "  {:>6.2} s  {} (fault #{} at {:.1} s)  {}  between {} and {}\n",
+                l.seconds,
+                l.fault.name(),
+                l.injection + 1,
+                self.injected.get(l.injection).map_or(0.0, |i| i.at_s),
+                l.session_id,
+                l.between.0,
+                l.between.1
             );
         }
         out += &format!(
@@ -756,7 +771,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     let mut turns = 0;
     let mut tool_calls = 0;
     let mut acked_messages = 0;
-    let mut stalls: BTreeMap<Fault, Vec<Duration>> = BTreeMap::new();
+    let windows: Vec<(Fault, OffsetDateTime, OffsetDateTime)> = injected
+        .iter()
+        .map(|(i, at, until)| (i.fault, *at, *until))
+        .collect();
+    let mut all_stalls: Vec<Stall> = Vec::new();
     for (id, d) in &driven {
         let events: Vec<StoredEvent> = log
             .read_from(id, 1)
@@ -782,11 +801,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             }
         }
         acked_messages += d.acked.len();
-        for (inj, at, until) in &injected {
-            if let Some(s) = stall(&events, *at, *until) {
-                stalls.entry(inj.fault).or_default().push(s);
-            }
-        }
+        all_stalls.extend(stalls(id, &events, &windows));
     }
     for r in reports.iter().filter(|r| !r.ok()) {
         for v in &r.violations {
@@ -812,7 +827,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         if n == 0 {
             continue;
         }
-        let samples = stalls.remove(&fault).unwrap_or_default();
+        let samples: Vec<Duration> = all_stalls
+            .iter()
+            .filter(|s| s.fault == fault)
+            .map(|s| Duration::from_secs_f64(s.seconds))
+            .collect();
         figures.push(FaultFigures {
             fault,
             injected: n,
@@ -830,6 +849,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         violations,
         injected: injected.into_iter().map(|(i, _, _)| i).collect(),
         figures,
+        longest: {
+            all_stalls.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+            all_stalls.truncate(5);
+            all_stalls
+        },
         elapsed_s: seconds(started.elapsed()),
         failed: reports.into_iter().filter(|r| !r.ok()).collect(),
     };
@@ -844,12 +868,31 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The longest gap between two consecutive events of a session that overlaps the fault window
-/// `[at, until]`, counted only when the session was mid-turn at the gap's start (waiting on
-/// herd, not on its user). `None` when the session was idle across the fault.
-fn stall(events: &[StoredEvent], at: OffsetDateTime, until: OffsetDateTime) -> Option<Duration> {
+/// A session's longest wait on herd around one fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stall {
+    /// The fault it is charged to.
+    pub fault: Fault,
+    /// Which injection of it (index into `Report::injected`).
+    pub injection: usize,
+    /// The session.
+    pub session_id: SessionId,
+    /// The gap, seconds.
+    pub seconds: f64,
+    /// The events around the gap: `seq:type` before and after.
+    pub between: (String, String),
+}
+
+/// Every gap between two consecutive events of a session during which it was mid-turn (waiting
+/// on herd, not on its user) and which overlaps a fault window, charged to the first fault it
+/// overlaps, so one long gap counts once; per (fault, session) the longest.
+fn stalls(
+    session: &SessionId,
+    events: &[StoredEvent],
+    windows: &[(Fault, OffsetDateTime, OffsetDateTime)],
+) -> Vec<Stall> {
+    let mut worst: BTreeMap<usize, Stall> = BTreeMap::new();
     let mut running = false;
-    let mut worst: Option<Duration> = None;
     for pair in events.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         match &a.event.body {
@@ -858,12 +901,33 @@ fn stall(events: &[StoredEvent], at: OffsetDateTime, until: OffsetDateTime) -> O
             _ => {}
         }
         let (start, end) = (a.event.processed_at, b.event.processed_at);
-        if running && start <= until && end >= at {
-            let gap = (end - start).unsigned_abs();
-            worst = Some(worst.map_or(gap, |w| w.max(gap)));
+        if !running {
+            continue;
+        }
+        let Some(i) = windows
+            .iter()
+            .position(|(_, at, until)| start <= *until && end >= *at)
+        else {
+            continue;
+        };
+        let gap = (end - start).unsigned_abs().as_secs_f64();
+        if worst.get(&i).is_none_or(|w| w.seconds < gap) {
+            worst.insert(
+                i,
+                Stall {
+                    fault: windows[i].0,
+                    injection: i,
+                    session_id: session.clone(),
+                    seconds: (gap * 1000.0).round() / 1000.0,
+                    between: (
+                        format!("{}:{}", a.seq, a.event.type_name()),
+                        format!("{}:{}", b.seq, b.event.type_name()),
+                    ),
+                },
+            );
         }
     }
-    worst
+    worst.into_values().collect()
 }
 
 async fn herd_containers(

@@ -9,6 +9,11 @@ use async_nats::jetstream;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::Semaphore;
 
+/// The idle heartbeat asked of pull requests. A pull whose consumer moved (a nats node died)
+/// is noticed after two missed heartbeats, so this bounds how long a worker sits on a dead
+/// pull: with 5 s, hands waited 10 s after a leader loss in the chaos suite.
+pub const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Runs `handle` on every message of the stream `open` returns, at most `concurrency` at once,
 /// until `shutdown` resolves; then waits for the handlers in progress (their acks matter) and
 /// returns. Messages not yet taken stay in the stream for other workers.

@@ -182,6 +182,17 @@ async fn mistakes_get_clear_errors() {
         "not valid",
     );
     herd.fails(&["session", "show", "nope"], 1, "does not exist");
+    // Answers to calls the session never made are refused (herd check would flag them).
+    herd.fails(
+        &["session", "tool-result", "s1", "toolu_nope", "made up"],
+        1,
+        "has no custom tool call toolu_nope waiting for a result",
+    );
+    herd.fails(
+        &["session", "confirm", "s1", "toolu_nope", "allow"],
+        1,
+        "has no call toolu_nope waiting for a confirmation",
+    );
     herd.fails(
         &["session", "create", "--metadata", "novalue"],
         1,

@@ -212,7 +212,7 @@ impl Brain {
                 consumer
                     .stream()
                     .max_messages_per_batch(batch)
-                    .heartbeat(Duration::from_secs(5))
+                    .heartbeat(crate::work_queue::PULL_HEARTBEAT)
                     .expires(Duration::from_secs(30))
                     .messages()
                     .await

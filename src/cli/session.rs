@@ -315,6 +315,14 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             decision,
             message,
         } => {
+            let state = log.load_state(&parse_session(&id)?).await?;
+            if !state
+                .pending_tools
+                .get(&tool_use_id)
+                .is_some_and(|t| t.awaiting_confirmation)
+            {
+                bail!("session {id} has no call {tool_use_id} waiting for a confirmation");
+            }
             let event = Event::new(UserToolConfirmation {
                 tool_use_id,
                 result: decision,
@@ -328,6 +336,14 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             text,
             error,
         } => {
+            let state = log.load_state(&parse_session(&id)?).await?;
+            if !state
+                .pending_tools
+                .get(&tool_use_id)
+                .is_some_and(|t| t.kind == herd::session::ToolKind::Custom)
+            {
+                bail!("session {id} has no custom tool call {tool_use_id} waiting for a result");
+            }
             let event = Event::new(UserCustomToolResult {
                 custom_tool_use_id: tool_use_id,
                 content: vec![ContentBlock::text(text)],

@@ -245,7 +245,7 @@ impl Hands {
                     streams.push(
                         c.stream()
                             .max_messages_per_batch(batch)
-                            .heartbeat(Duration::from_secs(5))
+                            .heartbeat(crate::work_queue::PULL_HEARTBEAT)
                             .expires(Duration::from_secs(30))
                             .messages()
                             .await

@@ -580,15 +580,18 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     model.set_delay(Duration::from_millis(100));
     model.set_responder(agent_reply);
 
-    let tmp_logs;
+    // A temporary log directory is removed after a good run and kept after a failed one.
+    let mut tmp_logs: Option<tempfile::TempDir> = None;
     let logs = match &plan.log_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
             d.clone()
         }
         None => {
-            tmp_logs = tempfile::Builder::new().prefix("herd-chaos-").tempdir()?;
-            tmp_logs.path().to_path_buf()
+            let dir = tempfile::Builder::new().prefix("herd-chaos-").tempdir()?;
+            let path = dir.path().to_path_buf();
+            tmp_logs = Some(dir);
+            path
         }
     };
     let run_tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
@@ -644,6 +647,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     for fault in &plan.faults {
         tokio::time::sleep(plan.calm).await;
         if plan.nodes > 1 && !wait_healthy(&js, plan.nodes, Duration::from_secs(60)).await {
+            drop(fleet);
+            remove_sandboxes(&docker, &hosts).await;
+            let _ = tmp_logs.map(tempfile::TempDir::keep);
             bail!("the cluster did not become healthy before {}", fault.name());
         }
         let at = OffsetDateTime::now_utc();
@@ -755,10 +761,14 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                     .collect();
                 tails += &format!("\n  {id}: {}", tail.join(" "));
             }
+            let logs = fleet.logs.display().to_string();
+            drop(fleet);
+            remove_sandboxes(&docker, &hosts).await;
+            let _ = tmp_logs.map(tempfile::TempDir::keep);
             bail!(
                 "sessions did not finish within {:?} of the last fault (worker logs in {}):{tails}",
                 plan.drain,
-                fleet.logs.display()
+                logs
             );
         }
     };
@@ -815,6 +825,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         }
     }
     let logs_text = fleet.all_logs()?;
+    let log_dir = fleet.logs.clone();
     if logs_text.contains(CANARY_KEY) {
         problems.push("the model API key appears in a worker's log".into());
     }
@@ -858,10 +869,12 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         failed: reports.into_iter().filter(|r| !r.ok()).collect(),
     };
     if !problems.is_empty() {
+        let _ = tmp_logs.map(tempfile::TempDir::keep);
         bail!(
-            "{}\n{} problem(s):\n  {}",
+            "{}\n{} problem(s) (worker logs kept in {}):\n  {}",
             report.table(),
             problems.len(),
+            log_dir.display(),
             problems.join("\n  ")
         );
     }

@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod brain;
 pub mod config;
+pub mod credentials;
 pub mod event;
 pub mod hands;
 pub mod jobs;

@@ -80,6 +80,7 @@ impl Rig {
             environment: EnvironmentConfig::default(),
             title: None,
             metadata: Default::default(),
+            vault_ids: vec![],
         });
         self.log().create(&id, &e).await.unwrap();
         id

@@ -52,6 +52,7 @@ async fn create(log: &SessionLog, tools: Vec<ToolConfig>) -> SessionId {
         environment: EnvironmentConfig::default(),
         title: None,
         metadata: Default::default(),
+        vault_ids: vec![],
     });
     log.create(&id, &e).await.unwrap();
     id

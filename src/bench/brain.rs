@@ -131,6 +131,7 @@ async fn prefilled(
         environment: EnvironmentConfig::default(),
         title: None,
         metadata: Default::default(),
+        vault_ids: vec![],
     });
     log.create(&id, &created).await?;
     let mut acks = Vec::new();

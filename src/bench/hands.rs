@@ -156,9 +156,11 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             agent,
             environment: EnvironmentConfig {
                 image: Some(params.image.clone()),
+                allowed_hosts: vec![],
             },
             title: None,
             metadata: Default::default(),
+            vault_ids: vec![],
         }),
     )
     .await?;

@@ -108,6 +108,7 @@ fn created() -> Event {
         environment: EnvironmentConfig::default(),
         title: None,
         metadata: Default::default(),
+        vault_ids: vec![],
     })
 }
 

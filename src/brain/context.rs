@@ -48,6 +48,10 @@ pub fn builtin_tool(name: &str) -> Option<ToolDef> {
             "Search file contents for a regular expression in the workspace.",
             json!({"type": "object", "properties": {"pattern": {"type": "string"}, "path": {"type": "string"}}, "required": ["pattern"]}),
         ),
+        "http_request" => (
+            "Make an HTTP request from outside the sandbox (the sandbox has no network). Reaches only hosts this session allows. Write {{secret:NAME}} where a credential from the session's vaults belongs (e.g. a header \"Authorization\": \"Bearer {{secret:GITHUB_TOKEN}}\"); the value is filled in outside and never shown to you.",
+            json!({"type": "object", "properties": {"url": {"type": "string"}, "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]}, "headers": {"type": "object", "additionalProperties": {"type": "string"}}, "body": {"type": "string"}, "timeout_secs": {"type": "integer"}}, "required": ["url"]}),
+        ),
         _ => return None,
     };
     Some(ToolDef {
@@ -292,6 +296,7 @@ mod tests {
             environment: EnvironmentConfig::default(),
             title: None,
             metadata: Default::default(),
+            vault_ids: vec![],
         }
     }
 

@@ -622,6 +622,7 @@ mod tests {
                 environment: EnvironmentConfig::default(),
                 title: None,
                 metadata: Default::default(),
+                vault_ids: vec![],
             })
         }
         fn and(mut self, body: impl Into<EventBody>) -> Self {
@@ -897,6 +898,7 @@ mod tests {
                 environment: EnvironmentConfig::default(),
                 title: None,
                 metadata: Default::default(),
+                vault_ids: vec![],
             })
             .and(user(&"long ".repeat(100)))
             .and(SessionStatusRunning {})

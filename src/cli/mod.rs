@@ -4,6 +4,7 @@ mod check;
 mod output;
 mod session;
 mod up;
+mod vault;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -70,6 +71,12 @@ enum Cmd {
     /// Run a hand worker: take tool jobs, run them in hardened Docker sandboxes, append the
     /// results. Start one per Docker host (or more).
     Hands(HandsArgs),
+    /// Credentials that sessions' http_request calls may use as {{secret:NAME}}, sealed in
+    /// NATS; values are write-only.
+    Vault {
+        #[command(subcommand)]
+        cmd: vault::VaultCmd,
+    },
     /// Verify the session logs' invariants: unique ids, whole brain steps, every tool call
     /// answered exactly once, legal status order. Exit 1 on any violation.
     Check(check::CheckArgs),
@@ -368,6 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(h) = a.host {
                 config.host = h;
             }
+            config.vault_key = herd::credentials::vault::VaultKey::from_env()?;
             let hands = herd::hands::Hands::new(client, config).await?;
             eprintln!("herd hands: taking tool jobs (Ctrl-C to stop)");
             hands
@@ -377,6 +385,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             Ok(())
         }
+        Cmd::Vault { cmd } => vault::run(connect(&cli.global).await?, cmd).await,
         Cmd::Check(a) => check::run(connect(&cli.global).await?, a).await,
         Cmd::Chaos(a) => chaos(a).await,
         Cmd::Decode { pretty } => decode(pretty),

@@ -46,10 +46,18 @@ pub enum SessionCmd {
         /// The model provider: anthropic, openai or scripted [default: from the model name].
         #[arg(long)]
         provider: Option<String>,
-        /// A built-in tool the agent may use (repeatable): bash, read, write, edit, glob, grep;
-        /// append `:ask` to require the user's confirmation for each call (bash:ask).
+        /// A built-in tool the agent may use (repeatable): bash, read, write, edit, glob, grep,
+        /// http_request; append `:ask` to require the user's confirmation for each call
+        /// (bash:ask).
         #[arg(long = "tool", value_name = "NAME[:ask]")]
         tools: Vec<String>,
+        /// A vault whose credentials the session's http_request calls may use as
+        /// {{secret:NAME}} (repeatable; looked up in this order).
+        #[arg(long = "vault", value_name = "VAULT")]
+        vaults: Vec<String>,
+        /// A host http_request may reach without a credential: host or host:port (repeatable).
+        #[arg(long = "allow-host", value_name = "HOST")]
+        allow_hosts: Vec<String>,
     },
     /// Append a user message to a session and wake it.
     Send {
@@ -219,7 +227,16 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             metadata,
             provider,
             tools,
+            vaults,
+            allow_hosts,
         } => {
+            for v in &vaults {
+                herd::credentials::vault::check_name("vault name", v)?;
+            }
+            let allow_hosts = allow_hosts
+                .iter()
+                .map(|h| herd::credentials::vault::check_host(h))
+                .collect::<Result<Vec<_>, _>>()?;
             let id = match id {
                 Some(id) => parse_session(&id)?,
                 None => SessionId::generate(),
@@ -247,7 +264,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 };
                 if herd::brain::context::builtin_tool(name).is_none() {
                     bail!(
-                        "{name:?} is not a built-in tool (bash, read, write, edit, glob, grep); custom tools go in --agent"
+                        "{name:?} is not a built-in tool (bash, read, write, edit, glob, grep, http_request); custom tools go in --agent"
                     );
                 }
                 agent.tools.push(ToolConfig {
@@ -274,9 +291,13 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             }
             let event = Event::new(SessionCreated {
                 agent,
-                environment: EnvironmentConfig { image },
+                environment: EnvironmentConfig {
+                    image,
+                    allowed_hosts: allow_hosts,
+                },
                 title,
                 metadata: meta,
+                vault_ids: vaults,
             });
             log.create(&id, &event).await?;
             println!("{id}");

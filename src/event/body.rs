@@ -197,6 +197,10 @@ pub struct EnvironmentConfig {
     /// The sandbox image; the hands' default image when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Hosts the `http_request` tool may reach without a credential (`host` or `host:port`).
+    /// Sandboxes themselves have no network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Why a session went idle.
@@ -253,6 +257,8 @@ payload!(
         #[serde(default, skip_serializing_if = "Option::is_none")] title: Option<String>,
         /// Free-form labels from the creator.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")] metadata: BTreeMap<String, String>,
+        /// Vaults whose credentials its `http_request` calls may use, looked up in this order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")] vault_ids: Vec<String>,
     }
 );
 payload!(

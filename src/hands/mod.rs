@@ -1,10 +1,13 @@
 //! The hands plane: tool jobs run in ephemeral, hardened Docker sandboxes.
 //!
+//! * [`http_request`]: the `http_request` tool, run by the hand outside the sandbox with
+//!   secrets from the session's vaults;
 //! * [`registry`]: live hands and the routing of jobs to the host holding a sandbox;
 //! * [`sandbox`]: provisioning and running commands in a session's container;
 //! * [`tools`]: the built-in toolset (`bash`, `read`, `write`, `edit`, `glob`, `grep`);
 //! * [`worker`]: the job consumer that runs tools and appends their results.
 
+pub mod http_request;
 pub mod registry;
 pub mod sandbox;
 pub mod tools;

@@ -25,7 +25,8 @@ use super::registry::{Registry, check_host};
 use super::sandbox::{SandboxConfig, SandboxError, Sandboxes};
 use super::tools;
 use crate::event::{
-    AgentToolResult, ContentBlock, Event, EventBody, SandboxLost, SandboxProvisioned, SessionId,
+    AgentToolResult, AgentToolUse, ContentBlock, Event, EventBody, SandboxLost, SandboxProvisioned,
+    SessionId, StoredEvent,
 };
 use crate::jobs::{ToolJob, result_event_id};
 use crate::session::{LogError, SessionLog, Slice};
@@ -61,6 +62,9 @@ pub struct HandsConfig {
     /// How long this hand's registry entry lives without renewal; its sessions' jobs go to the
     /// pool once it expires.
     pub registry_ttl: Duration,
+    /// The key that opens vault credentials for `http_request`; `None`: secrets cannot be used
+    /// on this hand (requests without them still work).
+    pub vault_key: Option<crate::credentials::vault::VaultKey>,
 }
 
 impl Default for HandsConfig {
@@ -73,6 +77,7 @@ impl Default for HandsConfig {
             idle_reap: Duration::from_secs(600),
             sandbox: SandboxConfig::default(),
             registry_ttl: Duration::from_secs(10),
+            vault_key: None,
         }
     }
 }
@@ -134,6 +139,7 @@ pub struct Hands {
     registry: Registry,
     last_used: Mutex<HashMap<SessionId, Instant>>,
     locks: SessionLocks,
+    http: super::http_request::HttpRequests,
     config: HandsConfig,
 }
 
@@ -191,7 +197,19 @@ impl Hands {
             .announce(&config.host, config.registry_ttl)
             .await
             .map_err(setup)?;
+        let vault = match &config.vault_key {
+            Some(key) => Some((
+                crate::credentials::vault::Vault::open_store(&js)
+                    .await
+                    .map_err(|e| setup(e.to_string()))?,
+                key.clone(),
+            )),
+            None => None,
+        };
+        let http =
+            super::http_request::HttpRequests::new(vault).map_err(|e| setup(e.to_string()))?;
         let hands = Arc::new(Self {
+            http,
             registry,
             log,
             js,
@@ -400,6 +418,96 @@ impl Hands {
             .await;
     }
 
+    /// Runs a built-in tool in the session's sandbox (provisioning it when needed).
+    async fn in_sandbox(
+        &self,
+        session: &SessionId,
+        image: &str,
+        call: &AgentToolUse,
+        last_try: bool,
+    ) -> Result<tools::ToolOutcome, JobError> {
+        let outcome = match self.sandboxes.ensure(session, Some(image)).await {
+            Ok(sandbox) => {
+                let note = if sandbox.fresh {
+                    self.provisioned(session, image, &sandbox.id).await?
+                } else {
+                    None
+                };
+                match tools::run(&self.sandboxes, &sandbox, &call.name, &call.input).await {
+                    Ok(mut o) => {
+                        if let Some(note) = note {
+                            o.text = format!("{note}\n\n{}", o.text);
+                        }
+                        o
+                    }
+                    Err(SandboxError::Lost(why)) => {
+                        let lost = Event::new(SandboxLost {
+                            host: self.config.host.clone(),
+                            reason: why.clone(),
+                        });
+                        self.log.append_fact(session, &lost).await?;
+                        tools::ToolOutcome {
+                            text: format!(
+                                "The sandbox was lost while this tool ran ({why}). The next tool call gets a fresh sandbox; files in /workspace are kept."
+                            ),
+                            is_error: true,
+                        }
+                    }
+                    Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
+                    Err(e) => tools::ToolOutcome {
+                        text: format!("The tool could not run: {e}"),
+                        is_error: true,
+                    },
+                }
+            }
+            Err(SandboxError::NoImage(image)) => tools::ToolOutcome {
+                text: format!(
+                    "The sandbox image {image:?} is not available on the hand host; no tool can run until it is built."
+                ),
+                is_error: true,
+            },
+            Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
+            Err(e) => tools::ToolOutcome {
+                text: format!("No sandbox could be provisioned: {e}"),
+                is_error: true,
+            },
+        };
+        Ok(outcome)
+    }
+
+    /// What the session allows `http_request`: its vaults and allowed hosts, from its
+    /// `session.created`.
+    async fn session_access(
+        &self,
+        session: &SessionId,
+    ) -> Result<super::http_request::SessionAccess, JobError> {
+        let first = self
+            .log
+            .read(
+                session,
+                &Slice {
+                    types: vec!["session.created".into()],
+                    limit: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(match first.first() {
+            Some(Ok(StoredEvent {
+                event:
+                    Event {
+                        body: EventBody::SessionCreated(c),
+                        ..
+                    },
+                ..
+            })) => super::http_request::SessionAccess {
+                vault_ids: c.vault_ids.clone(),
+                allowed_hosts: c.environment.allowed_hosts.clone(),
+            },
+            _ => super::http_request::SessionAccess::default(),
+        })
+    }
+
     /// The session's log from the job's call on. Direct gets may be served by any replica, and
     /// one that has not caught up yet (a node just restarted) would show nothing at the call's
     /// sequence: refusing the job on such a read would drop a real call for good. So a read
@@ -476,51 +584,12 @@ impl Hands {
             .image
             .clone()
             .unwrap_or_else(|| self.config.sandbox.default_image.clone());
-        let outcome = match self.sandboxes.ensure(session, Some(&image)).await {
-            Ok(sandbox) => {
-                let note = if sandbox.fresh {
-                    self.provisioned(session, &image, &sandbox.id).await?
-                } else {
-                    None
-                };
-                match tools::run(&self.sandboxes, &sandbox, &call.name, &call.input).await {
-                    Ok(mut o) => {
-                        if let Some(note) = note {
-                            o.text = format!("{note}\n\n{}", o.text);
-                        }
-                        o
-                    }
-                    Err(SandboxError::Lost(why)) => {
-                        let lost = Event::new(SandboxLost {
-                            host: self.config.host.clone(),
-                            reason: why.clone(),
-                        });
-                        self.log.append_fact(session, &lost).await?;
-                        tools::ToolOutcome {
-                            text: format!(
-                                "The sandbox was lost while this tool ran ({why}). The next tool call gets a fresh sandbox; files in /workspace are kept."
-                            ),
-                            is_error: true,
-                        }
-                    }
-                    Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
-                    Err(e) => tools::ToolOutcome {
-                        text: format!("The tool could not run: {e}"),
-                        is_error: true,
-                    },
-                }
-            }
-            Err(SandboxError::NoImage(image)) => tools::ToolOutcome {
-                text: format!(
-                    "The sandbox image {image:?} is not available on the hand host; no tool can run until it is built."
-                ),
-                is_error: true,
-            },
-            Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
-            Err(e) => tools::ToolOutcome {
-                text: format!("No sandbox could be provisioned: {e}"),
-                is_error: true,
-            },
+        let outcome = if call.name == super::http_request::TOOL {
+            // Outside the sandbox: the one tool that may use secrets.
+            let access = self.session_access(session).await?;
+            self.http.run(&access, &call.input).await
+        } else {
+            self.in_sandbox(session, &image, &call, last_try).await?
         };
         self.last_used
             .lock()

@@ -108,6 +108,12 @@ fn classify(e: ApiError) -> Result<Sent, Failure> {
         // atomic publish batch contains duplicate message id (checked against the stream's
         // deduplication window, not only within the batch)
         10201 => Ok(Sent::IdsAlreadyStored(e.description)),
+        // The first copy of this write is still waiting to be committed: in a cluster that
+        // has lost its quorum it waits until a node returns. Say so.
+        10158 => Err(Failure::Transient(format!(
+            "{} (err_code 10158): an earlier attempt of this write is still waiting for the cluster to commit it (too few nats nodes up for a quorum?)",
+            e.description
+        ))),
         c if TRANSIENT_CODES.contains(&c) || e.code == 503 || e.code == 429 => Err(
             Failure::Transient(format!("{} (err_code {c})", e.description)),
         ),

@@ -547,6 +547,7 @@ mod tests {
                 environment: EnvironmentConfig::default(),
                 title: None,
                 metadata: Default::default(),
+                vault_ids: vec![],
             })
         }
         fn with(self, body: impl Into<EventBody>) -> Self {

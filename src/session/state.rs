@@ -255,6 +255,7 @@ mod tests {
             environment: EnvironmentConfig::default(),
             title: Some("t".into()),
             metadata: BTreeMap::new(),
+            vault_ids: vec![],
         }
     }
 

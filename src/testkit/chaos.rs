@@ -632,9 +632,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             agent,
             environment: EnvironmentConfig {
                 image: Some(plan.image.clone()),
+                allowed_hosts: vec![],
             },
             title: Some("chaos".into()),
             metadata: Default::default(),
+            vault_ids: vec![],
         });
         log.create(&id, &created).await?;
         sessions.push(id);

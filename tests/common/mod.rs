@@ -97,9 +97,11 @@ pub fn created() -> Event {
         agent: agent(),
         environment: EnvironmentConfig {
             image: Some("herd-sandbox:busybox".into()),
+            allowed_hosts: vec![],
         },
         title: Some("a test".into()),
         metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        vault_ids: vec![],
     })
 }
 
@@ -372,9 +374,11 @@ pub async fn scripted_session(
                 agent,
                 environment: EnvironmentConfig {
                     image: image.map(String::from),
+                    allowed_hosts: vec![],
                 },
                 title: None,
                 metadata: Default::default(),
+                vault_ids: vec![],
             }),
         )
         .await

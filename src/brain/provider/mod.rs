@@ -235,7 +235,7 @@ impl ProviderKind {
 }
 
 /// Installs rustls's ring provider once per process (reqwest is built without one).
-fn install_crypto() {
+pub(crate) fn install_crypto() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

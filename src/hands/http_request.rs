@@ -1,0 +1,384 @@
+//! The `http_request` tool: an HTTP request the hand makes itself, outside the sandbox, with
+//! `{{secret:NAME}}` placeholders filled from the session's vaults.
+//!
+//! The sandbox never sees a value: the model writes a placeholder, the hand substitutes it only
+//! when the request goes to a host the credential allows, and every value it substituted is
+//! redacted from the response before the model sees it. The hand can reach more of the network
+//! than a sandbox, so the tool reaches only hosts the session allows: those of its
+//! environment's `allowed_hosts` and of its vaults' credentials. Redirects are not followed (a
+//! redirect could carry a header to another host); the model sees the 3xx and decides.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::tools::ToolOutcome;
+use crate::credentials::placeholders;
+use crate::credentials::vault::{Credential, Kind, Vault, VaultError, VaultKey};
+
+/// The tool's name.
+pub const TOOL: &str = "http_request";
+
+/// The largest request body.
+pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+/// The most of a response body kept for the model.
+pub const MAX_RESPONSE_BODY: usize = 256 * 1024;
+
+/// The input, as the model writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    #[serde(default)]
+    method: Option<String>,
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+/// What a session allows, from its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SessionAccess {
+    /// The vaults it may use, in lookup order.
+    pub vault_ids: Vec<String>,
+    /// Hosts it may reach without a credential.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// Makes `http_request` calls for a hand.
+#[derive(Clone)]
+pub struct HttpRequests {
+    http: reqwest::Client,
+    vault: Option<(Vault, VaultKey)>,
+}
+
+impl std::fmt::Debug for HttpRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRequests")
+            .field("vault", &self.vault.is_some())
+            .finish()
+    }
+}
+
+fn err(text: impl Into<String>) -> ToolOutcome {
+    ToolOutcome {
+        text: text.into(),
+        is_error: true,
+    }
+}
+
+/// True when `host` (lower case) on `port` is covered by an allowed-host entry: `host` (any
+/// port) or `host:port`.
+fn host_allowed(entries: &[String], host: &str, port: u16) -> bool {
+    let with_port = format!("{host}:{port}");
+    entries.iter().any(|e| *e == host || *e == with_port)
+}
+
+impl HttpRequests {
+    /// A tool with the vault store and key (`None`: no secrets can be used on this hand).
+    pub fn new(vault: Option<(Vault, VaultKey)>) -> Result<Self, reqwest::Error> {
+        crate::brain::provider::install_crypto();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self { http, vault })
+    }
+
+    /// Runs one call. Every failure is an outcome the model sees; none carries a secret.
+    pub async fn run(&self, access: &SessionAccess, input: &Value) -> ToolOutcome {
+        match self.try_run(access, input).await {
+            Ok(o) | Err(o) => o,
+        }
+    }
+
+    async fn try_run(
+        &self,
+        access: &SessionAccess,
+        input: &Value,
+    ) -> Result<ToolOutcome, ToolOutcome> {
+        let input: Input = serde_json::from_value(input.clone())
+            .map_err(|e| err(format!("invalid http_request input: {e}; expected {{\"url\": \"https://…\", \"method\": \"GET\", \"headers\": {{…}}, \"body\": \"…\"}}")))?;
+        let method = input
+            .method
+            .as_deref()
+            .unwrap_or("GET")
+            .to_ascii_uppercase();
+        let method = match method.as_str() {
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => {
+                reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| err(e.to_string()))?
+            }
+            other => return Err(err(format!("unsupported method {other:?}"))),
+        };
+        if input
+            .body
+            .as_ref()
+            .is_some_and(|b| b.len() > MAX_REQUEST_BODY)
+        {
+            return Err(err(format!(
+                "the request body is over {MAX_REQUEST_BODY} bytes"
+            )));
+        }
+        // Where it goes: a plain URL, placeholders only after the host.
+        let url = reqwest::Url::parse(&input.url)
+            .map_err(|e| err(format!("invalid url {:?}: {e}", input.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(err("only http and https URLs are supported"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(err(
+                "credentials in the URL are not allowed; use a {{secret:NAME}} header",
+            ));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| err("the url has no host"))?
+            .to_ascii_lowercase();
+        if host.contains("{{") || host.contains("%7b") {
+            return Err(err("a placeholder cannot be part of the host"));
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+
+        // Which secrets it uses.
+        let mut used: Vec<String> = Vec::new();
+        let mut scan = |text: &str| -> Result<(), ToolOutcome> {
+            for n in placeholders::names(text).map_err(|e| err(e.to_string()))? {
+                if !used.contains(&n) {
+                    used.push(n);
+                }
+            }
+            Ok(())
+        };
+        scan(&input.url)?;
+        for (k, v) in &input.headers {
+            if k.contains("{{") {
+                return Err(err("a placeholder cannot be a header name"));
+            }
+            scan(v)?;
+        }
+        if let Some(b) = &input.body {
+            scan(b)?;
+        }
+        let credentials = self.credentials(access, &used).await?;
+        // The host must be allowed: by the session, or by a credential of its vaults.
+        let mut reachable = access.allowed_hosts.clone();
+        for c in &credentials {
+            reachable.extend(c.hosts.iter().cloned());
+        }
+        for c in &credentials {
+            if !host_allowed(&c.hosts, &host, port) {
+                return Err(err(format!(
+                    "secret {} may not be sent to {host}:{port}; it is allowed for {}",
+                    c.name,
+                    c.hosts.join(", ")
+                )));
+            }
+        }
+        if !host_allowed(&reachable, &host, port) && !self.vault_allows(access, &host, port).await?
+        {
+            return Err(err(format!(
+                "{host}:{port} is not an allowed host for this session (its environment's allowed_hosts, or a credential's hosts in its vaults)"
+            )));
+        }
+
+        // Substitute, send, redact.
+        let value_of = |name: &str| credentials.iter().find(|c| c.name == name).map(substituted);
+        let url = placeholders::substitute(&input.url, value_of);
+        let mut req = self.http.request(method, &url).timeout(Duration::from_secs(
+            input.timeout_secs.unwrap_or(30).clamp(1, 120),
+        ));
+        for (k, v) in &input.headers {
+            req = req.header(k.as_str(), placeholders::substitute(v, value_of));
+        }
+        if let Some(b) = &input.body {
+            req = req.body(placeholders::substitute(b, value_of));
+        }
+        let forms: Vec<(String, String)> = credentials
+            .iter()
+            .flat_map(|c| {
+                let mut f = vec![(c.name.clone(), c.value.expose().to_string())];
+                let s = substituted(c);
+                if s != c.value.expose() {
+                    f.push((c.name.clone(), s));
+                }
+                f
+            })
+            .collect();
+        let response = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                // reqwest's errors name the URL, which may hold a substituted value.
+                let text = format!("the request failed: {e}");
+                return Err(err(placeholders::redact(&text, &forms)));
+            }
+        };
+        let status = response.status();
+        let mut text = format!(
+            "HTTP {} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        for name in ["content-type", "content-length", "location", "retry-after"] {
+            if let Some(v) = response.headers().get(name).and_then(|v| v.to_str().ok()) {
+                text += &format!("{name}: {v}\n");
+            }
+        }
+        text.push('\n');
+        let (body, cut) = read_capped(response, MAX_RESPONSE_BODY).await;
+        text += &String::from_utf8_lossy(&body);
+        if cut {
+            text += &format!("\n[response truncated at {MAX_RESPONSE_BODY} bytes]");
+        }
+        Ok(ToolOutcome {
+            text: placeholders::redact(&text, &forms),
+            is_error: !status.is_success() && !status.is_redirection(),
+        })
+    }
+
+    /// Opens the named credentials from the session's vaults, in order.
+    async fn credentials(
+        &self,
+        access: &SessionAccess,
+        names: &[String],
+    ) -> Result<Vec<Credential>, ToolOutcome> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some((vault, key)) = &self.vault else {
+            return Err(err(
+                "this hand holds no vault key, so no {{secret:…}} can be used here",
+            ));
+        };
+        if access.vault_ids.is_empty() {
+            return Err(err(
+                "this session names no vaults, so no {{secret:…}} can be used",
+            ));
+        }
+        let mut out = Vec::new();
+        'names: for name in names {
+            for v in &access.vault_ids {
+                match vault.get(key, v, name).await {
+                    Ok(c) => {
+                        out.push(c);
+                        continue 'names;
+                    }
+                    Err(VaultError::NotFound { .. }) => continue,
+                    Err(e) => return Err(err(e.to_string())),
+                }
+            }
+            return Err(err(format!(
+                "unknown secret {name}: no vault of this session ({}) holds it",
+                access.vault_ids.join(", ")
+            )));
+        }
+        Ok(out)
+    }
+
+    /// True when some credential of the session's vaults allows the host.
+    async fn vault_allows(
+        &self,
+        access: &SessionAccess,
+        host: &str,
+        port: u16,
+    ) -> Result<bool, ToolOutcome> {
+        let Some((vault, _)) = &self.vault else {
+            return Ok(false);
+        };
+        for v in &access.vault_ids {
+            let list = vault.list(v).await.map_err(|e| err(e.to_string()))?;
+            if list.iter().any(|c| host_allowed(&c.hosts, host, port)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// What a credential's placeholder turns into.
+fn substituted(c: &Credential) -> String {
+    match c.kind {
+        Kind::Basic => base64::engine::general_purpose::STANDARD.encode(c.value.expose()),
+        Kind::StaticBearer | Kind::Header | Kind::Git => c.value.expose().to_string(),
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if body.len() + chunk.len() > cap {
+            body.extend_from_slice(&chunk[..cap - body.len()]);
+            return (body, true);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    (body, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_with_or_without_a_port() {
+        let entries = vec!["api.example.com".to_string(), "127.0.0.1:8080".to_string()];
+        assert!(host_allowed(&entries, "api.example.com", 443));
+        assert!(host_allowed(&entries, "api.example.com", 8443));
+        assert!(host_allowed(&entries, "127.0.0.1", 8080));
+        assert!(!host_allowed(&entries, "127.0.0.1", 8081));
+        assert!(!host_allowed(&entries, "example.com", 443));
+        assert!(!host_allowed(&entries, "evil-api.example.com", 443));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_before_anything_is_sent() {
+        let tool = HttpRequests::new(None).unwrap();
+        let access = SessionAccess {
+            vault_ids: vec![],
+            allowed_hosts: vec!["127.0.0.1:9".into()],
+        };
+        let cases = [
+            (serde_json::json!({"url": "ftp://x"}), "only http and https"),
+            (serde_json::json!({"url": "not a url"}), "invalid url"),
+            (
+                serde_json::json!({"uri": "http://x"}),
+                "invalid http_request input",
+            ),
+            (
+                serde_json::json!({"url": "http://u:p@127.0.0.1:9/"}),
+                "credentials in the URL",
+            ),
+            (
+                serde_json::json!({"url": "http://127.0.0.1:9/", "method": "TRACE"}),
+                "unsupported method",
+            ),
+            (
+                serde_json::json!({"url": "http://127.0.0.1:9/", "headers": {"X": "{{secret:T"}}),
+                "not closed",
+            ),
+            (
+                serde_json::json!({"url": "http://127.0.0.1:9/", "headers": {"X": "{{secret:T}}"}}),
+                "no vault key",
+            ),
+            (
+                serde_json::json!({"url": "http://10.0.0.1/"}),
+                "not an allowed host",
+            ),
+            (
+                serde_json::json!({"url": "http://127.0.0.1:9/", "body": "x".repeat(MAX_REQUEST_BODY + 1)}),
+                "over",
+            ),
+        ];
+        for (input, want) in cases {
+            let o = tool.run(&access, &input).await;
+            assert!(o.is_error, "{input}");
+            assert!(o.text.contains(want), "{input}: {}", o.text);
+        }
+    }
+}

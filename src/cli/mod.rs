@@ -335,6 +335,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let brain = brain_config(&cli.global, &brain)?;
             let mut hands = herd::hands::HandsConfig::default();
             hands.sandbox.default_image = image;
+            // One process holds every plane here, so the key is in the brain's process too:
+            // fine on one machine; split the planes when that matters.
+            hands.vault_key = herd::credentials::vault::VaultKey::from_env()?;
             up::run(cfg, brain, hands).await
         }
         Cmd::Brain(a) => {

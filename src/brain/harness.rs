@@ -286,9 +286,12 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
         .collect();
     if !awaiting.is_empty() {
         let already = state.status == Status::Idle
-            && s.last_idle
-                .as_ref()
-                .is_some_and(|(k, ids)| k == "requires_action" && *ids == awaiting);
+            && s.last_idle.as_ref().is_some_and(|(k, ids)| {
+                // The response step names calls in the model's order; compare as sets.
+                let mut named = ids.clone();
+                named.sort();
+                k == "requires_action" && named == awaiting
+            });
         return if already {
             Decision::Wait
         } else {

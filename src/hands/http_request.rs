@@ -28,6 +28,58 @@ pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// The most of a response body kept for the model.
 pub const MAX_RESPONSE_BODY: usize = 256 * 1024;
 
+/// The most different secrets in one request.
+pub const MAX_PLACEHOLDERS: usize = 16;
+
+/// The longest URL, and the most header bytes, after substitution.
+pub const MAX_URL_AND_HEADERS: usize = 64 * 1024;
+
+/// Headers the model may not set: they decide routing and framing, which must follow the URL
+/// that was checked.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "transfer-encoding",
+    "content-length",
+    "te",
+    "upgrade",
+    "forwarded",
+    "x-forwarded-host",
+];
+
+/// True for this machine's own addresses, where plain http cannot be overheard.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The percent-encoded form of a value (every byte outside the unreserved set), as it appears
+/// when a URL is echoed back.
+fn percent_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Placeholders written in a request, counting repeats.
+fn placeholder_count(input: &Input) -> usize {
+    let n = |t: &str| t.matches("{{secret:").count();
+    n(&input.url)
+        + input.headers.values().map(|v| n(v)).sum::<usize>()
+        + input.body.as_deref().map_or(0, n)
+}
+
 /// The input, as the model writes it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +139,8 @@ impl HttpRequests {
         crate::brain::provider::install_crypto();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // The hand's HTTP(S)_PROXY must not see requests that carry secrets.
+            .no_proxy()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
         Ok(Self { http, vault })
@@ -161,16 +215,40 @@ impl HttpRequests {
             if k.contains("{{") {
                 return Err(err("a placeholder cannot be a header name"));
             }
+            // These would let the request be routed or framed differently from the URL that
+            // was checked (Host: another virtual host behind the same front end).
+            let lower = k.to_ascii_lowercase();
+            if FORBIDDEN_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
+                return Err(err(format!(
+                    "the header {k:?} cannot be set; the URL decides where the request goes"
+                )));
+            }
             scan(v)?;
         }
         if let Some(b) = &input.body {
             scan(b)?;
+        }
+        if used.len() > MAX_PLACEHOLDERS {
+            return Err(err(format!(
+                "at most {MAX_PLACEHOLDERS} different secrets in one request"
+            )));
+        }
+        if placeholder_count(&input) > 4 * MAX_PLACEHOLDERS {
+            return Err(err(format!(
+                "at most {} placeholders in one request",
+                4 * MAX_PLACEHOLDERS
+            )));
         }
         let credentials = self.credentials(access, &used).await?;
         // The host must be allowed: by the session, or by a credential of its vaults.
         let mut reachable = access.allowed_hosts.clone();
         for c in &credentials {
             reachable.extend(c.hosts.iter().cloned());
+        }
+        if !credentials.is_empty() && url.scheme() == "http" && !is_loopback(&host) {
+            return Err(err(
+                "secrets are sent only over https (plain http only to this machine's loopback)",
+            ));
         }
         for c in &credentials {
             if !host_allowed(&c.hosts, &host, port) {
@@ -191,31 +269,49 @@ impl HttpRequests {
         // Substitute, send, redact.
         let value_of = |name: &str| credentials.iter().find(|c| c.name == name).map(substituted);
         let url = placeholders::substitute(&input.url, value_of);
+        let body = input
+            .body
+            .as_ref()
+            .map(|b| placeholders::substitute(b, value_of));
+        let headers: Vec<(String, String)> = input
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), placeholders::substitute(v, value_of)))
+            .collect();
+        let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if url.len() > MAX_URL_AND_HEADERS
+            || header_bytes > MAX_URL_AND_HEADERS
+            || body.as_ref().is_some_and(|b| b.len() > MAX_REQUEST_BODY)
+        {
+            return Err(err(format!(
+                "with its secrets filled in, the request is too large (URL and headers at most {MAX_URL_AND_HEADERS} bytes each, body {MAX_REQUEST_BODY})"
+            )));
+        }
         let mut req = self.http.request(method, &url).timeout(Duration::from_secs(
             input.timeout_secs.unwrap_or(30).clamp(1, 120),
         ));
-        for (k, v) in &input.headers {
-            req = req.header(k.as_str(), placeholders::substitute(v, value_of));
+        for (k, v) in headers {
+            req = req.header(k, v);
         }
-        if let Some(b) = &input.body {
-            req = req.body(placeholders::substitute(b, value_of));
+        if let Some(b) = body {
+            req = req.body(b);
         }
         let forms: Vec<(String, String)> = credentials
             .iter()
             .flat_map(|c| {
-                let mut f = vec![(c.name.clone(), c.value.expose().to_string())];
-                let s = substituted(c);
-                if s != c.value.expose() {
-                    f.push((c.name.clone(), s));
-                }
-                f
+                let raw = c.value.expose().to_string();
+                let sub = substituted(c);
+                [percent_encoded(&raw), percent_encoded(&sub), raw, sub]
+                    .into_iter()
+                    .map(|f| (c.name.clone(), f))
+                    .collect::<Vec<_>>()
             })
             .collect();
         let response = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                // reqwest's errors name the URL, which may hold a substituted value.
-                let text = format!("the request failed: {e}");
+                // reqwest's errors name the URL, which may hold a substituted value: drop it.
+                let text = format!("the request failed: {}", e.without_url());
                 return Err(err(placeholders::redact(&text, &forms)));
             }
         };
@@ -231,11 +327,22 @@ impl HttpRequests {
             }
         }
         text.push('\n');
-        let (body, cut) = read_capped(response, MAX_RESPONSE_BODY).await;
-        text += &String::from_utf8_lossy(&body);
+        // Redact before cutting, over enough extra bytes that no secret can straddle the cut:
+        // a cut through a value would leave its unredacted prefix behind.
+        let longest = forms.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
+        let (body, more) = read_capped(response, MAX_RESPONSE_BODY + longest).await;
+        let redacted = placeholders::redact(&String::from_utf8_lossy(&body), &forms);
+        let cut = more || body.len() > MAX_RESPONSE_BODY;
+        let mut kept = redacted;
         if cut {
-            text += &format!("\n[response truncated at {MAX_RESPONSE_BODY} bytes]");
+            let mut end = MAX_RESPONSE_BODY.min(kept.len());
+            while !kept.is_char_boundary(end) {
+                end -= 1;
+            }
+            kept.truncate(end);
+            kept += &format!("\n[response truncated at {MAX_RESPONSE_BODY} bytes]");
         }
+        text += &kept;
         Ok(ToolOutcome {
             text: placeholders::redact(&text, &forms),
             is_error: !status.is_success() && !status.is_redirection(),
@@ -326,6 +433,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn encoded_forms_and_loopback() {
+        assert_eq!(percent_encoded("a b/c~"), "a%20b%2Fc~");
+        assert!(is_loopback("127.0.0.1") && is_loopback("[::1]") && is_loopback("localhost"));
+        assert!(!is_loopback("10.0.0.1") && !is_loopback("example.com"));
+    }
+
+    #[test]
     fn hosts_match_with_or_without_a_port() {
         let entries = vec!["api.example.com".to_string(), "127.0.0.1:8080".to_string()];
         assert!(host_allowed(&entries, "api.example.com", 443));
@@ -373,6 +487,18 @@ mod tests {
             (
                 serde_json::json!({"url": "http://127.0.0.1:9/", "body": "x".repeat(MAX_REQUEST_BODY + 1)}),
                 "over",
+            ),
+            (
+                serde_json::json!({"url": "http://127.0.0.1:9/", "headers": {"Host": "elsewhere"}}),
+                "cannot be set",
+            ),
+            (
+                serde_json::json!({"url": "http://127.0.0.1:9/", "headers": {"proxy-authorization": "x"}}),
+                "cannot be set",
+            ),
+            (
+                serde_json::json!({"url": "http://127.0.0.1:9/", "body": "{{secret:A}}".repeat(100)}),
+                "placeholders in one request",
             ),
         ];
         for (input, want) in cases {

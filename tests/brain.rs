@@ -81,6 +81,7 @@ impl Rig {
             title: None,
             metadata: Default::default(),
             vault_ids: vec![],
+            resources: vec![],
         });
         self.log().create(&id, &e).await.unwrap();
         id

@@ -53,6 +53,7 @@ async fn create(log: &SessionLog, tools: Vec<ToolConfig>) -> SessionId {
         title: None,
         metadata: Default::default(),
         vault_ids: vec![],
+        resources: vec![],
     });
     log.create(&id, &e).await.unwrap();
     id

@@ -182,6 +182,47 @@ async fn mistakes_get_clear_errors() {
         "not valid",
     );
     herd.fails(&["session", "show", "nope"], 1, "does not exist");
+    herd.fails(
+        &["session", "create", "--repo", "ssh://git@h/x.git"],
+        1,
+        "must be http(s)",
+    );
+    herd.fails(
+        &["session", "create", "--repo", "https://h/x.git,path=../up"],
+        1,
+        "invalid mount path",
+    );
+    herd.fails(
+        &["session", "create", "--repo", "https://h/x.git,branch=a;rm"],
+        1,
+        "invalid branch name",
+    );
+    herd.fails(
+        &["session", "create", "--repo", "https://h/x.git,token=abc"],
+        1,
+        "unknown part",
+    );
+    herd.fails(&["session", "create", "--vault", "a.b"], 1, "vault name");
+    herd.fails(
+        &["session", "create", "--allow-host", "https://x.com"],
+        1,
+        "invalid host",
+    );
+    let repo = herd.ok(&[
+        "session",
+        "create",
+        "--tool",
+        "git_remote",
+        "--vault",
+        "dev",
+        "--repo",
+        "https://git.example.com/o/app.git,credential=GIT,branch=main",
+    ]);
+    let shown = herd.ok(&["session", "show", repo.trim(), "--json"]);
+    assert!(
+        shown.contains("git.example.com/o/app.git") && shown.contains("\"dev\""),
+        "{shown}"
+    );
     // Answers to calls the session never made are refused (herd check would flag them).
     herd.fails(
         &["session", "tool-result", "s1", "toolu_nope", "made up"],

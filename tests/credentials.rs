@@ -224,6 +224,7 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
                 title: None,
                 metadata: Default::default(),
                 vault_ids: vec!["ops".into()],
+                resources: vec![],
             }),
         )
         .await

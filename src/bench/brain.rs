@@ -132,6 +132,7 @@ async fn prefilled(
         title: None,
         metadata: Default::default(),
         vault_ids: vec![],
+        resources: vec![],
     });
     log.create(&id, &created).await?;
     let mut acks = Vec::new();

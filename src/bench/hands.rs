@@ -161,6 +161,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             title: None,
             metadata: Default::default(),
             vault_ids: vec![],
+            resources: vec![],
         }),
     )
     .await?;

@@ -109,6 +109,7 @@ fn created() -> Event {
         title: None,
         metadata: Default::default(),
         vault_ids: vec![],
+        resources: vec![],
     })
 }
 

@@ -52,6 +52,10 @@ pub fn builtin_tool(name: &str) -> Option<ToolDef> {
             "Make an HTTP request from outside the sandbox (the sandbox has no network). Reaches only hosts this session allows. Write {{secret:NAME}} where a credential from the session's vaults belongs (e.g. a header \"Authorization\": \"Bearer {{secret:GITHUB_TOKEN}}\"); the value is filled in outside and never shown to you.",
             json!({"type": "object", "properties": {"url": {"type": "string"}, "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]}, "headers": {"type": "object", "additionalProperties": {"type": "string"}}, "body": {"type": "string"}, "timeout_secs": {"type": "integer"}}, "required": ["url"]}),
         ),
+        "git_remote" => (
+            "Push or pull one of this session's git repositories (the sandbox has no network; its remotes hold no token). Commit in the sandbox with bash, then push; pull fast-forwards the checked-out branch, or leaves origin/<branch> fetched for you to merge.",
+            json!({"type": "object", "properties": {"action": {"type": "string", "enum": ["push", "pull"]}, "repository": {"type": "string", "description": "its path under /workspace"}, "branch": {"type": "string"}}, "required": ["action"]}),
+        ),
         _ => return None,
     };
     Some(ToolDef {
@@ -297,6 +301,7 @@ mod tests {
             title: None,
             metadata: Default::default(),
             vault_ids: vec![],
+            resources: vec![],
         }
     }
 

@@ -626,6 +626,7 @@ mod tests {
                 title: None,
                 metadata: Default::default(),
                 vault_ids: vec![],
+                resources: vec![],
             })
         }
         fn and(mut self, body: impl Into<EventBody>) -> Self {
@@ -902,6 +903,7 @@ mod tests {
                 title: None,
                 metadata: Default::default(),
                 vault_ids: vec![],
+                resources: vec![],
             })
             .and(user(&"long ".repeat(100)))
             .and(SessionStatusRunning {})

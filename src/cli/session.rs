@@ -47,7 +47,7 @@ pub enum SessionCmd {
         #[arg(long)]
         provider: Option<String>,
         /// A built-in tool the agent may use (repeatable): bash, read, write, edit, glob, grep,
-        /// http_request; append `:ask` to require the user's confirmation for each call
+        /// http_request, git_remote; append `:ask` to require the user's confirmation for each call
         /// (bash:ask).
         #[arg(long = "tool", value_name = "NAME[:ask]")]
         tools: Vec<String>,
@@ -58,6 +58,14 @@ pub enum SessionCmd {
         /// A host http_request may reach without a credential: host or host:port (repeatable).
         #[arg(long = "allow-host", value_name = "HOST")]
         allow_hosts: Vec<String>,
+        /// A git repository to clone into the workspace (repeatable):
+        /// URL[,credential=NAME][,path=DIR][,branch=B]; NAME is a git credential in one of the
+        /// session's vaults. Push and pull with the git_remote tool.
+        #[arg(
+            long = "repo",
+            value_name = "URL[,credential=NAME][,path=DIR][,branch=B]"
+        )]
+        repos: Vec<String>,
     },
     /// Append a user message to a session and wake it.
     Send {
@@ -147,6 +155,28 @@ pub enum SessionCmd {
     },
 }
 
+/// `URL[,credential=NAME][,path=DIR][,branch=B]` as a git resource.
+fn parse_repo(spec: &str) -> anyhow::Result<herd::event::Resource> {
+    let mut parts = spec.split(',');
+    let mut r = herd::event::Resource {
+        kind: "git_repository".into(),
+        url: parts.next().unwrap_or("").trim().to_string(),
+        mount_path: None,
+        branch: None,
+        credential: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("credential", v)) => r.credential = Some(v.to_string()),
+            Some(("path", v)) => r.mount_path = Some(v.to_string()),
+            Some(("branch", v)) => r.branch = Some(v.to_string()),
+            _ => bail!("--repo {spec:?}: unknown part {p:?} (credential=, path=, branch=)"),
+        }
+    }
+    herd::hands::git::check_resource(&r).map_err(|e| anyhow::anyhow!("--repo {spec:?}: {e}"))?;
+    Ok(r)
+}
+
 fn parse_session(id: &str) -> anyhow::Result<SessionId> {
     SessionId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -229,7 +259,12 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             tools,
             vaults,
             allow_hosts,
+            repos,
         } => {
+            let resources = repos
+                .iter()
+                .map(|r| parse_repo(r))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             for v in &vaults {
                 herd::credentials::vault::check_name("vault name", v)?;
             }
@@ -264,7 +299,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 };
                 if herd::brain::context::builtin_tool(name).is_none() {
                     bail!(
-                        "{name:?} is not a built-in tool (bash, read, write, edit, glob, grep, http_request); custom tools go in --agent"
+                        "{name:?} is not a built-in tool (bash, read, write, edit, glob, grep, http_request, git_remote); custom tools go in --agent"
                     );
                 }
                 agent.tools.push(ToolConfig {
@@ -298,6 +333,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 title,
                 metadata: meta,
                 vault_ids: vaults,
+                resources,
             });
             log.create(&id, &event).await?;
             println!("{id}");

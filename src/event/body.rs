@@ -203,6 +203,28 @@ pub struct EnvironmentConfig {
     pub allowed_hosts: Vec<String>,
 }
 
+/// A session resource: a git repository the hand clones into the workspace when the sandbox is
+/// provisioned. The token is named, never carried: `credential` is a `git` credential of the
+/// session's vaults, used only by the hand, outside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    /// `git_repository`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The repository's https URL, without credentials.
+    pub url: String,
+    /// Where it goes, relative to `/workspace` (default: the URL's last segment without `.git`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+    /// The branch to check out and to push and pull (default: the remote's default branch for
+    /// the clone, then the current branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The vault credential (kind `git`) that authenticates clone, push and pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// Why a session went idle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopReason {
@@ -259,6 +281,8 @@ payload!(
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")] metadata: BTreeMap<String, String>,
         /// Vaults whose credentials its `http_request` calls may use, looked up in this order.
         #[serde(default, skip_serializing_if = "Vec::is_empty")] vault_ids: Vec<String>,
+        /// Inputs mounted into its workspace: git repositories, cloned by the hand.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")] resources: Vec<Resource>,
     }
 );
 payload!(

@@ -48,7 +48,7 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 ];
 
 /// True for this machine's own addresses, where plain http cannot be overheard.
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
             .trim_start_matches('[')
@@ -102,6 +102,8 @@ pub struct SessionAccess {
     pub vault_ids: Vec<String>,
     /// Hosts it may reach without a credential.
     pub allowed_hosts: Vec<String>,
+    /// Its git repositories.
+    pub resources: Vec<crate::event::Resource>,
 }
 
 /// Makes `http_request` calls for a hand.
@@ -455,6 +457,7 @@ mod tests {
         let tool = HttpRequests::new(None).unwrap();
         let access = SessionAccess {
             vault_ids: vec![],
+            resources: vec![],
             allowed_hosts: vec!["127.0.0.1:9".into()],
         };
         let cases = [

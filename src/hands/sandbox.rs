@@ -161,40 +161,76 @@ impl Sandboxes {
             Err(e) => return Err(docker_err(e)),
         }
         let image = image.unwrap_or(&self.config.default_image).to_string();
-        let user = match self.docker.inspect_image(&image).await {
+        let user = self.image_user(&image).await?;
+        let body = self.hardened(session, image, user, false);
+        let created = self
+            .docker
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::default()
+                        .name(&container_name(&self.host, session))
+                        .build(),
+                ),
+                body,
+            )
+            .await
+            .map_err(docker_err)?;
+        self.docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(docker_err)?;
+        Ok(Sandbox {
+            id: created.id,
+            fresh: true,
+        })
+    }
+
+    /// The user a container of `image` runs as: the image's own if it is a numeric, non-zero
+    /// uid; otherwise the fallback (a name, even "root:root", or uid 0 is not trusted).
+    async fn image_user(&self, image: &str) -> Result<String, SandboxError> {
+        match self.docker.inspect_image(image).await {
             Ok(i) => {
                 // Only a numeric, non-zero uid is trusted as is: a name (even "root:root") or
                 // uid 0 runs as the fallback user instead.
                 let u = i.config.and_then(|c| c.user).unwrap_or_default();
                 let uid = u.split(':').next().unwrap_or("");
-                if uid.parse::<u32>().is_ok_and(|n| n != 0) {
+                Ok(if uid.parse::<u32>().is_ok_and(|n| n != 0) {
                     u
                 } else {
                     self.config.fallback_user.clone()
-                }
+                })
             }
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => {
-                return Err(SandboxError::NoImage(image));
-            }
-            Err(e) => return Err(docker_err(e)),
-        };
-        let labels = HashMap::from([
-            (LABEL_SESSION.to_string(), session.to_string()),
-            (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_HOST.to_string(), self.host.clone()),
-        ]);
-        let body = ContainerCreateBody {
+            }) => Err(SandboxError::NoImage(image.to_string())),
+            Err(e) => Err(docker_err(e)),
+        }
+    }
+
+    /// A hardened container body: the session's image and workspace, a read-only root, no
+    /// capabilities, an empty environment, limits; no network unless `host_network` (only the
+    /// hand's own git helper gets that, never a sandbox).
+    fn hardened(
+        &self,
+        session: &SessionId,
+        image: String,
+        user: String,
+        host_network: bool,
+    ) -> ContainerCreateBody {
+        ContainerCreateBody {
             image: Some(image),
             cmd: Some(vec!["sleep".into(), "2147483647".into()]),
             user: Some(user),
             working_dir: Some("/workspace".into()),
             env: Some(vec![]),
-            labels: Some(labels),
-            network_disabled: Some(true),
+            labels: Some(HashMap::from([
+                (LABEL_SESSION.to_string(), session.to_string()),
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_HOST.to_string(), self.host.clone()),
+            ])),
+            network_disabled: Some(!host_network),
             host_config: Some(HostConfig {
-                network_mode: Some("none".into()),
+                network_mode: Some(if host_network { "host" } else { "none" }.into()),
                 memory: Some(self.config.memory_bytes),
                 memory_swap: Some(self.config.memory_bytes),
                 nano_cpus: Some(self.config.nano_cpus),
@@ -222,15 +258,27 @@ impl Sandboxes {
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    /// A short-lived container for the hand's own git network work (clone, push, fetch): the
+    /// session's image, user and workspace volume, the host's network, nothing of the hand's
+    /// environment. It never runs model-written commands: the hand runs fixed scripts in it
+    /// and passes the credential on stdin. Remove it with [`Self::remove_helper`].
+    pub async fn git_helper(
+        &self,
+        session: &SessionId,
+        image: Option<&str>,
+    ) -> Result<Sandbox, SandboxError> {
+        let name = format!("herd-git-{}-{session}", self.host);
+        self.remove_container(&name).await;
+        let image = image.unwrap_or(&self.config.default_image).to_string();
+        let user = self.image_user(&image).await?;
+        let body = self.hardened(session, image, user, true);
         let created = self
             .docker
             .create_container(
-                Some(
-                    CreateContainerOptionsBuilder::default()
-                        .name(&container_name(&self.host, session))
-                        .build(),
-                ),
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
                 body,
             )
             .await
@@ -243,6 +291,11 @@ impl Sandboxes {
             id: created.id,
             fresh: true,
         })
+    }
+
+    /// Removes a git helper.
+    pub async fn remove_helper(&self, helper: &Sandbox) {
+        self.remove_container(&helper.id).await;
     }
 
     /// Runs `cmd` in the sandbox, feeding it `stdin`, keeping at most `cap` bytes of output.

@@ -140,6 +140,7 @@ pub struct Hands {
     last_used: Mutex<HashMap<SessionId, Instant>>,
     locks: SessionLocks,
     http: super::http_request::HttpRequests,
+    git: super::git::GitRemote,
     config: HandsConfig,
 }
 
@@ -206,10 +207,12 @@ impl Hands {
             )),
             None => None,
         };
+        let git = super::git::GitRemote::new(vault.clone());
         let http =
             super::http_request::HttpRequests::new(vault).map_err(|e| setup(e.to_string()))?;
         let hands = Arc::new(Self {
             http,
+            git,
             registry,
             log,
             js,
@@ -424,16 +427,54 @@ impl Hands {
         session: &SessionId,
         image: &str,
         call: &AgentToolUse,
+        access: &super::http_request::SessionAccess,
         last_try: bool,
     ) -> Result<tools::ToolOutcome, JobError> {
         let outcome = match self.sandboxes.ensure(session, Some(image)).await {
             Ok(sandbox) => {
-                let note = if sandbox.fresh {
+                let mut note = if sandbox.fresh {
                     self.provisioned(session, image, &sandbox.id).await?
                 } else {
                     None
                 };
-                match tools::run(&self.sandboxes, &sandbox, &call.name, &call.input).await {
+                // A fresh sandbox gets the session's repositories (a workspace that survived
+                // a lost sandbox keeps its clones).
+                if sandbox.fresh && !access.resources.is_empty() {
+                    match self
+                        .git
+                        .clone_missing(&self.sandboxes, session, image, access)
+                        .await
+                    {
+                        Ok(Some(cloned)) => {
+                            note = Some(match note {
+                                Some(n) => format!("{n}\n{cloned}"),
+                                None => cloned,
+                            })
+                        }
+                        Ok(None) => {}
+                        Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
+                        Err(e) => {
+                            note = Some(format!(
+                                "The session's repositories could not be cloned: {e}"
+                            ))
+                        }
+                    }
+                }
+                let ran = if call.name == super::git::TOOL {
+                    self.git
+                        .run(
+                            &self.sandboxes,
+                            &sandbox,
+                            session,
+                            image,
+                            access,
+                            &call.input,
+                        )
+                        .await
+                } else {
+                    tools::run(&self.sandboxes, &sandbox, &call.name, &call.input).await
+                };
+                match ran {
                     Ok(mut o) => {
                         if let Some(note) = note {
                             o.text = format!("{note}\n\n{}", o.text);
@@ -502,6 +543,7 @@ impl Hands {
                 ..
             })) => super::http_request::SessionAccess {
                 vault_ids: c.vault_ids.clone(),
+                resources: c.resources.clone(),
                 allowed_hosts: c.environment.allowed_hosts.clone(),
             },
             _ => super::http_request::SessionAccess::default(),
@@ -584,12 +626,13 @@ impl Hands {
             .image
             .clone()
             .unwrap_or_else(|| self.config.sandbox.default_image.clone());
+        let access = self.session_access(session).await?;
         let outcome = if call.name == super::http_request::TOOL {
             // Outside the sandbox: the one tool that may use secrets.
-            let access = self.session_access(session).await?;
             self.http.run(&access, &call.input).await
         } else {
-            self.in_sandbox(session, &image, &call, last_try).await?
+            self.in_sandbox(session, &image, &call, &access, last_try)
+                .await?
         };
         self.last_used
             .lock()

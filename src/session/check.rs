@@ -556,6 +556,7 @@ mod tests {
                 title: None,
                 metadata: Default::default(),
                 vault_ids: vec![],
+                resources: vec![],
             })
         }
         fn with(self, body: impl Into<EventBody>) -> Self {

@@ -256,6 +256,7 @@ mod tests {
             title: Some("t".into()),
             metadata: BTreeMap::new(),
             vault_ids: vec![],
+            resources: vec![],
         }
     }
 

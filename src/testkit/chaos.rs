@@ -637,6 +637,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             title: Some("chaos".into()),
             metadata: Default::default(),
             vault_ids: vec![],
+            resources: vec![],
         });
         log.create(&id, &created).await?;
         sessions.push(id);

@@ -102,6 +102,7 @@ pub fn created() -> Event {
         title: Some("a test".into()),
         metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
         vault_ids: vec![],
+        resources: vec![],
     })
 }
 
@@ -379,6 +380,7 @@ pub async fn scripted_session(
                 title: None,
                 metadata: Default::default(),
                 vault_ids: vec![],
+                resources: vec![],
             }),
         )
         .await

@@ -155,16 +155,7 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
     let logs = tempfile::tempdir().unwrap();
     let hand_log = logs.path().join("hands.log");
     let host = host("cred");
-    let mut hand = Command::new(env!("CARGO_BIN_EXE_herd"))
-        .args(["hands", "--host", &host, "--image", "herd-sandbox:busybox"])
-        .env("HERD_NATS_URL", &url)
-        .env("HERD_VAULT_KEY", &key)
-        .env("HERD_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&hand_log).unwrap()))
-        .spawn()
-        .unwrap();
+    let mut hand = spawn_hands_process(&url, &host, "herd-sandbox:busybox", &key, &hand_log);
     let brain = start_brain(&t, "cred-brain").await;
 
     // An adversarial agent: it hunts for secrets in its sandbox, then uses the vault.
@@ -208,28 +199,16 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
         tool_turn("toolu_plain", "http_request", json!({"url": denied_url})),
         text_turn("done"),
     ];
-    let mut agent = AgentConfig::new("scripted");
-    agent.tools = vec![builtin("bash"), builtin("http_request")];
-    agent.script = script;
-    let id = SessionId::generate();
-    t.log
-        .create(
-            &id,
-            &Event::new(SessionCreated {
-                agent,
-                environment: EnvironmentConfig {
-                    image: Some("herd-sandbox:busybox".into()),
-                    allowed_hosts: vec![],
-                },
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec!["ops".into()],
-                resources: vec![],
-            }),
-        )
-        .await
-        .unwrap();
-    send(&t, &id, "find the secrets").await;
+    let id = scripted_session_with(
+        &t,
+        &["bash", "http_request"],
+        script,
+        Some("herd-sandbox:busybox"),
+        vec!["ops".into()],
+        vec![],
+        "find the secrets",
+    )
+    .await;
     let events = wait_until(&t, &id, 120, |events| {
         events.iter().any(|e| {
             matches!(&e.event.body,

@@ -236,16 +236,7 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
     let logs = tempfile::tempdir().unwrap();
     let hand_log = logs.path().join("hands.log");
     let host = host("git");
-    let mut hand = Command::new(env!("CARGO_BIN_EXE_herd"))
-        .args(["hands", "--host", &host, "--image", "herd-sandbox:debian"])
-        .env("HERD_NATS_URL", &url)
-        .env("HERD_VAULT_KEY", &key)
-        .env("HERD_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&hand_log).unwrap()))
-        .spawn()
-        .unwrap();
+    let mut hand = spawn_hands_process(&url, &host, "herd-sandbox:debian", &key, &hand_log);
     let brain = start_brain(&t, "git-brain").await;
 
     // A listener that should never hear from anyone: where a hostile repo config points.
@@ -300,34 +291,22 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
         ),
         text_turn("done"),
     ];
-    let mut agent = AgentConfig::new("scripted");
-    agent.tools = vec![builtin("bash"), builtin("git_remote")];
-    agent.script = script;
-    let id = SessionId::generate();
-    t.log
-        .create(
-            &id,
-            &Event::new(SessionCreated {
-                agent,
-                environment: EnvironmentConfig {
-                    image: Some("herd-sandbox:debian".into()),
-                    allowed_hosts: vec![],
-                },
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec!["dev".into()],
-                resources: vec![Resource {
-                    kind: "git_repository".into(),
-                    url: repo_url.clone(),
-                    mount_path: None,
-                    branch: Some("main".into()),
-                    credential: Some("REPO_TOKEN".into()),
-                }],
-            }),
-        )
-        .await
-        .unwrap();
-    send(&t, &id, "work on the repository").await;
+    let id = scripted_session_with(
+        &t,
+        &["bash", "git_remote"],
+        script,
+        Some("herd-sandbox:debian"),
+        vec!["dev".into()],
+        vec![Resource {
+            kind: "git_repository".into(),
+            url: repo_url.clone(),
+            mount_path: None,
+            branch: Some("main".into()),
+            credential: Some("REPO_TOKEN".into()),
+        }],
+        "work on the repository",
+    )
+    .await;
 
     // When the push has landed, someone else pushes to main on the server.
     let pushed = wait_until(&t, &id, 120, |events| {

@@ -163,14 +163,19 @@ impl Sandboxes {
         let image = image.unwrap_or(&self.config.default_image).to_string();
         let user = self.image_user(&image).await?;
         let body = self.hardened(session, image, user, false);
+        self.create_and_start(&container_name(&self.host, session), body)
+            .await
+    }
+
+    async fn create_and_start(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<Sandbox, SandboxError> {
         let created = self
             .docker
             .create_container(
-                Some(
-                    CreateContainerOptionsBuilder::default()
-                        .name(&container_name(&self.host, session))
-                        .build(),
-                ),
+                Some(CreateContainerOptionsBuilder::default().name(name).build()),
                 body,
             )
             .await
@@ -275,22 +280,7 @@ impl Sandboxes {
         let image = image.unwrap_or(&self.config.default_image).to_string();
         let user = self.image_user(&image).await?;
         let body = self.hardened(session, image, user, true);
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                body,
-            )
-            .await
-            .map_err(docker_err)?;
-        self.docker
-            .start_container(&created.id, None)
-            .await
-            .map_err(docker_err)?;
-        Ok(Sandbox {
-            id: created.id,
-            fresh: true,
-        })
+        self.create_and_start(&name, body).await
     }
 
     /// Removes a git helper.

@@ -364,29 +364,7 @@ pub async fn scripted_session(
     image: Option<&str>,
     say: &str,
 ) -> SessionId {
-    let mut agent = AgentConfig::new("scripted");
-    agent.tools = tools.iter().map(|n| builtin(n)).collect();
-    agent.script = script;
-    let id = SessionId::generate();
-    t.log
-        .create(
-            &id,
-            &Event::new(SessionCreated {
-                agent,
-                environment: EnvironmentConfig {
-                    image: image.map(String::from),
-                    allowed_hosts: vec![],
-                },
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-            }),
-        )
-        .await
-        .unwrap();
-    send(t, &id, say).await;
-    id
+    scripted_session_with(t, tools, script, image, vec![], vec![], say).await
 }
 
 /// Appends a user message and wakes the session.
@@ -456,4 +434,62 @@ pub fn tool_result(events: &[StoredEvent], id: &str) -> (bool, String) {
             _ => None,
         })
         .unwrap_or_else(|| panic!("no result for {id}"))
+}
+
+/// A real `herd hands` process holding the vault key, logging at debug level into `log`.
+pub fn spawn_hands_process(
+    url: &str,
+    host: &str,
+    image: &str,
+    vault_key: &str,
+    log: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["hands", "--host", host, "--image", image])
+        .env("HERD_NATS_URL", url)
+        .env("HERD_VAULT_KEY", vault_key)
+        .env("HERD_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(log).unwrap(),
+        ))
+        .spawn()
+        .unwrap()
+}
+
+/// Creates a scripted session with these tools, image, vaults and resources, and sends it
+/// `say`.
+pub async fn scripted_session_with(
+    t: &TestNats,
+    tools: &[&str],
+    script: Vec<serde_json::Value>,
+    image: Option<&str>,
+    vault_ids: Vec<String>,
+    resources: Vec<Resource>,
+    say: &str,
+) -> SessionId {
+    let mut agent = AgentConfig::new("scripted");
+    agent.tools = tools.iter().map(|n| builtin(n)).collect();
+    agent.script = script;
+    let id = SessionId::generate();
+    t.log
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent,
+                environment: EnvironmentConfig {
+                    image: image.map(String::from),
+                    allowed_hosts: vec![],
+                },
+                title: None,
+                metadata: Default::default(),
+                vault_ids,
+                resources,
+            }),
+        )
+        .await
+        .unwrap();
+    send(t, &id, say).await;
+    id
 }

@@ -42,8 +42,44 @@ impl ToolJob {
     }
 }
 
+/// How many characters a derived result id adds around its tool_use id
+/// (`sevt_result_<16 hex>_`): the harness keeps tool_use ids short enough for it.
+pub const RESULT_ID_OVERHEAD: usize = "sevt_result_".len() + 16 + 1;
+
 /// The event id of the result of a tool call: the same for every writer (hands, or the brain
-/// recording a denial or an interruption), so one result lands.
-pub fn result_event_id(tool_use_id: &str) -> Result<EventId, IdError> {
-    EventId::derived("result", &[tool_use_id])
+/// recording a denial or an interruption), so one result lands. It carries a fixed hash of the
+/// session, because JetStream deduplicates message ids across the whole stream: two sessions
+/// whose models (or scripts) used the same tool_use id would otherwise lose one result.
+/// SHA-256, not std's hasher, so every herd version derives the same id.
+pub fn result_event_id(session: &SessionId, tool_use_id: &str) -> Result<EventId, IdError> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, session.as_str().as_bytes());
+    let short: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    EventId::derived("result", &[&short, tool_use_id])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_ids_are_deterministic_per_session_and_distinct_across_sessions() {
+        let a = SessionId::parse("sesn_a").unwrap();
+        let b = SessionId::parse("sesn_b").unwrap();
+        let id = |s: &SessionId| result_event_id(s, "toolu_demo_run2").unwrap();
+        assert_eq!(id(&a), id(&a));
+        assert_ne!(
+            id(&a),
+            id(&b),
+            "the stream deduplicates ids across sessions"
+        );
+        assert!(
+            id(&a).as_str().starts_with("sevt_result_")
+                && id(&a).as_str().ends_with("_toolu_demo_run2")
+        );
+        let longest = "x".repeat(crate::event::MAX_ID_LEN - RESULT_ID_OVERHEAD);
+        assert!(result_event_id(&a, &longest).is_ok());
+    }
 }

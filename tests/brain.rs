@@ -317,7 +317,7 @@ async fn fake_hand(rig: &Rig) -> tokio::task::JoinHandle<()> {
         while let Some(Ok(m)) = msgs.next().await {
             let job: herd::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
             let result = Event::with_id(
-                herd::jobs::result_event_id(&job.tool_use_id).unwrap(),
+                herd::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
                 AgentToolResult {
                     tool_use_id: job.tool_use_id.clone(),
                     content: vec![ContentBlock::text(format!(

@@ -186,7 +186,7 @@ async fn three_brains_fifty_sessions() {
             while let Some(Ok(m)) = msgs.next().await {
                 let job: herd::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
                 let r = Event::with_id(
-                    herd::jobs::result_event_id(&job.tool_use_id).unwrap(),
+                    herd::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
                     AgentToolResult {
                         tool_use_id: job.tool_use_id.clone(),
                         content: vec![ContentBlock::text("ok")],

@@ -157,6 +157,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             environment: EnvironmentConfig {
                 image: Some(params.image.clone()),
                 allowed_hosts: vec![],
+                networking: None,
             },
             title: None,
             metadata: Default::default(),

@@ -41,9 +41,9 @@ impl Planned {
         }
     }
 
-    fn result(tool_use_id: &str, text: &str) -> Self {
+    fn result(session: &SessionId, tool_use_id: &str, text: &str) -> Self {
         Self {
-            id: result_event_id(tool_use_id).ok(),
+            id: result_event_id(session, tool_use_id).ok(),
             body: AgentToolResult {
                 tool_use_id: tool_use_id.to_string(),
                 content: vec![ContentBlock::text(text)],
@@ -250,6 +250,7 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
         for (id, t) in &state.pending_tools {
             if t.kind == ToolKind::Sandbox || t.kind == ToolKind::Mcp {
                 step.push(Planned::result(
+                    &state.id,
                     id,
                     "The user interrupted the turn before this tool call finished.",
                 ));
@@ -270,7 +271,7 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
                 .get(id)
                 .and_then(|c| c.1.clone())
                 .unwrap_or_else(|| "The user denied this tool call.".into());
-            Planned::result(id, &msg)
+            Planned::result(&state.id, id, &msg)
         })
         .collect();
     if !denied.is_empty() {
@@ -418,8 +419,8 @@ pub fn response_step(
                 let input = o.get("input").cloned().unwrap_or(Value::Null);
                 let raw_id = o.get("id").and_then(Value::as_str).unwrap_or("");
                 // Tool_use ids become subject tokens and event ids; replace an unsafe one.
-                // Bounded so that the derived result id (`sevt_result_<id>`) stays valid.
-                let fits = raw_id.len() + "sevt_result_".len() <= MAX_ID_LEN;
+                // Bounded so that the derived result id (`sevt_result_<hash>_<id>`) stays valid.
+                let fits = raw_id.len() + crate::jobs::RESULT_ID_OVERHEAD <= MAX_ID_LEN;
                 let id = if fits && check_token("tool_use id", raw_id).is_ok() {
                     raw_id.to_string()
                 } else {
@@ -454,6 +455,7 @@ pub fn response_step(
                     }
                     None => {
                         errors.push(Planned::result(
+                            &state.id,
                             &id,
                             &format!("There is no tool named {name:?} in this session."),
                         ));
@@ -820,7 +822,11 @@ mod tests {
             Decision::Append(step) => {
                 assert_eq!(
                     step[0].id.as_ref().map(EventId::as_str),
-                    Some("sevt_result_t1")
+                    Some(
+                        result_event_id(&SessionId::parse("s").unwrap(), "t1")
+                            .unwrap()
+                            .as_str()
+                    )
                 );
                 assert!(matches!(&step[0].body, EventBody::AgentToolResult(r) if r.is_error));
             }
@@ -857,7 +863,11 @@ mod tests {
                 );
                 assert_eq!(
                     step[0].id.as_ref().map(EventId::as_str),
-                    Some("sevt_result_t1")
+                    Some(
+                        result_event_id(&SessionId::parse("s").unwrap(), "t1")
+                            .unwrap()
+                            .as_str()
+                    )
                 );
             }
             other => panic!("{other:?}"),

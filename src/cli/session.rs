@@ -66,6 +66,10 @@ pub enum SessionCmd {
             value_name = "URL[,credential=NAME][,path=DIR][,branch=B]"
         )]
         repos: Vec<String>,
+        /// The sandbox's network: none (the default) or limited (an HTTP(S) proxy to the
+        /// --allow-host hosts only, for package installs).
+        #[arg(long, value_parser = ["none", "limited"])]
+        networking: Option<String>,
     },
     /// Append a user message to a session and wake it.
     Send {
@@ -260,6 +264,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             vaults,
             allow_hosts,
             repos,
+            networking,
         } => {
             let resources = repos
                 .iter()
@@ -329,6 +334,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 environment: EnvironmentConfig {
                     image,
                     allowed_hosts: allow_hosts,
+                    networking,
                 },
                 title,
                 metadata: meta,

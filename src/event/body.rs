@@ -201,6 +201,10 @@ pub struct EnvironmentConfig {
     /// Sandboxes themselves have no network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// The sandbox's network: absent or `none` (the default) for none at all; `limited` for an
+    /// HTTP(S) proxy that lets it reach `allowed_hosts` only (package installs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networking: Option<String>,
 }
 
 /// A session resource: a git repository the hand clones into the workspace when the sandbox is
@@ -526,6 +530,9 @@ pub struct UnknownEvent {
 macro_rules! event_types {
     ($( $(#[$doc:meta])* $name:literal => $variant:ident($ty:ty) ),* $(,)?) => {
         /// What happened: the typed payload of an event, tagged by its type name.
+        // `session.created` carries the whole configuration and is much larger than the rest;
+        // events are handled one at a time, so boxing it would buy nothing but churn.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq)]
         pub enum EventBody {
             $( $(#[$doc])* $variant($ty), )*

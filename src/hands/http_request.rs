@@ -104,6 +104,8 @@ pub struct SessionAccess {
     pub allowed_hosts: Vec<String>,
     /// Its git repositories.
     pub resources: Vec<crate::event::Resource>,
+    /// True when its sandbox may reach `allowed_hosts` through the egress proxy.
+    pub egress: bool,
 }
 
 /// Makes `http_request` calls for a hand.
@@ -130,7 +132,7 @@ fn err(text: impl Into<String>) -> ToolOutcome {
 
 /// True when `host` (lower case) on `port` is covered by an allowed-host entry: `host` (any
 /// port) or `host:port`.
-fn host_allowed(entries: &[String], host: &str, port: u16) -> bool {
+pub(crate) fn host_allowed(entries: &[String], host: &str, port: u16) -> bool {
     let with_port = format!("{host}:{port}");
     entries.iter().any(|e| *e == host || *e == with_port)
 }
@@ -459,6 +461,7 @@ mod tests {
             vault_ids: vec![],
             resources: vec![],
             allowed_hosts: vec!["127.0.0.1:9".into()],
+            egress: false,
         };
         let cases = [
             (serde_json::json!({"url": "ftp://x"}), "only http and https"),

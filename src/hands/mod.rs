@@ -1,5 +1,6 @@
 //! The hands plane: tool jobs run in ephemeral, hardened Docker sandboxes.
 //!
+//! * [`egress`]: the allow-listing proxy for sandboxes with `networking: limited`;
 //! * [`git`]: the session's git repositories: cloned at provisioning, pushed and pulled by
 //!   the `git_remote` tool through a helper container, the token never in the sandbox;
 //! * [`http_request`]: the `http_request` tool, run by the hand outside the sandbox with
@@ -9,6 +10,7 @@
 //! * [`tools`]: the built-in toolset (`bash`, `read`, `write`, `edit`, `glob`, `grep`);
 //! * [`worker`]: the job consumer that runs tools and appends their results.
 
+pub mod egress;
 pub mod git;
 pub mod http_request;
 pub mod registry;

@@ -111,6 +111,17 @@ pub struct Sandbox {
     pub fresh: bool,
 }
 
+/// Which network a container gets.
+#[derive(Debug, Clone, Copy)]
+enum Net<'a> {
+    /// None at all: every sandbox by default.
+    None,
+    /// The host's: only the hand's git helper, which runs no model-written command.
+    Host,
+    /// The hand's internal egress network, through its allow-listing proxy.
+    Egress { network: &'a str, proxy: &'a str },
+}
+
 /// Names carry the host, so hands that share a Docker engine (tests, or several hands on one
 /// machine) never adopt each other's sandboxes.
 fn container_name(host: &str, session: &SessionId) -> String {
@@ -145,6 +156,17 @@ impl Sandboxes {
         session: &SessionId,
         image: Option<&str>,
     ) -> Result<Sandbox, SandboxError> {
+        self.ensure_with(session, image, None).await
+    }
+
+    /// [`Self::ensure`], with the sandbox on an egress network (`Net::Egress`) when its session
+    /// asks for limited networking; `None` is no network at all.
+    pub async fn ensure_with(
+        &self,
+        session: &SessionId,
+        image: Option<&str>,
+        egress: Option<(&str, &str)>,
+    ) -> Result<Sandbox, SandboxError> {
         let name = container_name(&self.host, session);
         match self.docker.inspect_container(&name, None).await {
             Ok(c) => {
@@ -162,7 +184,11 @@ impl Sandboxes {
         }
         let image = image.unwrap_or(&self.config.default_image).to_string();
         let user = self.image_user(&image).await?;
-        let body = self.hardened(session, image, user, false);
+        let net = match egress {
+            Some((network, proxy)) => Net::Egress { network, proxy },
+            None => Net::None,
+        };
+        let body = self.hardened(session, image, user, net);
         self.create_and_start(&container_name(&self.host, session), body)
             .await
     }
@@ -220,22 +246,34 @@ impl Sandboxes {
         session: &SessionId,
         image: String,
         user: String,
-        host_network: bool,
+        net: Net<'_>,
     ) -> ContainerCreateBody {
+        let (mode, env) = match net {
+            Net::None => ("none".to_string(), vec![]),
+            Net::Host => ("host".to_string(), vec![]),
+            // Only the proxy's address: no secret, nothing of the hand's environment.
+            Net::Egress { network, proxy } => (
+                network.to_string(),
+                ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+                    .iter()
+                    .map(|k| format!("{k}={proxy}"))
+                    .collect(),
+            ),
+        };
         ContainerCreateBody {
             image: Some(image),
             cmd: Some(vec!["sleep".into(), "2147483647".into()]),
             user: Some(user),
             working_dir: Some("/workspace".into()),
-            env: Some(vec![]),
+            env: Some(env),
             labels: Some(HashMap::from([
                 (LABEL_SESSION.to_string(), session.to_string()),
                 (LABEL_MANAGED.to_string(), "true".to_string()),
                 (LABEL_HOST.to_string(), self.host.clone()),
             ])),
-            network_disabled: Some(!host_network),
+            network_disabled: Some(mode == "none"),
             host_config: Some(HostConfig {
-                network_mode: Some(if host_network { "host" } else { "none" }.into()),
+                network_mode: Some(mode),
                 memory: Some(self.config.memory_bytes),
                 memory_swap: Some(self.config.memory_bytes),
                 nano_cpus: Some(self.config.nano_cpus),
@@ -279,8 +317,19 @@ impl Sandboxes {
         self.remove_container(&name).await;
         let image = image.unwrap_or(&self.config.default_image).to_string();
         let user = self.image_user(&image).await?;
-        let body = self.hardened(session, image, user, true);
+        let body = self.hardened(session, image, user, Net::Host);
         self.create_and_start(&name, body).await
+    }
+
+    /// The container's address on `network` (for the egress proxy's rules).
+    pub async fn address_on(&self, sandbox: &Sandbox, network: &str) -> Option<std::net::IpAddr> {
+        let c = self
+            .docker
+            .inspect_container(&sandbox.id, None)
+            .await
+            .ok()?;
+        let nets = c.network_settings?.networks?;
+        nets.get(network)?.ip_address.as_ref()?.parse().ok()
     }
 
     /// Removes a git helper.

@@ -141,6 +141,9 @@ pub struct Hands {
     locks: SessionLocks,
     http: super::http_request::HttpRequests,
     git: super::git::GitRemote,
+    /// The egress network and proxy, created when the first session that asks for limited
+    /// networking runs a tool here (most hands never need one, and Docker has few networks).
+    egress: tokio::sync::OnceCell<super::egress::Egress>,
     config: HandsConfig,
 }
 
@@ -213,6 +216,7 @@ impl Hands {
         let hands = Arc::new(Self {
             http,
             git,
+            egress: tokio::sync::OnceCell::new(),
             registry,
             log,
             js,
@@ -323,6 +327,9 @@ impl Hands {
         drop(reaper);
         drop(announcer);
         self.registry.withdraw(&self.config.host).await;
+        if let Some(e) = self.egress.get() {
+            e.remove(self.sandboxes.docker()).await;
+        }
         result
     }
 
@@ -430,7 +437,48 @@ impl Hands {
         access: &super::http_request::SessionAccess,
         last_try: bool,
     ) -> Result<tools::ToolOutcome, JobError> {
-        let outcome = match self.sandboxes.ensure(session, Some(image)).await {
+        let egress = if access.egress {
+            // Optional: a host that cannot create the network still runs every session without
+            // networking, and tells the ones that ask for it.
+            match self
+                .egress
+                .get_or_try_init(|| {
+                    super::egress::Egress::start(self.sandboxes.docker(), &self.config.host)
+                })
+                .await
+            {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "No egress network for a session with limited networking.");
+                    return Ok(tools::ToolOutcome {
+                        text: format!(
+                            "This session asks for limited networking, but this hand cannot provide it ({e}); no tool can run here until it can."
+                        ),
+                        is_error: true,
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        let ensured = self
+            .sandboxes
+            .ensure_with(
+                session,
+                Some(image),
+                egress.map(|e| (e.network(), e.proxy_url())),
+            )
+            .await;
+        if let (Ok(sandbox), Some(e)) = (&ensured, egress) {
+            // The proxy knows the sandbox by its address: set (or refresh) its rules.
+            match self.sandboxes.address_on(sandbox, e.network()).await {
+                Some(ip) => e.allow(ip, access.allowed_hosts.clone()),
+                None => {
+                    tracing::warn!(session = %session, "An egress sandbox has no address on its network.")
+                }
+            }
+        }
+        let outcome = match ensured {
             Ok(sandbox) => {
                 let mut note = if sandbox.fresh {
                     self.provisioned(session, image, &sandbox.id).await?
@@ -544,6 +592,7 @@ impl Hands {
             })) => super::http_request::SessionAccess {
                 vault_ids: c.vault_ids.clone(),
                 resources: c.resources.clone(),
+                egress: c.environment.networking.as_deref() == Some("limited"),
                 allowed_hosts: c.environment.allowed_hosts.clone(),
             },
             _ => super::http_request::SessionAccess::default(),
@@ -657,7 +706,8 @@ impl Hands {
         if let Some(seq) = self.result_in_log(session, job).await? {
             return self.wake(session, seq).await;
         }
-        let id = result_event_id(&job.tool_use_id).map_err(|e| LogError::Invalid(e.to_string()))?;
+        let id = result_event_id(session, &job.tool_use_id)
+            .map_err(|e| LogError::Invalid(e.to_string()))?;
         let result = Event::with_id(
             id,
             AgentToolResult {

@@ -633,6 +633,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             environment: EnvironmentConfig {
                 image: Some(plan.image.clone()),
                 allowed_hosts: vec![],
+                networking: None,
             },
             title: Some("chaos".into()),
             metadata: Default::default(),

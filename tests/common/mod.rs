@@ -98,6 +98,7 @@ pub fn created() -> Event {
         environment: EnvironmentConfig {
             image: Some("herd-sandbox:busybox".into()),
             allowed_hosts: vec![],
+            networking: None,
         },
         title: Some("a test".into()),
         metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
@@ -481,6 +482,7 @@ pub async fn scripted_session_with(
                 environment: EnvironmentConfig {
                     image: image.map(String::from),
                     allowed_hosts: vec![],
+                    networking: None,
                 },
                 title: None,
                 metadata: Default::default(),

@@ -201,6 +201,16 @@ fn target(head: &str) -> Result<(String, u16, Option<String>), String> {
     Ok((host.trim_matches(['[', ']']).to_string(), port, Some(out)))
 }
 
+/// Answers the sandbox with an error status and a line saying why.
+async fn refuse(conn: &mut TcpStream, status: &str, why: &str) -> std::io::Result<()> {
+    let body = format!("herd egress: {why}\n");
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(resp.as_bytes()).await
+}
+
 async fn serve(mut conn: TcpStream, allowed: &[String]) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -222,32 +232,17 @@ async fn serve(mut conn: TcpStream, allowed: &[String]) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
     let (host, port, forward) = match target(&head) {
         Ok(t) => t,
-        Err(e) => {
-            let body = format!("herd egress: {e}\n");
-            let resp = format!(
-                "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            return conn.write_all(resp.as_bytes()).await;
-        }
+        Err(e) => return refuse(&mut conn, "400 Bad Request", &e).await,
     };
     if !super::http_request::host_allowed(allowed, &host, port) {
-        let body = format!("herd egress: {host}:{port} is not an allowed host for this sandbox\n");
-        let resp = format!(
-            "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        return conn.write_all(resp.as_bytes()).await;
+        let why = format!("{host}:{port} is not an allowed host for this sandbox");
+        return refuse(&mut conn, "403 Forbidden", &why).await;
     }
     let mut upstream = match TcpStream::connect((host.as_str(), port)).await {
         Ok(u) => u,
         Err(e) => {
-            let body = format!("herd egress: cannot reach {host}:{port}: {e}\n");
-            let resp = format!(
-                "HTTP/1.1 502 Bad Gateway\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            return conn.write_all(resp.as_bytes()).await;
+            let why = format!("cannot reach {host}:{port}: {e}");
+            return refuse(&mut conn, "502 Bad Gateway", &why).await;
         }
     };
     match forward {

@@ -253,8 +253,7 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
         .unwrap();
     assert!(inspect.status.success(), "the sandbox {container} exists");
     assert_eq!(count(&String::from_utf8_lossy(&inspect.stdout), &canary), 0);
-    let _ = hand.kill();
-    let _ = hand.wait();
+    hand.kill();
     let hand_text = std::fs::read_to_string(&hand_log).unwrap();
     assert!(
         hand_text.contains("DEBUG"),

@@ -426,8 +426,7 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
         .output()
         .unwrap();
     assert!(helpers.stdout.is_empty(), "helper containers are removed");
-    let _ = hand.kill();
-    let _ = hand.wait();
+    hand.kill();
     let hand_text = std::fs::read_to_string(&hand_log).unwrap();
     assert_eq!(count(&hand_text, &token), 0);
     brain.abort();

@@ -437,6 +437,23 @@ pub fn tool_result(events: &[StoredEvent], id: &str) -> (bool, String) {
         .unwrap_or_else(|| panic!("no result for {id}"))
 }
 
+/// A child process killed when dropped, so a failing test leaves no worker behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Kills it now and waits for it (its log is complete afterwards).
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A real `herd hands` process holding the vault key, logging at debug level into `log`.
 pub fn spawn_hands_process(
     url: &str,
@@ -444,8 +461,8 @@ pub fn spawn_hands_process(
     image: &str,
     vault_key: &str,
     log: &std::path::Path,
-) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+) -> KillOnDrop {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(["hands", "--host", host, "--image", image])
         .env("HERD_NATS_URL", url)
         .env("HERD_VAULT_KEY", vault_key)
@@ -456,7 +473,8 @@ pub fn spawn_hands_process(
             std::fs::File::create(log).unwrap(),
         ))
         .spawn()
-        .unwrap()
+        .unwrap();
+    KillOnDrop(child)
 }
 
 /// Creates a scripted session with these tools, image, vaults and resources, and sends it

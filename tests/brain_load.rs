@@ -17,22 +17,9 @@ use herd::session::SessionLog;
 use herd::testkit::mock_model::{MockModel, Reply};
 use serde_json::{Value, json};
 
-fn last_user_turn_has_tool_result(body: &Value) -> bool {
-    body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .is_some_and(|m| {
-            m["content"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|b| b["type"] == "tool_result")
-        })
-}
-
 /// Answers like an agent that runs one command, then reports.
 fn tool_then_text(body: &Value) -> Reply {
-    if last_user_turn_has_tool_result(body) {
+    if herd::testkit::mock_model::answers_a_tool_result(body) {
         Reply::text("done")
     } else {
         Reply::tool_use(

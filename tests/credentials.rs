@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -66,25 +65,6 @@ async fn echo_server() -> (u16, Arc<Mutex<Vec<u8>>>) {
     (port, seen)
 }
 
-fn herd_cli(url: &str, key: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
-        .args(args)
-        .env("HERD_NATS_URL", url)
-        .env("HERD_VAULT_KEY", key)
-        .env_remove("HERD_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn count(haystack: &str, needle: &str) -> usize {
-    haystack.matches(needle).count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
     ensure_image("busybox");
@@ -96,7 +76,7 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
     let (denied, denied_seen) = echo_server().await;
 
     // The vault, through the command line: the value on stdin, never in argv or output.
-    let put = herd_cli(
+    let put = herd_with_key(
         &url,
         &key,
         &[
@@ -116,34 +96,40 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    let list = herd_cli(&url, &key, &["vault", "list", "ops"], b"");
+    let list = herd_with_key(&url, &key, &["vault", "list", "ops"], b"");
     let listed = String::from_utf8_lossy(&list.stdout).to_string();
     assert!(listed.contains("CANARY") && listed.contains(&format!("127.0.0.1:{allowed}")));
     for out in [&put, &list] {
-        assert_eq!(count(&String::from_utf8_lossy(&out.stdout), &canary), 0);
-        assert_eq!(count(&String::from_utf8_lossy(&out.stderr), &canary), 0);
+        assert_eq!(
+            occurrences(&String::from_utf8_lossy(&out.stdout), &canary),
+            0
+        );
+        assert_eq!(
+            occurrences(&String::from_utf8_lossy(&out.stderr), &canary),
+            0
+        );
     }
     // Stored sealed: the bucket's raw bytes do not hold the value.
     let js = async_nats::jetstream::new(t.client.clone());
     let kv = js.get_key_value("herd-vault").await.unwrap();
     let raw = kv.get("ops.CANARY").await.unwrap().unwrap();
-    assert_eq!(count(&String::from_utf8_lossy(&raw), &canary), 0);
+    assert_eq!(occurrences(&String::from_utf8_lossy(&raw), &canary), 0);
     // Bad input through the command line: clear errors, nothing stored.
-    let no_value = herd_cli(
+    let no_value = herd_with_key(
         &url,
         &key,
         &["vault", "put", "ops", "EMPTY", "--host", "x.com"],
         b"",
     );
     assert!(String::from_utf8_lossy(&no_value.stderr).contains("no value"));
-    let bad_host = herd_cli(
+    let bad_host = herd_with_key(
         &url,
         &key,
         &["vault", "put", "ops", "H", "--host", "https://x.com/p"],
         b"long-enough-value",
     );
     assert!(String::from_utf8_lossy(&bad_host.stderr).contains("invalid host"));
-    let no_key = herd_cli(
+    let no_key = herd_with_key(
         &url,
         "",
         &["vault", "put", "ops", "K", "--host", "x.com"],
@@ -237,7 +223,7 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
 
     // The allowed server got the value (header and body); the other got nothing at all.
     let got = String::from_utf8_lossy(&allowed_seen.lock().unwrap()).to_string();
-    assert_eq!(count(&got, &canary), 2, "{got}");
+    assert_eq!(occurrences(&got, &canary), 2, "{got}");
     assert!(denied_seen.lock().unwrap().is_empty());
 
     // Nowhere else: events, the sandbox's docker inspect, the hand's debug log.
@@ -245,14 +231,17 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
         .iter()
         .map(|e| e.event.to_json().to_string())
         .collect();
-    assert_eq!(count(&all_events, &canary), 0);
+    assert_eq!(occurrences(&all_events, &canary), 0);
     let container = format!("herd-{host}-{id}");
     let inspect = Command::new("docker")
         .args(["inspect", &container])
         .output()
         .unwrap();
     assert!(inspect.status.success(), "the sandbox {container} exists");
-    assert_eq!(count(&String::from_utf8_lossy(&inspect.stdout), &canary), 0);
+    assert_eq!(
+        occurrences(&String::from_utf8_lossy(&inspect.stdout), &canary),
+        0
+    );
     hand.kill();
     let hand_text = std::fs::read_to_string(&hand_log).unwrap();
     assert!(
@@ -260,7 +249,7 @@ async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
         "the hand logged at debug level"
     );
     assert_eq!(
-        count(&hand_text, &canary),
+        occurrences(&hand_text, &canary),
         0,
         "the value leaked into the hand's log"
     );

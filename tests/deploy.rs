@@ -77,7 +77,8 @@ fn compose_yaml_is_valid_and_runs_every_plane() {
     assert!(!block("brain").contains("docker.sock"));
     assert!(block("brain").contains("ANTHROPIC_API_KEY"));
     assert!(!block("hands").contains("API_KEY"));
-    assert!(full.contains("sync_interval") || text.contains("nats-cluster.conf"));
+    // Every node runs the shared cluster config (which the next lines check).
+    assert_eq!(full.matches("nats-cluster.conf").count(), 3, "{full}");
     let conf = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nats-cluster.conf"

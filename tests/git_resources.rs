@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -163,10 +162,6 @@ async fn git_server(root: PathBuf, token: String) -> (u16, Arc<Mutex<Seen>>) {
     (port, seen)
 }
 
-fn count(haystack: &str, needle: &str) -> usize {
-    haystack.matches(needle).count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_token() {
     ensure_image("debian");
@@ -208,8 +203,10 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
     let repo_url = format!("http://127.0.0.1:{port}/app.git");
 
     // The token in a vault, through the command line.
-    let mut put = Command::new(env!("CARGO_BIN_EXE_herd"))
-        .args([
+    let put = herd_with_key(
+        &url,
+        &key,
+        &[
             "vault",
             "put",
             "dev",
@@ -218,20 +215,14 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
             "git",
             "--host",
             &format!("127.0.0.1:{port}"),
-        ])
-        .env("HERD_NATS_URL", &url)
-        .env("HERD_VAULT_KEY", &key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    put.stdin
-        .take()
-        .unwrap()
-        .write_all(token.as_bytes())
-        .unwrap();
-    assert!(put.wait_with_output().unwrap().status.success());
+        ],
+        token.as_bytes(),
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
 
     let logs = tempfile::tempdir().unwrap();
     let hand_log = logs.path().join("hands.log");
@@ -396,14 +387,17 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
         .iter()
         .map(|e| e.event.to_json().to_string())
         .collect();
-    assert_eq!(count(&all, &token), 0);
+    assert_eq!(occurrences(&all, &token), 0);
     let container = format!("herd-{host}-{id}");
     let inspect = Command::new("docker")
         .args(["inspect", &container])
         .output()
         .unwrap();
     assert!(inspect.status.success());
-    assert_eq!(count(&String::from_utf8_lossy(&inspect.stdout), &token), 0);
+    assert_eq!(
+        occurrences(&String::from_utf8_lossy(&inspect.stdout), &token),
+        0
+    );
     let workspace = Command::new("docker")
         .args([
             "exec",
@@ -428,7 +422,7 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
     assert!(helpers.stdout.is_empty(), "helper containers are removed");
     hand.kill();
     let hand_text = std::fs::read_to_string(&hand_log).unwrap();
-    assert_eq!(count(&hand_text, &token), 0);
+    assert_eq!(occurrences(&hand_text, &token), 0);
     brain.abort();
     let _ = Command::new("docker")
         .args(["rm", "-f", &container])

@@ -198,10 +198,7 @@ impl GitRemote {
                         return Err("a token is sent only over https (plain http only to this machine's loopback)".into());
                     }
                     let port = url.port_or_known_default().unwrap_or(443);
-                    let allowed = c
-                        .hosts
-                        .iter()
-                        .any(|h| *h == host || *h == format!("{host}:{port}"));
+                    let allowed = super::http_request::host_allowed(&c.hosts, &host, port);
                     if !allowed {
                         return Err(format!(
                             "credential {name} may not be sent to {host}:{port}; it is allowed for {}",

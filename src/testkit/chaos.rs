@@ -256,16 +256,7 @@ pub const CANARY_KEY: &str = "sk-chaos-canary-5d1e";
 
 /// The model: each turn, one shell command in the sandbox, then an answer.
 fn agent_reply(body: &Value) -> Reply {
-    let answered = body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .is_some_and(|m| {
-            m["content"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|b| b["type"] == "tool_result")
-        });
+    let answered = super::mock_model::answers_a_tool_result(body);
     if answered {
         Reply::text("done")
     } else {

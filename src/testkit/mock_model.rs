@@ -350,3 +350,18 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
         }
     }
 }
+
+/// True when the newest message of a model request carries a `tool_result`: a responder's way
+/// to tell "answer the tool's output" from "a new question" (Anthropic wire format).
+pub fn answers_a_tool_result(body: &Value) -> bool {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|m| {
+            m["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|b| b["type"] == "tool_result")
+        })
+}

@@ -513,3 +513,25 @@ pub async fn scripted_session_with(
     send(t, &id, say).await;
     id
 }
+
+/// Runs the `herd` binary against `url` with the vault key, feeding it `stdin`.
+pub fn herd_with_key(url: &str, key: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(args)
+        .env("HERD_NATS_URL", url)
+        .env("HERD_VAULT_KEY", key)
+        .env_remove("HERD_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// How often `needle` occurs in `haystack` (a canary must occur 0 times).
+pub fn occurrences(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}

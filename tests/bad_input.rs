@@ -4,9 +4,9 @@ mod common;
 
 use common::*;
 use futures_util::StreamExt;
+use herd::bus::subjects;
 use herd::event::*;
 use herd::session::{LogError, Status};
-use herd::subjects;
 
 /// What other systems (or a person with the nats CLI) might publish into a session: garbage,
 /// JSON events, unknown types, wrong shapes, mismatched subjects. A replay reports each bad

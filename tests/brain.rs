@@ -10,8 +10,8 @@ use herd::brain::provider::{ProviderSettings, Timeouts};
 use herd::brain::{Brain, BrainConfig};
 use herd::config::Secret;
 use herd::event::*;
+use herd::lab::mock_model::{MockModel, Reply};
 use herd::session::SessionLog;
-use herd::testkit::mock_model::{MockModel, Reply};
 use serde_json::{Value, json};
 
 const CANARY_KEY: &str = "sk-canary-3f9a1c7e";
@@ -91,7 +91,7 @@ impl Rig {
     async fn wake(&self, id: &SessionId, events: &[Event]) {
         let payload = json!({"events": events.iter().map(Event::to_json).collect::<Vec<_>>()});
         let js = async_nats::jetstream::new(self.nats.client.clone());
-        js.publish(herd::subjects::wake(id), payload.to_string().into())
+        js.publish(herd::bus::subjects::wake(id), payload.to_string().into())
             .await
             .unwrap()
             .await
@@ -315,9 +315,9 @@ async fn fake_hand(rig: &Rig) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut msgs = consumer.messages().await.unwrap();
         while let Some(Ok(m)) = msgs.next().await {
-            let job: herd::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
+            let job: herd::bus::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
             let result = Event::with_id(
-                herd::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
+                herd::bus::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
                 AgentToolResult {
                     tool_use_id: job.tool_use_id.clone(),
                     content: vec![ContentBlock::text(format!(
@@ -329,7 +329,7 @@ async fn fake_hand(rig: &Rig) -> tokio::task::JoinHandle<()> {
                 },
             );
             let a = log.append_fact(&job.session_id, &result).await.unwrap();
-            herd::brain::wake::publish(&js, &job.session_id, a.last_seq)
+            herd::bus::wake::publish(&js, &job.session_id, a.last_seq)
                 .await
                 .unwrap();
             m.ack().await.unwrap();
@@ -588,14 +588,14 @@ async fn poison_wakes_are_terminated_and_reported_without_slowing_others() {
     let id = rig.session(agent_with("claude-test", vec![])).await;
     let js = async_nats::jetstream::new(rig.nats.client.clone());
     // Garbage for a known session: a session.error on it.
-    js.publish(herd::subjects::wake(&id), "{not json".into())
+    js.publish(herd::bus::subjects::wake(&id), "{not json".into())
         .await
         .unwrap()
         .await
         .unwrap();
     // An agent event smuggled into a wake: refused.
     js.publish(
-        herd::subjects::wake(&id),
+        herd::bus::subjects::wake(&id),
         json!({"events": [{"id": "x1", "type": "agent.message", "content": []}]})
             .to_string()
             .into(),
@@ -622,7 +622,7 @@ async fn poison_wakes_are_terminated_and_reported_without_slowing_others() {
         .append_fact(&headless, &user("hello?"))
         .await
         .unwrap();
-    js.publish(herd::subjects::wake(&headless), "".into())
+    js.publish(herd::bus::subjects::wake(&headless), "".into())
         .await
         .unwrap()
         .await
@@ -728,7 +728,7 @@ async fn the_same_wake_on_two_brains_never_forks_a_session() {
             let msg = async_nats::jetstream::message::PublishMessage::build()
                 .message_id(format!("wake-{round}-{copy}"))
                 .payload("".into());
-            js.send_publish(herd::subjects::wake(&id), msg)
+            js.send_publish(herd::bus::subjects::wake(&id), msg)
                 .await
                 .unwrap()
                 .await

@@ -13,13 +13,13 @@ use herd::brain::provider::{ProviderSettings, Timeouts};
 use herd::brain::{Brain, BrainConfig};
 use herd::config::Secret;
 use herd::event::*;
+use herd::lab::mock_model::{MockModel, Reply};
 use herd::session::SessionLog;
-use herd::testkit::mock_model::{MockModel, Reply};
 use serde_json::{Value, json};
 
 /// Answers like an agent that runs one command, then reports.
 fn tool_then_text(body: &Value) -> Reply {
-    if herd::testkit::mock_model::answers_a_tool_result(body) {
+    if herd::lab::mock_model::answers_a_tool_result(body) {
         Reply::text("done")
     } else {
         Reply::tool_use(
@@ -48,9 +48,7 @@ async fn create(log: &SessionLog, tools: Vec<ToolConfig>) -> SessionId {
 
 async fn send(log: &SessionLog, js: &async_nats::jetstream::Context, id: &SessionId, text: &str) {
     let a = log.append_fact(id, &user(text)).await.unwrap();
-    herd::brain::wake::publish(js, id, a.last_seq)
-        .await
-        .unwrap();
+    herd::bus::wake::publish(js, id, a.last_seq).await.unwrap();
 }
 
 async fn valid_events(log: &SessionLog, id: &SessionId) -> Vec<StoredEvent> {
@@ -171,9 +169,9 @@ async fn three_brains_fifty_sessions() {
         tokio::spawn(async move {
             let mut msgs = consumer.messages().await.unwrap();
             while let Some(Ok(m)) = msgs.next().await {
-                let job: herd::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
+                let job: herd::bus::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
                 let r = Event::with_id(
-                    herd::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
+                    herd::bus::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
                     AgentToolResult {
                         tool_use_id: job.tool_use_id.clone(),
                         content: vec![ContentBlock::text("ok")],
@@ -182,7 +180,7 @@ async fn three_brains_fifty_sessions() {
                     },
                 );
                 let a = log.append_fact(&job.session_id, &r).await.unwrap();
-                herd::brain::wake::publish(&js, &job.session_id, a.last_seq)
+                herd::bus::wake::publish(&js, &job.session_id, a.last_seq)
                     .await
                     .unwrap();
                 m.ack().await.unwrap();

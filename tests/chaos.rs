@@ -1,13 +1,13 @@
 //! The chaos suite: a three-node JetStream cluster (R3 streams, fsync always), real brain and
 //! hand processes, real sandboxes, and one fault of each kind while sessions are busy; then a
-//! single server killed twice mid-load. The harness (`herd::testkit::chaos`) fails the run on
+//! single server killed twice mid-load. The harness (`herd::lab::chaos`) fails the run on
 //! any lost or duplicated event, unfinished turn, or checker violation; the stall figures are
 //! printed, not asserted.
 
 mod common;
 
 use common::*;
-use herd::testkit::chaos::{Fault, Plan, run};
+use herd::lab::chaos::{Fault, Plan, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_each_fault_on_a_three_node_cluster_loses_nothing() {
@@ -46,7 +46,7 @@ async fn the_only_nats_server_killed_mid_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_three_nodes_down_fails_closed_then_resumes() {
     use herd::event::*;
-    use herd::local_server::{LocalCluster, ServerOptions};
+    use herd::lab::local_server::{LocalCluster, ServerOptions};
     use herd::session::{RetryPolicy, SessionLog};
     use std::time::{Duration, Instant};
 
@@ -54,9 +54,7 @@ async fn two_of_three_nodes_down_fails_closed_then_resumes() {
     let mut cluster = LocalCluster::start(3, ServerOptions::default()).unwrap();
     let client = connect(&cluster.urls()).await;
     let js = async_nats::jetstream::new(client.clone());
-    herd::testkit::chaos::apply_when_ready(&js, 3)
-        .await
-        .unwrap();
+    herd::lab::chaos::apply_when_ready(&js, 3).await.unwrap();
     let log = SessionLog::open(client.clone())
         .await
         .unwrap()
@@ -100,7 +98,7 @@ async fn two_of_three_nodes_down_fails_closed_then_resumes() {
     let first = say("one");
     let a = log.append_fact(&id, &first).await.unwrap();
     acked.push(first.id.clone());
-    herd::brain::wake::publish(&js, &id, a.last_seq)
+    herd::bus::wake::publish(&js, &id, a.last_seq)
         .await
         .unwrap();
     wait_for_turns(&log, &id, 1).await;
@@ -147,7 +145,7 @@ async fn two_of_three_nodes_down_fails_closed_then_resumes() {
         "writes accepted again {:?} after a node returned",
         back.elapsed()
     );
-    herd::brain::wake::publish(&js, &id, last).await.unwrap();
+    herd::bus::wake::publish(&js, &id, last).await.unwrap();
     wait_for_turns(&log, &id, 2).await;
     cluster.node(2).restart().unwrap();
 

@@ -283,7 +283,7 @@ fn nobody_fails(herd: &Herd) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_benchmark_runs_and_reports() {
     // A miniature run: checks the benchmark works end to end, not how fast anything is.
-    let report = herd::bench::log::run(herd::bench::log::Params {
+    let report = herd::lab::bench::log::run(herd::lab::bench::log::Params {
         appends: 20,
         session_events: 300,
         background: 3_000,
@@ -303,7 +303,7 @@ async fn the_log_benchmark_runs_and_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_brain_benchmark_runs_and_reports() {
     // A miniature run: checks the benchmark works end to end, not how fast anything is.
-    let report = herd::bench::brain::run(herd::bench::brain::Params {
+    let report = herd::lab::bench::brain::run(herd::lab::bench::brain::Params {
         sessions_per_size: 2,
         sizes: vec![10, 100],
         throughput_sessions: 5,
@@ -326,7 +326,7 @@ async fn the_hands_benchmark_runs_and_reports() {
             .status()
             .unwrap();
     assert!(status.success());
-    let report = herd::bench::hands::run(herd::bench::hands::Params {
+    let report = herd::lab::bench::hands::run(herd::lab::bench::hands::Params {
         provisions: 2,
         round_trips: 3,
         image: "herd-sandbox:busybox".into(),

@@ -89,7 +89,7 @@ async fn calls_follow_the_sandbox_and_a_dead_host_hands_over_to_the_pool() {
         evaluated_permission: Some(EvaluatedPermission::Allow),
     });
     let seq = t.log.append_fact(&id, &call).await.unwrap().last_seq;
-    let job = herd::jobs::ToolJob {
+    let job = herd::bus::jobs::ToolJob {
         session_id: id.clone(),
         tool_use_id: "toolu_stranded".into(),
         name: "bash".into(),

@@ -178,7 +178,7 @@ async fn a_step_lands_whole_or_not_at_all() {
             h.insert(NATS_BATCH_ID, "abandonedbatch");
             h.insert(NATS_BATCH_SEQUENCE, seq.to_string().as_str());
             h.insert(NATS_MESSAGE_ID, e.id.as_str());
-            let subject = herd::subjects::session_event(&id, "agent.message");
+            let subject = herd::bus::subjects::session_event(&id, "agent.message");
             if seq == 1 {
                 raw.request_with_headers(subject, h, e.encode().into())
                     .await
@@ -455,7 +455,7 @@ async fn a_long_session_reads_across_batches() {
         let e = user(&i.to_string());
         acks.push_back(
             js.publish(
-                herd::subjects::session_event(&id, "user.message"),
+                herd::bus::subjects::session_event(&id, "user.message"),
                 e.encode().into(),
             )
             .await
@@ -516,12 +516,12 @@ async fn following_a_session_live() {
 async fn streams_apply_is_idempotent() {
     let t = TestNats::start().await;
     let js = async_nats::jetstream::new(t.client.clone());
-    let outcomes = herd::streams::apply(&js, 1).await.unwrap();
+    let outcomes = herd::bus::streams::apply(&js, 1).await.unwrap();
     assert_eq!(outcomes.len(), 8);
     for o in outcomes {
         assert_eq!(
             o.action,
-            herd::streams::Action::Unchanged,
+            herd::bus::streams::Action::Unchanged,
             "{} {}",
             o.kind,
             o.name
@@ -532,7 +532,7 @@ async fn streams_apply_is_idempotent() {
     let mut cfg = s.info().await.unwrap().config.clone();
     cfg.allow_direct = false;
     js.update_stream(cfg).await.unwrap();
-    let outcomes = herd::streams::apply(&js, 1).await.unwrap();
-    assert_eq!(outcomes[0].action, herd::streams::Action::Updated);
+    let outcomes = herd::bus::streams::apply(&js, 1).await.unwrap();
+    assert_eq!(outcomes[0].action, herd::bus::streams::Action::Updated);
     assert!(s.info().await.unwrap().config.allow_direct);
 }

@@ -18,9 +18,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::context;
-use super::provider::{ModelRequest, ModelResponse};
+use super::provider::{ModelError, ModelRequest, ModelResponse};
+use crate::bus::jobs::{ToolJob, result_event_id};
 use crate::event::*;
-use crate::jobs::{ToolJob, result_event_id};
 use crate::session::{SessionState, Status, ToolKind};
 
 /// An event the harness wants appended; `id` is set when it must be deterministic (tool
@@ -420,7 +420,7 @@ pub fn response_step(
                 let raw_id = o.get("id").and_then(Value::as_str).unwrap_or("");
                 // Tool_use ids become subject tokens and event ids; replace an unsafe one.
                 // Bounded so that the derived result id (`sevt_result_<hash>_<id>`) stays valid.
-                let fits = raw_id.len() + crate::jobs::RESULT_ID_OVERHEAD <= MAX_ID_LEN;
+                let fits = raw_id.len() + crate::bus::jobs::RESULT_ID_OVERHEAD <= MAX_ID_LEN;
                 let id = if fits && check_token("tool_use id", raw_id).is_ok() {
                     raw_id.to_string()
                 } else {
@@ -568,6 +568,83 @@ pub fn failure_step(
             reason: Some(kind.into()),
         }),
     ]
+}
+
+/// What to do after a model request, decided from its outcome and the retry budget.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterModel {
+    /// Append this step (the answer, or the failure that ends the turn).
+    Record(Vec<Planned>),
+    /// The request failed for a passing reason and the budget allows another: record the
+    /// failure with [`failure_step`] and its delay, wait, and decide again.
+    Retry {
+        /// This attempt's number (1 for the first failure in a row).
+        attempt: u32,
+        /// At least this long before the next request (the provider's `Retry-After`).
+        retry_after: Option<std::time::Duration>,
+        /// The error's type, for the `session.error` recording it.
+        kind: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// The model-failure policy: a success is recorded; a fatal failure ends the turn at once
+/// (`terminal`); a passing failure is retried while `attempt` (failures in a row, this one
+/// included) is under `max_attempts`, and the last attempt of the budget ends the turn
+/// (`exhausted`). `state` is the session as of the request's start (for the usage total).
+pub fn after_model(
+    state: &SessionState,
+    start_id: &EventId,
+    outcome: &Result<ModelResponse, ModelError>,
+    attempt: u32,
+    max_attempts: u32,
+) -> AfterModel {
+    match outcome {
+        Ok(response) => AfterModel::Record(response_step(state, start_id, response)),
+        Err(err @ ModelError::Fatal { .. }) => AfterModel::Record(final_failure_step(
+            state,
+            start_id,
+            err.kind(),
+            &err.to_string(),
+            None,
+        )),
+        Err(err @ ModelError::Retryable { retry_after, .. }) if attempt < max_attempts => {
+            AfterModel::Retry {
+                attempt,
+                retry_after: *retry_after,
+                kind: err.kind(),
+                message: err.to_string(),
+            }
+        }
+        Err(err) => AfterModel::Record(final_failure_step(
+            state,
+            start_id,
+            err.kind(),
+            &err.to_string(),
+            Some(attempt),
+        )),
+    }
+}
+
+/// The delay before retry `attempt` (1-based): `base` doubled per attempt up to `max`,
+/// scaled by `jitter` in [0.5, 1] (so brains retrying together spread out), and never less
+/// than the provider's `Retry-After`.
+pub fn retry_delay(
+    base: std::time::Duration,
+    max: std::time::Duration,
+    attempt: u32,
+    retry_after: Option<std::time::Duration>,
+    jitter: f64,
+) -> std::time::Duration {
+    let exp = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(max);
+    let jittered = exp.mul_f64(jitter.clamp(0.5, 1.0));
+    match retry_after {
+        Some(ra) => jittered.max(ra),
+        None => jittered,
+    }
 }
 
 /// Tool jobs the session's pending calls need: allowed sandbox calls without a result. The
@@ -985,5 +1062,75 @@ mod tests {
         assert_eq!(u.tool_use_id, r.tool_use_id);
         assert!(check_token("id", &u.tool_use_id).is_ok());
         assert!(r.is_error);
+    }
+
+    fn retryable(retry_after: Option<std::time::Duration>) -> ModelError {
+        ModelError::Retryable {
+            status: Some(529),
+            retry_after,
+            message: "overloaded".into(),
+        }
+    }
+
+    fn stop_reason(step: &[Planned]) -> Option<String> {
+        step.iter().find_map(|p| match &p.body {
+            EventBody::SessionStatusIdle(i) => Some(i.stop_reason.kind.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_passing_model_failure_is_retried_until_the_budget_is_spent() {
+        let g = Given::session(vec![]).and(user("hi"));
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &g.0);
+        let start = EventId::generate();
+        let wait = Some(std::time::Duration::from_secs(2));
+        assert_eq!(
+            after_model(&state, &start, &Err(retryable(wait)), 1, 3),
+            AfterModel::Retry {
+                attempt: 1,
+                retry_after: wait,
+                kind: "overloaded_error",
+                message: retryable(wait).to_string(),
+            }
+        );
+        let AfterModel::Record(last) = after_model(&state, &start, &Err(retryable(None)), 3, 3)
+        else {
+            panic!("the last attempt of the budget must end the turn");
+        };
+        assert_eq!(stop_reason(&last).as_deref(), Some("retries_exhausted"));
+        assert!(last.iter().any(|p| matches!(&p.body,
+            EventBody::SessionError(e) if e.retry_status.as_ref().is_some_and(|r| r.kind == "exhausted" && r.attempt == Some(3)))));
+    }
+
+    #[test]
+    fn a_fatal_model_failure_ends_the_turn_at_once() {
+        let g = Given::session(vec![]).and(user("hi"));
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &g.0);
+        let fatal = ModelError::Fatal {
+            status: Some(400),
+            message: "bad request".into(),
+        };
+        let AfterModel::Record(step) = after_model(&state, &EventId::generate(), &Err(fatal), 1, 5)
+        else {
+            panic!("a fatal error is never retried");
+        };
+        assert_eq!(stop_reason(&step).as_deref(), Some("retries_exhausted"));
+        assert!(step.iter().any(|p| matches!(&p.body,
+            EventBody::SessionError(e) if e.retry_status.as_ref().is_some_and(|r| r.kind == "terminal"))));
+    }
+
+    #[test]
+    fn retry_delays_grow_are_capped_jittered_and_honour_retry_after() {
+        use std::time::Duration as D;
+        let (base, max) = (D::from_millis(500), D::from_secs(30));
+        assert_eq!(retry_delay(base, max, 1, None, 1.0), D::from_millis(500));
+        assert_eq!(retry_delay(base, max, 3, None, 1.0), D::from_secs(2));
+        assert_eq!(retry_delay(base, max, 3, None, 0.5), D::from_secs(1));
+        assert_eq!(retry_delay(base, max, 20, None, 1.0), max);
+        assert_eq!(
+            retry_delay(base, max, 1, Some(D::from_secs(7)), 0.5),
+            D::from_secs(7)
+        );
     }
 }

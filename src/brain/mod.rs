@@ -1,7 +1,6 @@
 //! The brain plane: stateless workers that wake, replay a session, decide its next step with
 //! the model, and append what they decided.
 //!
-//! * [`wake`]: the wake protocol other systems use;
 //! * [`harness`]: the pure decision of what a session needs next;
 //! * [`context`]: the pure mapping from events to a model request;
 //! * [`provider`]: the model APIs (Anthropic, OpenAI-compatible, scripted);
@@ -14,7 +13,6 @@ pub mod context;
 pub mod harness;
 pub mod lease;
 pub mod provider;
-pub mod wake;
 pub mod worker;
 
 pub use worker::{Brain, BrainConfig, BrainError};

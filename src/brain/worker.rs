@@ -18,23 +18,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream;
 
 use super::cache::{SessionCache, replay};
-use super::harness::{self, Decision, Limits, Planned};
+use super::harness::{self, AfterModel, Decision, Limits, Planned};
 use super::lease::{Lease, Leases};
-use super::provider::{ModelError, ProviderKind, ProviderSettings, Providers};
-use super::wake::{Wake, WakeError};
+use super::provider::{ProviderSettings, Providers};
+use crate::bus::routing::{self, Router};
+use crate::bus::wake::{Wake, WakeError};
+use crate::bus::work_queue::{self, ConsumerSpec, Delivery};
+use crate::bus::{BusError, subjects};
 use crate::event::{ErrorInfo, Event, EventId, SessionError, SessionId};
-use crate::hands::registry;
 use crate::session::{LogError, SessionLog};
-use crate::subjects;
-use crate::tasks::{AbortOnDrop, SessionLocks};
+use crate::tasks::SessionLocks;
 
 /// The durable consumer brains share.
 pub const CONSUMER: &str = "brain";
-/// Where wakes that name no valid session go.
-pub const DEAD_LETTER_SUBJECT: &str = "herd.deadletter.wake";
 
 /// How a brain runs.
 #[derive(Debug, Clone)]
@@ -85,7 +84,7 @@ enum HandleError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("cannot publish: {0}")]
-    Publish(String),
+    Publish(#[from] BusError),
     #[error("the session took more than {0} steps in one wake")]
     TooManySteps(usize),
     #[error("another brain holds the session's lease")]
@@ -111,7 +110,7 @@ pub struct Brain {
     cache: Mutex<SessionCache>,
     locks: SessionLocks,
     leases: Leases,
-    registry: crate::hands::registry::Registry,
+    router: Router,
     /// `HERD_TOOLS`, looked up once: dispatch checks it for queued jobs on every step.
     tools: jetstream::stream::Stream,
     config: BrainConfig,
@@ -120,40 +119,31 @@ pub struct Brain {
 /// Why a brain could not start or keep pulling.
 #[derive(Debug, thiserror::Error)]
 pub enum BrainError {
-    /// Setting up the log, the stream or the consumer failed.
+    /// Setting up the log or the leases failed.
     #[error("brain setup failed: {0}")]
-    Setup(String),
+    Log(#[from] LogError),
+    /// Setting up a stream, the consumer or the registry failed.
+    #[error("brain setup failed: {0}")]
+    Bus(#[from] BusError),
+    /// The lease bucket is out of reach.
+    #[error("brain setup failed: {0}")]
+    Leases(String),
     /// The wake consumer stopped.
     #[error("the wake consumer failed: {0}")]
-    Consumer(String),
+    Consumer(BusError),
 }
 
-/// Creates or updates the `brain` consumer with this config.
-pub async fn ensure_consumer(
-    js: &jetstream::Context,
-    config: &BrainConfig,
-) -> Result<pull::Config, BrainError> {
-    let setup = |e: String| BrainError::Setup(e);
-    let stream = js
-        .get_stream(subjects::WAKE_STREAM)
-        .await
-        .map_err(|e| setup(format!("stream {} is missing: {e}", subjects::WAKE_STREAM)))?;
-    let cfg = pull::Config {
-        durable_name: Some(CONSUMER.into()),
-        description: Some("herd brains: wakes to run sessions".into()),
-        filter_subject: "herd.wake.*".into(),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+/// The consumer brains take wakes from, with this config.
+pub fn consumer(config: &BrainConfig) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: subjects::WAKE_STREAM,
+        durable: CONSUMER.into(),
+        description: "herd brains: wakes to run sessions".into(),
+        filter: subjects::ALL_WAKES.into(),
         ack_wait: config.ack_wait,
         max_deliver: config.max_deliver,
         backoff: config.backoff.clone(),
-        max_ack_pending: 10_000,
-        ..Default::default()
-    };
-    stream
-        .create_consumer(cfg.clone())
-        .await
-        .map_err(|e| setup(format!("cannot create consumer {CONSUMER}: {e}")))?;
-    Ok(cfg)
+    }
 }
 
 impl Brain {
@@ -163,23 +153,19 @@ impl Brain {
         config: BrainConfig,
     ) -> Result<Arc<Self>, BrainError> {
         let js = jetstream::new(client.clone());
-        let log = SessionLog::open(client)
-            .await
-            .map_err(|e| BrainError::Setup(e.to_string()))?;
-        ensure_consumer(&js, &config).await?;
+        let log = SessionLog::open(client).await?;
+        consumer(&config).ensure(&js).await?;
         // Half of ack_wait: a dead brain's lease always expires before its wake is redelivered.
         let leases = Leases::open(js.clone(), &config.name, config.ack_wait / 2)
             .await
-            .map_err(|e| BrainError::Setup(e.to_string()))?;
-        let registry = crate::hands::registry::Registry::open(js.clone())
-            .await
-            .map_err(BrainError::Setup)?;
+            .map_err(|e| BrainError::Leases(e.to_string()))?;
+        let router = Router::open(&js).await?;
         let tools = js.get_stream(subjects::TOOLS_STREAM).await.map_err(|e| {
-            BrainError::Setup(format!("stream {} is missing: {e}", subjects::TOOLS_STREAM))
+            BusError::nats(format!("stream {} is missing", subjects::TOOLS_STREAM), e)
         })?;
         Ok(Arc::new(Self {
             tools,
-            registry,
+            router,
             leases,
             log,
             js,
@@ -195,65 +181,37 @@ impl Brain {
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), BrainError> {
-        let consumer_err = |e: String| BrainError::Consumer(e);
-        let stream = self
-            .js
-            .get_stream(subjects::WAKE_STREAM)
+        let pull = consumer(&self.config)
+            .ensure(&self.js)
             .await
-            .map_err(|e| consumer_err(e.to_string()))?;
-        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_consumer(CONSUMER)
-            .await
-            .map_err(|e| consumer_err(e.to_string()))?;
-        let batch = self.config.concurrency.min(256);
-        let open = || {
-            let consumer = consumer.clone();
-            async move {
-                consumer
-                    .stream()
-                    .max_messages_per_batch(batch)
-                    .heartbeat(crate::work_queue::PULL_HEARTBEAT)
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        };
+            .map_err(BrainError::Consumer)?;
         tracing::info!(name = %self.config.name, "Brain is taking wakes.");
-        let concurrency = self.config.concurrency;
-        crate::work_queue::pull_loop(open, concurrency, shutdown, |msg| {
+        work_queue::run(vec![pull], self.config.concurrency, shutdown, |msg| {
             let me = self.clone();
             async move { me.handle(msg).await }
         })
         .await
-        .map_err(consumer_err)
+        .map_err(BrainError::Consumer)
     }
 
-    async fn handle(self: Arc<Self>, msg: jetstream::Message) {
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-        let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let wake = match Wake::parse(msg.subject.as_str(), &msg.payload) {
+    async fn handle(self: Arc<Self>, msg: Delivery) {
+        let (delivered, stream_seq) = (msg.delivered, msg.stream_seq);
+        let wake = match Wake::parse(msg.message().subject.as_str(), &msg.message().payload) {
             Ok(w) => w,
             Err(e) => {
-                self.refuse(&msg, &e, stream_seq).await;
+                self.refuse(&msg, &e).await;
                 return;
             }
         };
         let span = tracing::info_span!("wake", session = %wake.session_id, delivered);
         let _enter = span.enter();
         let lease: Arc<tokio::sync::Mutex<Option<Lease>>> = Arc::default();
+        // Often enough to keep both the wake (ack_wait) and the lease (ack_wait / 2) alive.
         let heartbeat = {
-            // Often enough to keep both the wake (ack_wait) and the lease (ack_wait / 2) alive.
-            let every = self.config.ack_wait / 6;
-            let acker = msg.clone();
             let (leases, lease) = (self.leases.clone(), lease.clone());
-            AbortOnDrop(tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    // A failed heartbeat (a reconnect) is retried at the next tick, not fatal.
-                    if let Err(e) = acker.ack_with(AckKind::Progress).await {
-                        tracing::warn!(error = %e, "A wake heartbeat failed.");
-                    }
+            msg.keep_alive(self.config.ack_wait / 6, move || {
+                let (leases, lease) = (leases.clone(), lease.clone());
+                async move {
                     if let Some(l) = lease.lock().await.as_mut() {
                         match leases.renew(l).await {
                             Ok(true) => {}
@@ -266,7 +224,7 @@ impl Brain {
                         }
                     }
                 }
-            }))
+            })
         };
         let result = self.run_wake(&wake, &lease).await;
         drop(heartbeat);
@@ -275,24 +233,22 @@ impl Brain {
         }
         match result {
             Ok(()) => {
-                if let Err(e) = msg.double_ack().await {
+                if let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, "Acknowledging a wake failed; it will be redelivered and find nothing to do.");
                 }
             }
             Err(HandleError::Log(LogError::NotFound(s))) => {
                 // No such session: nothing to report it on, so it goes to the dead letters.
-                self.refuse(&msg, &WakeError::UnknownSession(s), stream_seq)
-                    .await;
+                self.refuse(&msg, &WakeError::UnknownSession(s)).await;
             }
             Err(HandleError::LeaseHeld) if delivered >= self.config.max_deliver => {
                 // Someone alive has held the lease through every delivery: it will see the
                 // session's input when it re-checks after releasing.
-                let _ = msg.double_ack().await;
+                let _ = msg.ack().await;
             }
             Err(e) if e.transient() && delivered < self.config.max_deliver => {
                 tracing::warn!(error = %e, "Wake failed; it will be redelivered.");
-                let delay = Duration::from_millis(250 * (1 << delivered.clamp(0, 6)));
-                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                msg.nak_with_backoff().await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "Wake failed for good; reporting it on the session.");
@@ -314,14 +270,16 @@ impl Brain {
                     },
                 );
                 let _ = self.log.append_fact(&wake.session_id, &report).await;
-                let _ = msg.ack_with(AckKind::Term).await;
+                msg.term().await;
             }
         }
     }
 
-    /// Terminates a malformed wake and reports it.
-    async fn refuse(&self, msg: &jetstream::Message, error: &WakeError, stream_seq: u64) {
+    /// Terminates a malformed wake and reports it: on the session when it exists, else on the
+    /// dead-letter subject.
+    async fn refuse(&self, msg: &Delivery, error: &WakeError) {
         tracing::warn!(error = %error, "Refusing a malformed wake.");
+        let stream_seq = msg.stream_seq;
         let known = match error {
             WakeError::Payload { session, .. } => match self.log.last_sequence(session).await {
                 Ok(n) if n > 0 => Some(session.clone()),
@@ -329,53 +287,36 @@ impl Brain {
             },
             WakeError::Subject(_) | WakeError::UnknownSession(_) => None,
         };
-        let reported = match known {
-            Some(session) => {
-                let e = Event::with_id(
-                    EventId::derived("badwake", &[&stream_seq.to_string()])
-                        .unwrap_or_else(|_| EventId::generate()),
-                    SessionError {
-                        error: ErrorInfo {
-                            kind: "invalid_wake".into(),
-                            message: error.to_string(),
-                        },
-                        retry_status: Some(crate::event::RetryStatus {
-                            kind: "terminal".into(),
-                            attempt: None,
-                            retry_in_ms: None,
-                        }),
-                    },
-                );
-                self.log.append_fact(&session, &e).await.is_ok()
-            }
-            None => {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert(
-                    "Herd-Error",
-                    error.to_string().replace(['\r', '\n'], " ").as_str(),
-                );
-                h.insert("Herd-Original-Subject", msg.subject.as_str());
-                h.insert(
-                    async_nats::header::NATS_MESSAGE_ID,
-                    format!("deadletter_wake_{stream_seq}").as_str(),
-                );
-                match self
-                    .js
-                    .publish_with_headers(DEAD_LETTER_SUBJECT, h, msg.payload.clone())
-                    .await
-                {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }
+        let Some(session) = known else {
+            msg.dead_letter(
+                &self.js,
+                subjects::DEAD_LETTER_WAKE,
+                &error.to_string(),
+                Some(format!("deadletter_wake_{stream_seq}")),
+            )
+            .await;
+            return;
         };
-        if reported {
-            let _ = msg.ack_with(AckKind::Term).await;
+        let e = Event::with_id(
+            EventId::derived("badwake", &[&stream_seq.to_string()])
+                .unwrap_or_else(|_| EventId::generate()),
+            SessionError {
+                error: ErrorInfo {
+                    kind: "invalid_wake".into(),
+                    message: error.to_string(),
+                },
+                retry_status: Some(crate::event::RetryStatus {
+                    kind: "terminal".into(),
+                    attempt: None,
+                    retry_in_ms: None,
+                }),
+            },
+        );
+        if self.log.append_fact(&session, &e).await.is_ok() {
+            msg.term().await;
         } else {
             // Could not report it; let it come back rather than lose the evidence.
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
+            msg.nak(Duration::from_secs(5)).await;
         }
     }
 
@@ -480,17 +421,7 @@ impl Brain {
                 },
                 Decision::Compact { up_to, request } => {
                     let config = r.state.config.as_ref().expect("checked above");
-                    let kind = ProviderKind::for_agent(
-                        config.agent.provider.as_deref(),
-                        &config.agent.model,
-                    );
-                    let summary = match kind {
-                        Ok(kind) => self.providers.complete(kind, &config.agent, &request).await,
-                        Err(message) => Err(ModelError::Fatal {
-                            status: None,
-                            message,
-                        }),
-                    };
+                    let summary = self.providers.complete_for(&config.agent, &request).await;
                     let text = summary.map(|r| crate::event::content_text(&r.content));
                     match text {
                         Ok(summary) if !summary.trim().is_empty() => {
@@ -539,17 +470,7 @@ impl Brain {
                         continue;
                     }
                     let config = r.state.config.as_ref().expect("checked above");
-                    let kind = ProviderKind::for_agent(
-                        config.agent.provider.as_deref(),
-                        &config.agent.model,
-                    );
-                    let outcome = match kind {
-                        Ok(kind) => self.providers.complete(kind, &config.agent, &request).await,
-                        Err(message) => Err(ModelError::Fatal {
-                            status: None,
-                            message,
-                        }),
-                    };
+                    let outcome = self.providers.complete_for(&config.agent, &request).await;
                     // The state as of step A, for the usage total in step B.
                     let mut state = r.state.clone();
                     for e in &events {
@@ -559,46 +480,44 @@ impl Brain {
                             event: e.clone(),
                         });
                     }
-                    let step = match &outcome {
-                        Ok(response) => harness::response_step(&state, &start_id, response),
-                        Err(err) => {
-                            let attempt = harness::failed_requests_in_a_row(&r.events) + 1;
-                            tracing::warn!(error = %err, attempt, "Model request failed.");
-                            match err {
-                                ModelError::Fatal { .. } => harness::final_failure_step(
-                                    &state,
-                                    &start_id,
-                                    err.kind(),
-                                    &err.to_string(),
-                                    None,
-                                ),
-                                ModelError::Retryable { .. }
-                                    if attempt < self.config.max_model_attempts =>
-                                {
-                                    let delay = self.retry_delay(err, attempt);
-                                    let step = harness::failure_step(
-                                        &start_id,
-                                        err.kind(),
-                                        &err.to_string(),
-                                        attempt,
-                                        delay.as_millis() as u64,
-                                    );
-                                    match self.append(id, expected, step).await {
-                                        Ok(_) | Err(LogError::Conflict { .. }) => {}
-                                        Err(e) => return Err(e.into()),
-                                    }
-                                    tokio::time::sleep(delay).await;
-                                    continue;
-                                }
-                                // The last attempt of the budget ends the turn.
-                                ModelError::Retryable { .. } => harness::final_failure_step(
-                                    &state,
-                                    &start_id,
-                                    err.kind(),
-                                    &err.to_string(),
-                                    Some(attempt),
-                                ),
+                    let attempt = harness::failed_requests_in_a_row(&r.events) + 1;
+                    if let Err(err) = &outcome {
+                        tracing::warn!(error = %err, attempt, "Model request failed.");
+                    }
+                    let step = match harness::after_model(
+                        &state,
+                        &start_id,
+                        &outcome,
+                        attempt,
+                        self.config.max_model_attempts,
+                    ) {
+                        AfterModel::Record(step) => step,
+                        AfterModel::Retry {
+                            attempt,
+                            retry_after,
+                            kind,
+                            message,
+                        } => {
+                            let delay = harness::retry_delay(
+                                self.config.model_retry_base,
+                                self.config.model_retry_max,
+                                attempt,
+                                retry_after,
+                                0.5 + fastrand::f64() * 0.5,
+                            );
+                            let step = harness::failure_step(
+                                &start_id,
+                                kind,
+                                &message,
+                                attempt,
+                                delay.as_millis() as u64,
+                            );
+                            match self.append(id, expected, step).await {
+                                Ok(_) | Err(LogError::Conflict { .. }) => {}
+                                Err(e) => return Err(e.into()),
                             }
+                            tokio::time::sleep(delay).await;
+                            continue;
                         }
                     };
                     match self.append(id, expected, step).await {
@@ -623,22 +542,6 @@ impl Brain {
             }
         }
         Err(HandleError::TooManySteps(MAX_STEPS))
-    }
-
-    fn retry_delay(&self, err: &ModelError, attempt: u32) -> Duration {
-        let exp = self
-            .config
-            .model_retry_base
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-            .min(self.config.model_retry_max);
-        let jittered = exp.mul_f64(0.5 + fastrand::f64() * 0.5);
-        match err {
-            ModelError::Retryable {
-                retry_after: Some(ra),
-                ..
-            } => jittered.max(*ra),
-            _ => jittered,
-        }
     }
 
     async fn append(
@@ -668,7 +571,7 @@ impl Brain {
         }
         let tools = &self.tools;
         // Later calls go to the host holding the session's sandbox while it lives.
-        let route = self.registry.route(events).await;
+        let route = self.router.route(events).await;
         for job in jobs {
             if let Err(e) = job.check() {
                 tracing::warn!(error = %e, "Skipping a tool job with an unusable id.");
@@ -677,21 +580,10 @@ impl Brain {
             // Still queued (on any route): nothing to do. A job leaves the queue when a hand
             // acknowledges it, after appending its result; a hand checks the log before running
             // a job, so a publish racing a result that this replay does not show is harmless.
-            if registry::queued(tools, &job.session_id, &job.tool_use_id).await {
+            if routing::queued(tools, &job.session_id, &job.tool_use_id).await {
                 continue;
             }
-            let subject = registry::subject(&route, &job);
-            let payload = serde_json::to_vec(&job).unwrap_or_default();
-            let msg = jetstream::message::PublishMessage::build()
-                .message_id(registry::message_id(&route, &job))
-                .header("Content-Type", crate::event::CONTENT_TYPE_JSON)
-                .payload(payload.into());
-            self.js
-                .send_publish(subject, msg)
-                .await
-                .map_err(|e| HandleError::Publish(e.to_string()))?
-                .await
-                .map_err(|e| HandleError::Publish(e.to_string()))?;
+            routing::publish(&self.js, &route, &job).await?;
         }
         Ok(())
     }

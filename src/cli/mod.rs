@@ -321,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = connect(&cli.global).await?;
             let js = async_nats::jetstream::new(client);
-            for o in herd::streams::apply(&js, replicas as usize).await? {
+            for o in herd::bus::streams::apply(&js, replicas as usize).await? {
                 println!("{:<7} {:<16} {:?}", o.kind, o.name, o.action);
             }
             Ok(())
@@ -343,7 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Brain(a) => {
             let client = nats_config(&cli.global)?.connect("herd-brain").await?;
             let js = async_nats::jetstream::new(client.clone());
-            herd::streams::ensure(&js, cli.global.stream_replicas as usize).await?;
+            herd::bus::streams::ensure(&js, cli.global.stream_replicas as usize).await?;
             let config = brain_config(&cli.global, &a)?;
             let brain = herd::brain::Brain::new(client, config).await?;
             eprintln!("herd brain: taking wakes (Ctrl-C to stop)");
@@ -356,7 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Hands(a) => {
             let client = nats_config(&cli.global)?.connect("herd-hands").await?;
-            herd::streams::ensure(
+            herd::bus::streams::ensure(
                 &async_nats::jetstream::new(client.clone()),
                 cli.global.stream_replicas as usize,
             )
@@ -400,13 +400,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     image,
                 },
         } => {
-            let report = herd::bench::hands::run(herd::bench::hands::Params {
+            let report = herd::lab::bench::hands::run(herd::lab::bench::hands::Params {
                 provisions,
                 round_trips,
                 image,
             })
             .await?;
-            println!("{}", herd::bench::render(&report.table(), &report)?);
+            println!("{}", herd::lab::bench::render(&report.table(), &report)?);
             Ok(())
         }
         Cmd::Bench {
@@ -416,13 +416,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     throughput_sessions,
                 },
         } => {
-            let report = herd::bench::brain::run(herd::bench::brain::Params {
+            let report = herd::lab::bench::brain::run(herd::lab::bench::brain::Params {
                 sessions_per_size,
                 throughput_sessions,
                 ..Default::default()
             })
             .await?;
-            println!("{}", herd::bench::render(&report.table(), &report)?);
+            println!("{}", herd::lab::bench::render(&report.table(), &report)?);
             Ok(())
         }
         Cmd::Bench {
@@ -434,21 +434,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     replays,
                 },
         } => {
-            let report = herd::bench::log::run(herd::bench::log::Params {
+            let report = herd::lab::bench::log::run(herd::lab::bench::log::Params {
                 appends,
                 session_events,
                 background,
                 replays,
             })
             .await?;
-            println!("{}", herd::bench::render(&report.table(), &report)?);
+            println!("{}", herd::lab::bench::render(&report.table(), &report)?);
             Ok(())
         }
     }
 }
 
 async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
-    use herd::testkit::chaos::{Fault, Plan};
+    use herd::lab::chaos::{Fault, Plan};
     let round = if a.faults.is_empty() {
         Fault::ALL.to_vec()
     } else {
@@ -472,8 +472,8 @@ async fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
     plan.node_down = std::time::Duration::from_secs(a.node_down_secs);
     plan.image = a.image;
     plan.log_dir = a.logs;
-    let report = herd::testkit::chaos::run(plan).await?;
-    println!("{}", herd::bench::render(&report.table(), &report)?);
+    let report = herd::lab::chaos::run(plan).await?;
+    println!("{}", herd::lab::bench::render(&report.table(), &report)?);
     Ok(())
 }
 

@@ -16,7 +16,7 @@ pub fn seq_of(r: &Record) -> u64 {
 pub fn type_of(r: &Record) -> &str {
     match r {
         Ok(e) => e.event.type_name(),
-        Err(bad) => herd::subjects::parse_session_subject(&bad.subject).map_or("", |(_, t)| t),
+        Err(bad) => herd::bus::subjects::parse_session_subject(&bad.subject).map_or("", |(_, t)| t),
     }
 }
 

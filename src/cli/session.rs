@@ -240,7 +240,7 @@ async fn send_fact(log: &SessionLog, id: &str, event: &Event) -> anyhow::Result<
     }
     let a = log.append_fact(&id, event).await?;
     let js = async_nats::jetstream::new(log.client().clone());
-    herd::brain::wake::publish(&js, &id, a.last_seq)
+    herd::bus::wake::publish(&js, &id, a.last_seq)
         .await
         .context("the event is stored, but waking the session failed")?;
     let note = if a.duplicate { " (already there)" } else { "" };

@@ -44,7 +44,7 @@ fn start_local_server(cfg: &NatsConfig) -> anyhow::Result<OwnServer> {
     }
     std::fs::create_dir_all(".herd").context("creating .herd")?;
     let log = std::fs::File::create(".herd/nats.log").context("creating .herd/nats.log")?;
-    let child = Command::new(herd::local_server::server_binary())
+    let child = Command::new(herd::lab::local_server::server_binary())
         .args(["-c", "nats.conf"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -74,7 +74,7 @@ pub async fn run(
         Some(start_local_server(&cfg)?)
     };
     let client = cfg.connect("herd-up").await?;
-    herd::streams::ensure(&async_nats::jetstream::new(client.clone()), 1).await?;
+    herd::bus::streams::ensure(&async_nats::jetstream::new(client.clone()), 1).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

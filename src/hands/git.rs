@@ -19,7 +19,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::http_request::SessionAccess;
+use super::job::SessionAccess;
 use super::sandbox::{Sandbox, SandboxError, Sandboxes};
 use super::tools::ToolOutcome;
 use crate::credentials::placeholders;

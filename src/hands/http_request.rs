@@ -15,6 +15,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::job::SessionAccess;
 use super::tools::ToolOutcome;
 use crate::credentials::placeholders;
 use crate::credentials::vault::{Credential, Kind, Vault, VaultError, VaultKey};
@@ -95,19 +96,6 @@ struct Input {
     timeout_secs: Option<u64>,
 }
 
-/// What a session allows, from its configuration.
-#[derive(Debug, Clone, Default)]
-pub struct SessionAccess {
-    /// The vaults it may use, in lookup order.
-    pub vault_ids: Vec<String>,
-    /// Hosts it may reach without a credential.
-    pub allowed_hosts: Vec<String>,
-    /// Its git repositories.
-    pub resources: Vec<crate::event::Resource>,
-    /// True when its sandbox may reach `allowed_hosts` through the egress proxy.
-    pub egress: bool,
-}
-
 /// Makes `http_request` calls for a hand.
 #[derive(Clone)]
 pub struct HttpRequests {
@@ -140,7 +128,7 @@ pub(crate) fn host_allowed(entries: &[String], host: &str, port: u16) -> bool {
 impl HttpRequests {
     /// A tool with the vault store and key (`None`: no secrets can be used on this hand).
     pub fn new(vault: Option<(Vault, VaultKey)>) -> Result<Self, reqwest::Error> {
-        crate::brain::provider::install_crypto();
+        crate::tls::install_crypto();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // The hand's HTTP(S)_PROXY must not see requests that carry secrets.

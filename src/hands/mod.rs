@@ -5,7 +5,10 @@
 //!   the `git_remote` tool through a helper container, the token never in the sandbox;
 //! * [`http_request`]: the `http_request` tool, run by the hand outside the sandbox with
 //!   secrets from the session's vaults;
-//! * [`registry`]: live hands and the routing of jobs to the host holding a sandbox;
+//! * [`job`]: what the log says about a job (run it, it ran, refuse it) and what the session
+//!   allows its tools, decided without I/O;
+//! * [`outputs`]: short outputs inline, long ones to the object store;
+//! * [`registry`]: this hand in the registry of live hands (the read side is `bus::routing`);
 //! * [`sandbox`]: provisioning and running commands in a session's container;
 //! * [`tools`]: the built-in toolset (`bash`, `read`, `write`, `edit`, `glob`, `grep`);
 //! * [`worker`]: the job consumer that runs tools and appends their results.
@@ -13,6 +16,8 @@
 pub mod egress;
 pub mod git;
 pub mod http_request;
+pub mod job;
+pub mod outputs;
 pub mod registry;
 pub mod sandbox;
 pub mod tools;

@@ -1,140 +1,88 @@
-//! The registry of live hands, in the `herd-hands` KV bucket, and routing of tool jobs.
-//!
-//! Every hand announces `host.<host>` with a TTL and renews it while it runs; a hand that dies
-//! simply expires. A session's later jobs go to the host that holds its sandbox (its latest
-//! `sandbox.provisioned` event) while that host is alive, so calls share one workspace; when the
-//! host is gone, they go to the shared pool, and the hand that provisions the new sandbox tells
-//! the model. Jobs already queued for a host that died are moved to the pool by any live hand.
+//! This hand in the registry of live hands (the `herd-hands` KV bucket): announcing itself,
+//! withdrawing, and moving jobs stranded on dead hosts to the pool. The read side (is a host
+//! alive, where does a job go) is `bus::routing`, which the brain uses too.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use futures_util::TryStreamExt;
 
-use crate::event::{EventBody, SessionId, StoredEvent, check_token};
-use crate::jobs::ToolJob;
-use crate::subjects;
-
-/// The bucket (defined in `streams/buckets.json`).
-pub const BUCKET: &str = "herd-hands";
-
-/// Where a job goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Any hand.
-    Pool,
-    /// The hand on this host.
-    Host(String),
-}
-
-/// The subject of a job on a route.
-pub fn subject(route: &Route, job: &ToolJob) -> String {
-    match route {
-        Route::Pool => format!("herd.tools.pool.{}.{}", job.session_id, job.tool_use_id),
-        Route::Host(h) => format!("herd.tools.host.{h}.{}.{}", job.session_id, job.tool_use_id),
-    }
-}
-
-/// The message id of a job on a route: distinct per route, so a job moved from a dead host to
-/// the pool is not taken for a duplicate of its first publish.
-pub fn message_id(route: &Route, job: &ToolJob) -> String {
-    match route {
-        Route::Pool => job.message_id(),
-        Route::Host(h) => format!("{}_{h}", job.message_id()),
-    }
-}
-
-/// The host holding a session's sandbox, from its latest `sandbox.provisioned` event.
-pub fn sandbox_host(events: &[StoredEvent]) -> Option<String> {
-    events.iter().rev().find_map(|e| match &e.event.body {
-        EventBody::SandboxProvisioned(p) => Some(p.host.clone()),
-        _ => None,
-    })
-}
+use crate::bus::jobs::ToolJob;
+use crate::bus::routing::{self, BUCKET, Route, Router};
+use crate::bus::{BusError, subjects};
+use crate::event::check_token;
 
 /// Checks a host name: it becomes a subject token and a KV key.
-pub fn check_host(host: &str) -> Result<(), String> {
-    check_token("hand host name", host).map_err(|e| e.to_string())
+pub fn check_host(host: &str) -> Result<(), crate::event::IdError> {
+    check_token("hand host name", host)
 }
 
-/// The registry.
+/// The registry, as one hand writes it.
 #[derive(Clone)]
 pub struct Registry {
     js: jetstream::Context,
-    store: kv::Store,
+    router: Router,
 }
 
 impl Registry {
     /// Opens the bucket.
-    pub async fn open(js: jetstream::Context) -> Result<Self, String> {
-        let store = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
-        Ok(Self { js, store })
+    pub async fn open(js: jetstream::Context) -> Result<Self, BusError> {
+        let router = Router::open(&js).await?;
+        Ok(Self { js, router })
     }
 
-    /// Announces (or renews) a live host for `ttl` (whole seconds, at least 1).
-    pub async fn announce(&self, host: &str, ttl: Duration) -> Result<(), String> {
+    /// Announces (or renews) a live host for `ttl` (whole seconds, at least 1). A conditional
+    /// publish with `Nats-TTL` rather than `kv::Store::create_with_ttl`, which (async-nats
+    /// 0.51) drops the TTL when it re-creates a deleted key.
+    pub async fn announce(&self, host: &str, ttl: Duration) -> Result<(), BusError> {
         let mut h = async_nats::HeaderMap::new();
         h.insert(
             async_nats::header::NATS_MESSAGE_TTL,
             ttl.as_secs().max(1).to_string().as_str(),
         );
+        let op = "announcing this hand";
         self.js
             .publish_with_headers(
-                format!("$KV.{BUCKET}.host.{host}"),
+                format!("$KV.{BUCKET}.{}", routing::host_key(host)),
                 h,
                 host.to_string().into(),
             )
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| BusError::nats(op, e))?
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| BusError::nats(op, e))?;
         Ok(())
     }
 
     /// Withdraws a host (on a clean stop).
     pub async fn withdraw(&self, host: &str) {
-        let _ = self.store.delete(format!("host.{host}")).await;
-    }
-
-    /// Whether a host is alive.
-    pub async fn alive(&self, host: &str) -> bool {
-        matches!(self.store.entry(format!("host.{host}")).await, Ok(Some(e)) if e.operation == kv::Operation::Put)
-    }
-
-    /// The route of a session's next job.
-    pub async fn route(&self, events: &[StoredEvent]) -> Route {
-        match sandbox_host(events) {
-            Some(h) if self.alive(&h).await => Route::Host(h),
-            _ => Route::Pool,
-        }
+        let _ = self.router.store().delete(routing::host_key(host)).await;
     }
 
     /// Moves jobs queued for hosts that are gone to the pool. Safe to run from every hand at
     /// once: the pool copy is deduplicated by its message id, deleting twice is harmless, and a
     /// hand checks the log before running any job. Returns how many were moved.
-    pub async fn reroute_orphaned_jobs(&self) -> Result<usize, String> {
+    pub async fn reroute_orphaned_jobs(&self) -> Result<usize, BusError> {
+        let op = "rerouting the jobs of hosts that are gone";
         let stream = self
             .js
             .get_stream(subjects::TOOLS_STREAM)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| BusError::nats(op, e))?;
         let subjects: Vec<String> = stream
-            .info_with_subjects("herd.tools.host.>")
+            .info_with_subjects(subjects::ALL_HOST_JOBS)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| BusError::nats(op, e))?
             .map_ok(|(s, _)| s)
             .try_collect()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| BusError::nats(op, e))?;
         let mut moved = 0;
         for s in subjects {
-            let Some(host) = s
-                .strip_prefix("herd.tools.host.")
-                .and_then(|r| r.split('.').next())
-            else {
+            let Some(host) = subjects::host_of_job_subject(&s) else {
                 continue;
             };
-            if self.alive(host).await {
+            if self.router.alive(host).await {
                 continue;
             }
             let Ok(msg) = stream.get_last_raw_message_by_subject(&s).await else {
@@ -145,29 +93,17 @@ impl Registry {
                 continue;
             };
             let publish = jetstream::message::PublishMessage::build()
-                .message_id(message_id(&Route::Pool, &job))
+                .message_id(routing::message_id(&Route::Pool, &job))
                 .payload(msg.payload.clone());
             let sent = self
                 .js
-                .send_publish(subject(&Route::Pool, &job), publish)
+                .send_publish(routing::subject(&Route::Pool, &job), publish)
                 .await
-                .map_err(|e| e.to_string())?;
-            sent.await.map_err(|e| e.to_string())?;
+                .map_err(|e| BusError::nats(op, e))?;
+            sent.await.map_err(|e| BusError::nats(op, e))?;
             let _ = stream.delete_message(msg.sequence).await;
             moved += 1;
         }
         Ok(moved)
     }
-}
-
-/// Whether a job for this call already waits in `HERD_TOOLS`, on any route.
-pub async fn queued(
-    stream: &jetstream::stream::Stream,
-    session: &SessionId,
-    tool_use_id: &str,
-) -> bool {
-    let pool = format!("herd.tools.pool.{session}.{tool_use_id}");
-    let hosts = format!("herd.tools.host.*.{session}.{tool_use_id}");
-    stream.get_last_raw_message_by_subject(&pool).await.is_ok()
-        || stream.get_last_raw_message_by_subject(&hosts).await.is_ok()
 }

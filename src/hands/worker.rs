@@ -19,30 +19,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream;
 
+use super::job::{self, JobFate, SessionAccess};
+use super::outputs::{self, BlobError};
 use super::registry::{Registry, check_host};
 use super::sandbox::{SandboxConfig, SandboxError, Sandboxes};
 use super::tools;
+use crate::bus::jobs::{ToolJob, result_event_id};
+use crate::bus::work_queue::{self, ConsumerSpec, Delivery};
+use crate::bus::{BusError, subjects};
 use crate::event::{
-    AgentToolResult, AgentToolUse, ContentBlock, Event, EventBody, SandboxLost, SandboxProvisioned,
-    SessionId, StoredEvent,
+    AgentToolResult, AgentToolUse, ContentBlock, Event, SandboxLost, SandboxProvisioned, SessionId,
 };
-use crate::jobs::{ToolJob, result_event_id};
 use crate::session::{LogError, SessionLog, Slice};
-use crate::subjects;
 use crate::tasks::{AbortOnDrop, SessionLocks};
 
 /// The durable consumer of the shared pool.
 pub const POOL_CONSUMER: &str = "hands-pool";
-/// Results longer than this (in bytes) keep only their head and tail in the event; the whole
-/// output goes to the object store.
-pub const INLINE_LIMIT: usize = 32 * 1024;
-/// The object store bucket for large outputs (defined in `streams/buckets.json`).
-pub const BLOBS: &str = "herd-blobs";
-
-/// Where jobs that cannot be parsed go.
-pub const DEAD_LETTER_SUBJECT: &str = "herd.deadletter.tool";
 
 /// How a hand worker runs.
 #[derive(Debug, Clone)]
@@ -85,50 +79,64 @@ impl Default for HandsConfig {
 /// Why a hand could not start or keep going.
 #[derive(Debug, thiserror::Error)]
 pub enum HandsError {
-    /// Setting up NATS or Docker failed.
+    /// The host name cannot be a subject token.
     #[error("hands setup failed: {0}")]
-    Setup(String),
+    Host(#[from] crate::event::IdError),
+    /// Setting up the log failed.
+    #[error("hands setup failed: {0}")]
+    Log(#[from] LogError),
+    /// Setting up streams, consumers or the registry failed.
+    #[error("hands setup failed: {0}")]
+    Bus(#[from] BusError),
+    /// Docker is out of reach.
+    #[error("hands setup failed: {0}")]
+    Docker(#[from] SandboxError),
+    /// The vault or the HTTP client could not be set up.
+    #[error("hands setup failed: {0}")]
+    Tools(String),
     /// The job consumer stopped.
     #[error("the tool-job consumer failed: {0}")]
-    Consumer(String),
+    Consumer(BusError),
 }
 
 #[derive(Debug, thiserror::Error)]
 enum JobError {
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The job does not match the log: dead-letter it, never run it.
+    #[error("{0}")]
+    Refused(String),
     #[error("docker: {0}")]
     Docker(String),
     #[error("cannot publish the wake: {0}")]
     Wake(String),
-    #[error("cannot store a large output: {0}")]
-    Blob(String),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
 }
 
-/// The head and tail of a long text, with a note in between saying what was left out and why.
-fn head_and_tail(text: &str, why: &str) -> String {
-    if text.len() <= INLINE_LIMIT {
-        return text.to_string();
-    }
-    let floor = |mut i: usize| {
-        while !text.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
+/// The consumers a hand on `host` takes jobs from: the shared pool, and its own host's.
+pub fn consumers(config: &HandsConfig) -> [ConsumerSpec; 2] {
+    let spec = |durable: String, description: String, filter: String| ConsumerSpec {
+        stream: subjects::TOOLS_STREAM,
+        durable,
+        description,
+        filter,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver,
+        backoff: Vec::new(),
     };
-    let head = floor(INLINE_LIMIT / 2);
-    let tail = floor(text.len() - INLINE_LIMIT / 4);
-    format!(
-        "{}\n[… {} bytes omitted here; {why}]\n{}",
-        &text[..head],
-        tail - head,
-        &text[tail..]
-    )
-}
-
-/// The durable consumer of one host's jobs.
-fn host_consumer(host: &str) -> String {
-    format!("hands-host-{host}")
+    [
+        spec(
+            POOL_CONSUMER.into(),
+            "herd hands: the shared pool of tool jobs".into(),
+            subjects::POOL_JOBS.into(),
+        ),
+        spec(
+            format!("hands-host-{}", config.host),
+            format!("herd hands: jobs for sandboxes on host {}", config.host),
+            subjects::host_jobs(&config.host),
+        ),
+    ]
 }
 
 /// A running hand worker.
@@ -154,65 +162,27 @@ impl Hands {
         client: async_nats::Client,
         config: HandsConfig,
     ) -> Result<Arc<Self>, HandsError> {
-        let setup = |e: String| HandsError::Setup(e);
-        check_host(&config.host).map_err(setup)?;
+        check_host(&config.host)?;
         let js = jetstream::new(client.clone());
-        let registry = Registry::open(js.clone()).await.map_err(setup)?;
-        let log = SessionLog::open(client)
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let sandboxes = Sandboxes::connect(&config.host, config.sandbox.clone())
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let stream = js
-            .get_stream(subjects::TOOLS_STREAM)
-            .await
-            .map_err(|e| setup(format!("stream {} is missing: {e}", subjects::TOOLS_STREAM)))?;
-        stream
-            .create_consumer(pull::Config {
-                durable_name: Some(POOL_CONSUMER.into()),
-                description: Some("herd hands: the shared pool of tool jobs".into()),
-                filter_subject: "herd.tools.pool.>".into(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_deliver: config.max_deliver,
-                max_ack_pending: 10_000,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(format!("cannot create consumer {POOL_CONSUMER}: {e}")))?;
-        stream
-            .create_consumer(pull::Config {
-                durable_name: Some(host_consumer(&config.host)),
-                description: Some(format!(
-                    "herd hands: jobs for sandboxes on host {}",
-                    config.host
-                )),
-                filter_subject: format!("herd.tools.host.{}.>", config.host),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_deliver: config.max_deliver,
-                max_ack_pending: 10_000,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(format!("cannot create the host consumer: {e}")))?;
-        registry
-            .announce(&config.host, config.registry_ttl)
-            .await
-            .map_err(setup)?;
+        let registry = Registry::open(js.clone()).await?;
+        let log = SessionLog::open(client).await?;
+        let sandboxes = Sandboxes::connect(&config.host, config.sandbox.clone()).await?;
+        for spec in consumers(&config) {
+            spec.ensure(&js).await?;
+        }
+        registry.announce(&config.host, config.registry_ttl).await?;
         let vault = match &config.vault_key {
             Some(key) => Some((
                 crate::credentials::vault::Vault::open_store(&js)
                     .await
-                    .map_err(|e| setup(e.to_string()))?,
+                    .map_err(|e| HandsError::Tools(e.to_string()))?,
                 key.clone(),
             )),
             None => None,
         };
         let git = super::git::GitRemote::new(vault.clone());
-        let http =
-            super::http_request::HttpRequests::new(vault).map_err(|e| setup(e.to_string()))?;
+        let http = super::http_request::HttpRequests::new(vault)
+            .map_err(|e| HandsError::Tools(e.to_string()))?;
         let hands = Arc::new(Self {
             http,
             git,
@@ -245,43 +215,10 @@ impl Hands {
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), HandsError> {
-        let err = |e: String| HandsError::Consumer(e);
-        let stream = self
-            .js
-            .get_stream(subjects::TOOLS_STREAM)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let mut consumers: Vec<jetstream::consumer::Consumer<pull::Config>> = Vec::new();
-        for name in [POOL_CONSUMER.to_string(), host_consumer(&self.config.host)] {
-            consumers.push(
-                stream
-                    .get_consumer(&name)
-                    .await
-                    .map_err(|e| err(e.to_string()))?,
-            );
+        let mut pulls = Vec::new();
+        for spec in consumers(&self.config) {
+            pulls.push(spec.ensure(&self.js).await.map_err(HandsError::Consumer)?);
         }
-        // The pool's jobs and this host's, as one stream (opened again after errors).
-        let batch = self.config.concurrency.min(64);
-        let open = || {
-            let consumers = consumers.clone();
-            async move {
-                let mut streams = Vec::new();
-                for c in consumers {
-                    streams.push(
-                        c.stream()
-                            .max_messages_per_batch(batch)
-                            .heartbeat(crate::work_queue::PULL_HEARTBEAT)
-                            .expires(Duration::from_secs(30))
-                            .messages()
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    );
-                }
-                let host_msgs = streams.pop().expect("two consumers");
-                let pool_msgs = streams.pop().expect("two consumers");
-                Ok(futures_util::stream::select(pool_msgs, host_msgs))
-            }
-        };
         // Keep this hand in the registry, and move jobs stranded on dead hosts to the pool.
         let announcer = {
             let me = self.clone();
@@ -318,12 +255,12 @@ impl Hands {
             }))
         };
         tracing::info!(host = %self.config.host, "Hands are taking tool jobs.");
-        let result = crate::work_queue::pull_loop(open, self.config.concurrency, shutdown, |msg| {
+        let result = work_queue::run(pulls, self.config.concurrency, shutdown, |msg| {
             let me = self.clone();
             async move { me.handle(msg).await }
         })
         .await
-        .map_err(err);
+        .map_err(HandsError::Consumer);
         drop(reaper);
         drop(announcer);
         self.registry.withdraw(&self.config.host).await;
@@ -366,9 +303,8 @@ impl Hands {
         }
     }
 
-    async fn handle(&self, msg: jetstream::Message) {
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-        let job: ToolJob = match serde_json::from_slice(&msg.payload) {
+    async fn handle(&self, msg: Delivery) {
+        let job: ToolJob = match serde_json::from_slice(&msg.message().payload) {
             Ok(j) => j,
             Err(e) => {
                 self.dead_letter(&msg, &format!("not a tool job: {e}"))
@@ -376,55 +312,25 @@ impl Hands {
                 return;
             }
         };
-        let heartbeat = {
-            let every = self.config.ack_wait / 3;
-            let acker = msg.clone();
-            AbortOnDrop(tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if let Err(e) = acker.ack_with(AckKind::Progress).await {
-                        tracing::warn!(error = %e, "A job heartbeat failed.");
-                    }
-                }
-            }))
-        };
-        let last_try = delivered >= self.config.max_deliver;
+        let heartbeat = msg.keep_alive(self.config.ack_wait / 3, || async {});
+        let last_try = msg.delivered >= self.config.max_deliver;
         let result = self.run_job(&job, last_try).await;
         drop(heartbeat);
         match result {
             Ok(()) => {
-                let _ = msg.double_ack().await;
+                let _ = msg.ack().await;
             }
-            Err(JobError::Log(LogError::Invalid(why))) => {
-                self.dead_letter(&msg, &why).await;
-            }
+            Err(JobError::Refused(why)) => self.dead_letter(&msg, &why).await,
             Err(e) => {
                 tracing::warn!(session = %job.session_id, tool_use_id = %job.tool_use_id, error = %e, "Tool job failed; it will be redelivered.");
-                let delay = Duration::from_millis(250 * (1 << delivered.clamp(0, 6)));
-                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                msg.nak_with_backoff().await;
             }
         }
     }
 
-    async fn dead_letter(&self, msg: &jetstream::Message, why: &str) {
+    async fn dead_letter(&self, msg: &Delivery, why: &str) {
         tracing::warn!(error = why, "Refusing a tool job.");
-        let mut h = async_nats::HeaderMap::new();
-        h.insert("Herd-Error", why.replace(['\r', '\n'], " ").as_str());
-        h.insert("Herd-Original-Subject", msg.subject.as_str());
-        let ok = match self
-            .js
-            .publish_with_headers(DEAD_LETTER_SUBJECT, h, msg.payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        };
-        let _ = msg
-            .ack_with(if ok {
-                AckKind::Term
-            } else {
-                AckKind::Nak(Some(Duration::from_secs(5)))
-            })
+        msg.dead_letter(&self.js, subjects::DEAD_LETTER_TOOL, why, None)
             .await;
     }
 
@@ -434,7 +340,7 @@ impl Hands {
         session: &SessionId,
         image: &str,
         call: &AgentToolUse,
-        access: &super::http_request::SessionAccess,
+        access: &SessionAccess,
         last_try: bool,
     ) -> Result<tools::ToolOutcome, JobError> {
         let egress = if access.egress {
@@ -564,12 +470,9 @@ impl Hands {
         Ok(outcome)
     }
 
-    /// What the session allows `http_request`: its vaults and allowed hosts, from its
-    /// `session.created`.
-    async fn session_access(
-        &self,
-        session: &SessionId,
-    ) -> Result<super::http_request::SessionAccess, JobError> {
+    /// What the session allows the tools: its vaults, allowed hosts and repositories, from
+    /// its `session.created`.
+    async fn session_access(&self, session: &SessionId) -> Result<SessionAccess, JobError> {
         let first = self
             .log
             .read(
@@ -581,22 +484,7 @@ impl Hands {
                 },
             )
             .await?;
-        Ok(match first.first() {
-            Some(Ok(StoredEvent {
-                event:
-                    Event {
-                        body: EventBody::SessionCreated(c),
-                        ..
-                    },
-                ..
-            })) => super::http_request::SessionAccess {
-                vault_ids: c.vault_ids.clone(),
-                resources: c.resources.clone(),
-                egress: c.environment.networking.as_deref() == Some("limited"),
-                allowed_hosts: c.environment.allowed_hosts.clone(),
-            },
-            _ => super::http_request::SessionAccess::default(),
-        })
+        Ok(SessionAccess::from_records(&first))
     }
 
     /// The session's log from the job's call on. Direct gets may be served by any replica, and
@@ -639,30 +527,16 @@ impl Hands {
         let session = &job.session_id;
         // What the log says about this call: it must exist, and may already be answered.
         let records = self.read_from_call(job).await?;
-        let mut call = None;
-        let mut answered = None;
-        for r in records.iter().filter_map(|r| r.as_ref().ok()) {
-            match &r.event.body {
-                EventBody::AgentToolUse(u)
-                    if u.tool_use_id == job.tool_use_id && r.seq == job.tool_use_seq =>
-                {
-                    call = Some(u.clone())
-                }
-                EventBody::AgentToolResult(res) if res.tool_use_id == job.tool_use_id => {
-                    answered = Some(r.seq)
-                }
-                _ => {}
-            }
-        }
-        if let Some(seq) = answered {
+        let call = match job::classify(&records, job) {
             // A redelivery of a job that already ran: make sure the session was woken.
-            return self.wake(session, seq).await;
-        }
-        let Some(call) = call else {
-            return Err(JobError::Log(LogError::Invalid(format!(
-                "no agent.tool_use {} at sequence {} in session {session}",
-                job.tool_use_id, job.tool_use_seq
-            ))));
+            JobFate::Answered(seq) => return self.wake(session, seq).await,
+            JobFate::Run(call) => call,
+            JobFate::NotInLog => {
+                return Err(JobError::Refused(format!(
+                    "no agent.tool_use {} at sequence {} in session {session}",
+                    job.tool_use_id, job.tool_use_seq
+                )));
+            }
         };
         // One tool at a time per session on this host: calls of one turn share a workspace.
         let lock = self.locks.get(session);
@@ -687,16 +561,20 @@ impl Hands {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.clone(), Instant::now());
-        let (text, output_ref) = match self
-            .inline_or_store(session, &job.tool_use_id, &outcome.text)
-            .await
+        let (text, output_ref) = match outputs::inline_or_store(
+            &self.js,
+            session,
+            &job.tool_use_id,
+            &outcome.text,
+        )
+        .await
         {
             Ok(r) => r,
-            Err(e) if !last_try => return Err(e),
-            // The object store is out of reach on the last try: keep what fits inline rather
-            // than leave the call without a result.
+            Err(e) if !last_try => return Err(e.into()),
+            // The object store is out of reach on the last try: keep what fits inline
+            // rather than leave the call without a result.
             Err(_) => (
-                head_and_tail(&outcome.text, "the whole output could not be stored"),
+                outputs::head_and_tail(&outcome.text, "the whole output could not be stored"),
                 None,
             ),
         };
@@ -707,7 +585,7 @@ impl Hands {
             return self.wake(session, seq).await;
         }
         let id = result_event_id(session, &job.tool_use_id)
-            .map_err(|e| LogError::Invalid(e.to_string()))?;
+            .map_err(|e| JobError::Refused(e.to_string()))?;
         let result = Event::with_id(
             id,
             AgentToolResult {
@@ -719,44 +597,6 @@ impl Hands {
         );
         let appended = self.log.append_fact(session, &result).await?;
         self.wake(session, appended.last_seq).await
-    }
-
-    /// Keeps a short output inline; puts a long one in the object store and keeps its head and
-    /// tail, with a note saying where the rest is.
-    async fn inline_or_store(
-        &self,
-        session: &SessionId,
-        tool_use_id: &str,
-        text: &str,
-    ) -> Result<(String, Option<crate::event::OutputRef>), JobError> {
-        if text.len() <= INLINE_LIMIT {
-            return Ok((text.to_string(), None));
-        }
-        let name = format!("sessions/{session}/{tool_use_id}.txt");
-        let store = self
-            .js
-            .get_object_store(BLOBS)
-            .await
-            .map_err(|e| JobError::Blob(e.to_string()))?;
-        store
-            .put(name.as_str(), &mut text.as_bytes())
-            .await
-            .map_err(|e| JobError::Blob(e.to_string()))?;
-        let inline = head_and_tail(
-            text,
-            &format!(
-                "the whole output ({} bytes) is in object store {BLOBS}, object {name}",
-                text.len()
-            ),
-        );
-        Ok((
-            inline,
-            Some(crate::event::OutputRef {
-                bucket: BLOBS.into(),
-                name,
-                size: text.len() as u64,
-            }),
-        ))
     }
 
     /// The sequence of the call's result, if one is in the log.
@@ -776,15 +616,7 @@ impl Hands {
                 },
             )
             .await?;
-        Ok(records
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .find_map(|r| match &r.event.body {
-                EventBody::AgentToolResult(res) if res.tool_use_id == job.tool_use_id => {
-                    Some(r.seq)
-                }
-                _ => None,
-            }))
+        Ok(job::result_seq(&records, &job.tool_use_id))
     }
 
     /// Records a new sandbox in the log; when the session had one before, returns the note
@@ -807,32 +639,18 @@ impl Hands {
                 },
             )
             .await?;
-        let previous_host = earlier
-            .iter()
-            .rev()
-            .find_map(|r| match &r.as_ref().ok()?.event.body {
-                EventBody::SandboxProvisioned(p) => Some(p.host.clone()),
-                _ => None,
-            });
+        let previous_host = job::previous_host(&earlier);
         let event = Event::new(SandboxProvisioned {
             host: self.config.host.clone(),
             image: image.to_string(),
             container: container.to_string(),
         });
         self.log.append_fact(session, &event).await?;
-        Ok(previous_host.map(|h| {
-            if h == self.config.host {
-                "Note: this session's sandbox was replaced by a fresh one. Files in /workspace were kept; processes and files elsewhere are gone.".to_string()
-            } else {
-                format!(
-                    "Note: this session's sandbox (on host {h}) is gone; this call ran in a fresh sandbox on another host, so files written before are not here."
-                )
-            }
-        }))
+        Ok(previous_host.map(|h| job::replaced_sandbox_note(&h, &self.config.host)))
     }
 
     async fn wake(&self, session: &SessionId, seq: u64) -> Result<(), JobError> {
-        crate::brain::wake::publish(&self.js, session, seq)
+        crate::bus::wake::publish(&self.js, session, seq)
             .await
             .map_err(|e| JobError::Wake(e.to_string()))
     }

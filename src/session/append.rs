@@ -21,11 +21,11 @@ use super::SessionLog;
 use super::error::{LogError, MAX_STEP_EVENTS};
 use super::read::Slice;
 use super::retry::Failure;
-use crate::event::{CONTENT_TYPE_MSGPACK, Event, EventBody, SessionId, check_type_name};
-use crate::subjects::{
+use crate::bus::subjects::{
     self, HEADER_EVENT_TYPE, HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, HEADER_SCHEMA,
     SCHEMA_VERSION,
 };
+use crate::event::{CONTENT_TYPE_MSGPACK, Event, EventBody, SessionId, check_type_name};
 
 /// Room left in each message for the headers added per attempt (batch ids, expectations).
 const HEADER_ALLOWANCE: usize = 256;

@@ -22,7 +22,7 @@ pub use read::{READ_BATCH, Slice, to_record as decode_record};
 pub use retry::RetryPolicy;
 pub use state::{PendingTool, SessionState, Status, ToolKind};
 
-use crate::subjects;
+use crate::bus::subjects;
 
 /// A handle on the session log. Cheap to clone; share one per process.
 #[derive(Clone)]
@@ -43,7 +43,7 @@ impl SessionLog {
             .run("open the session stream", |_| async {
                 match js.get_stream(subjects::SESSIONS_STREAM).await {
                     Ok(s) => Ok(s),
-                    Err(e) if crate::streams::is_stream_not_found(&e) => {
+                    Err(e) if crate::bus::streams::is_stream_not_found(&e) => {
                         Err(retry::Failure::Final(LogError::Invalid(format!(
                             "stream {} is missing ({e}); run `herd streams apply`",
                             subjects::SESSIONS_STREAM

@@ -20,8 +20,8 @@ use super::check::{Checker, SessionReport};
 use super::error::LogError;
 use super::retry::Failure;
 use super::state::SessionState;
+use crate::bus::subjects;
 use crate::event::{Event, InvalidRecord, Record, SessionId, StoredEvent, check_type_name};
-use crate::subjects;
 
 /// Messages asked for per direct-get request.
 pub const READ_BATCH: usize = 10_000;

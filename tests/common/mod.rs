@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herd::event::*;
-use herd::local_server::{LocalServer, ServerOptions};
+use herd::lab::local_server::{LocalServer, ServerOptions};
 use herd::session::{RetryPolicy, SessionLog};
 use serde_json::json;
 
@@ -33,7 +33,7 @@ impl TestNats {
         init_tracing();
         let server = LocalServer::start(ServerOptions::default()).expect("start nats-server");
         let client = connect(&server.url()).await;
-        herd::streams::apply(&async_nats::jetstream::new(client.clone()), 1)
+        herd::bus::streams::apply(&async_nats::jetstream::new(client.clone()), 1)
             .await
             .expect("apply streams");
         let log = open_log(client.clone()).await;
@@ -371,7 +371,7 @@ pub async fn scripted_session(
 /// Appends a user message and wakes the session.
 pub async fn send(t: &TestNats, id: &SessionId, text: &str) {
     let a = t.log.append_fact(id, &user(text)).await.unwrap();
-    herd::brain::wake::publish(
+    herd::bus::wake::publish(
         &async_nats::jetstream::new(t.client.clone()),
         id,
         a.last_seq,

@@ -234,24 +234,32 @@ impl ProviderKind {
     }
 }
 
-/// Installs rustls's ring provider once per process (reqwest is built without one).
-pub(crate) fn install_crypto() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl Providers {
     /// Builds the HTTP client.
     pub fn new(settings: ProviderSettings) -> Self {
-        install_crypto();
+        crate::tls::install_crypto();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(settings.timeouts.idle)
             .build()
             .unwrap_or_default();
         Self { http, settings }
+    }
+
+    /// Sends one request for `agent` to the provider its configuration names; an agent whose
+    /// provider is unknown gets a fatal error (no request is made).
+    pub async fn complete_for(
+        &self,
+        agent: &AgentConfig,
+        request: &ModelRequest,
+    ) -> Result<ModelResponse, ModelError> {
+        match ProviderKind::for_agent(agent.provider.as_deref(), &agent.model) {
+            Ok(kind) => self.complete(kind, agent, request).await,
+            Err(message) => Err(ModelError::Fatal {
+                status: None,
+                message,
+            }),
+        }
     }
 
     /// Sends one request to the provider `kind` for `agent`.

@@ -14,19 +14,22 @@ use serde_json::Value;
 const STREAM_FILES: &[(&str, &str)] = &[
     (
         "HERD_SESSIONS.json",
-        include_str!("../streams/HERD_SESSIONS.json"),
+        include_str!("../../streams/HERD_SESSIONS.json"),
     ),
-    ("HERD_WAKE.json", include_str!("../streams/HERD_WAKE.json")),
+    (
+        "HERD_WAKE.json",
+        include_str!("../../streams/HERD_WAKE.json"),
+    ),
     (
         "HERD_TOOLS.json",
-        include_str!("../streams/HERD_TOOLS.json"),
+        include_str!("../../streams/HERD_TOOLS.json"),
     ),
     (
         "HERD_DEADLETTER.json",
-        include_str!("../streams/HERD_DEADLETTER.json"),
+        include_str!("../../streams/HERD_DEADLETTER.json"),
     ),
 ];
-const BUCKETS_FILE: &str = include_str!("../streams/buckets.json");
+const BUCKETS_FILE: &str = include_str!("../../streams/buckets.json");
 
 /// A KV bucket or object store, as `streams/buckets.json` describes it.
 #[derive(Debug, Clone, Deserialize)]

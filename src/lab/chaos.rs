@@ -27,9 +27,9 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::mock_model::{MockModel, Reply};
-use crate::bench::Summary;
 use crate::event::*;
-use crate::local_server::{LocalCluster, ServerOptions};
+use crate::lab::bench::Summary;
+use crate::lab::local_server::{LocalCluster, ServerOptions};
 use crate::session::{RetryPolicy, SessionLog, SessionReport, SessionState, Status};
 
 /// A fault the harness can inject.
@@ -400,10 +400,7 @@ async fn send(
     };
     match log.append_fact(id, &event).await {
         Ok(a) => {
-            if crate::brain::wake::publish(js, id, a.last_seq)
-                .await
-                .is_ok()
-            {
+            if crate::bus::wake::publish(js, id, a.last_seq).await.is_ok() {
                 d.acked.push(event.id.clone());
                 d.unsent = None;
             }
@@ -533,7 +530,7 @@ pub async fn apply_when_ready(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match crate::streams::apply(js, replicas).await {
+        match crate::bus::streams::apply(js, replicas).await {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "chaos: streams not applied yet");

@@ -75,7 +75,7 @@ pub fn render(table: &str, figures: &impl Serialize) -> Result<String, serde_jso
 /// benchmark starts from.
 pub(crate) struct PrivateNats {
     /// Killed when dropped.
-    pub(crate) server: crate::local_server::LocalServer,
+    pub(crate) server: crate::lab::local_server::LocalServer,
     pub(crate) client: async_nats::Client,
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) log: crate::session::SessionLog,
@@ -84,10 +84,10 @@ pub(crate) struct PrivateNats {
 impl PrivateNats {
     /// Starts the server (fsync always, as production should run) and applies the streams.
     pub(crate) async fn start() -> anyhow::Result<Self> {
-        let server = crate::local_server::LocalServer::start(Default::default())?;
+        let server = crate::lab::local_server::LocalServer::start(Default::default())?;
         let client = async_nats::connect(server.url()).await?;
         let js = async_nats::jetstream::new(client.clone());
-        crate::streams::apply(&js, 1).await?;
+        crate::bus::streams::apply(&js, 1).await?;
         let log = crate::session::SessionLog::open(client.clone()).await?;
         Ok(Self {
             server,
@@ -117,7 +117,7 @@ pub struct Environment {
 impl Environment {
     /// Reads the environment.
     pub fn detect() -> Self {
-        let nats_server = std::process::Command::new(crate::local_server::server_binary())
+        let nats_server = std::process::Command::new(crate::lab::local_server::server_binary())
             .arg("--version")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())

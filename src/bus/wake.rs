@@ -15,8 +15,8 @@
 
 use serde_json::Value;
 
+use super::subjects;
 use crate::event::{Event, SessionId, decode_to_json};
-use crate::subjects;
 
 /// Event types a wake may carry: what users and client systems say.
 pub const ACCEPTED_TYPES: &[&str] = &[
@@ -61,9 +61,7 @@ pub enum WakeError {
 impl Wake {
     /// Parses a wake message.
     pub fn parse(subject: &str, payload: &[u8]) -> Result<Self, WakeError> {
-        let session_id = subject
-            .strip_prefix("herd.wake.")
-            .and_then(|id| SessionId::parse(id).ok())
+        let session_id = subjects::parse_wake_subject(subject)
             .ok_or_else(|| WakeError::Subject(subject.chars().take(200).collect()))?;
         let bad = |detail: String| WakeError::Payload {
             session: session_id.clone(),

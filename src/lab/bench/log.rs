@@ -15,12 +15,12 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{Environment, Summary, ratio};
+use crate::bus::subjects;
 use crate::event::{
     AgentConfig, AgentMessage, ContentBlock, EnvironmentConfig, Event, SessionCreated, SessionId,
     UserMessage,
 };
 use crate::session::SessionState;
-use crate::subjects;
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Serialize)]

@@ -1,7 +1,7 @@
 //! Tool jobs: the interface between the brain and the hands.
 //!
 //! A job is published to `HERD_TOOLS` on `herd.tools.pool.<session_id>.<tool_use_id>` (or on
-//! its host's subject, see `hands::registry`), with
+//! its host's subject, see [`super::routing`]), with
 //! `Nats-Msg-Id: job_<session_id>_<tool_use_id>`, so publishing it again (after a crash between
 //! the append and the publish) stores it once. Its result is an `agent.tool_result` whose event
 //! id is derived from the tool_use id, so it lands exactly once however often the job runs.
@@ -31,7 +31,7 @@ pub struct ToolJob {
 
 impl ToolJob {
     /// Checks that the job's tool_use id can be a subject token (the subjects themselves are
-    /// built by `hands::registry::subject`, for the route the job takes).
+    /// built by [`super::routing::subject`], for the route the job takes).
     pub fn check(&self) -> Result<(), IdError> {
         check_token("tool_use id", &self.tool_use_id)
     }

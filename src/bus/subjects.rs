@@ -4,7 +4,9 @@
 //! |---|---|
 //! | `herd.session.<session_id>.<event_type>` | `HERD_SESSIONS` (the log) |
 //! | `herd.wake.<session_id>` | `HERD_WAKE` (work queue of wakes) |
-//! | `herd.tools.…` | `HERD_TOOLS` (work queue of tool jobs) |
+//! | `herd.tools.pool.<session_id>.<tool_use_id>` | `HERD_TOOLS` (jobs any hand may take) |
+//! | `herd.tools.host.<host>.<session_id>.<tool_use_id>` | `HERD_TOOLS` (jobs for one hand host) |
+//! | `herd.deadletter.{wake,tool}` | `HERD_DEADLETTER` (what no session could be told about) |
 //!
 //! The event type is in the subject so the `nats` CLI can filter, count and replay one session
 //! or one kind of event without decoding payloads.
@@ -48,10 +50,58 @@ pub fn all_sessions_of_type(event_type: &str) -> String {
 /// The filter matching every session event.
 pub const ALL_SESSIONS: &str = "herd.session.*.>";
 
+const WAKE_PREFIX: &str = "herd.wake.";
+
 /// The wake subject of a session.
 pub fn wake(session: &SessionId) -> String {
-    format!("herd.wake.{session}")
+    format!("{WAKE_PREFIX}{session}")
 }
+
+/// The filter of the brains' consumer: every session's wakes.
+pub const ALL_WAKES: &str = "herd.wake.*";
+
+/// The session a wake subject names, if it is `herd.wake.<valid session id>`.
+pub fn parse_wake_subject(subject: &str) -> Option<SessionId> {
+    SessionId::parse(subject.strip_prefix(WAKE_PREFIX)?).ok()
+}
+
+/// The subject of a tool job any hand may take.
+pub fn pool_job(session: &SessionId, tool_use_id: &str) -> String {
+    format!("herd.tools.pool.{session}.{tool_use_id}")
+}
+
+/// The subject of a tool job for the hand on `host`.
+pub fn host_job(host: &str, session: &SessionId, tool_use_id: &str) -> String {
+    format!("{HOST_JOBS_PREFIX}{host}.{session}.{tool_use_id}")
+}
+
+/// The filter matching a call's job on any host.
+pub fn any_host_job(session: &SessionId, tool_use_id: &str) -> String {
+    format!("{HOST_JOBS_PREFIX}*.{session}.{tool_use_id}")
+}
+
+/// The filter of the shared pool's consumer.
+pub const POOL_JOBS: &str = "herd.tools.pool.>";
+
+const HOST_JOBS_PREFIX: &str = "herd.tools.host.";
+
+/// The filter matching every host-routed job.
+pub const ALL_HOST_JOBS: &str = "herd.tools.host.>";
+
+/// The filter of one host's consumer.
+pub fn host_jobs(host: &str) -> String {
+    format!("{HOST_JOBS_PREFIX}{host}.>")
+}
+
+/// The host a host-routed job's subject names.
+pub fn host_of_job_subject(subject: &str) -> Option<&str> {
+    subject.strip_prefix(HOST_JOBS_PREFIX)?.split('.').next()
+}
+
+/// Where wakes that name no valid session go.
+pub const DEAD_LETTER_WAKE: &str = "herd.deadletter.wake";
+/// Where tool jobs that cannot be run go.
+pub const DEAD_LETTER_TOOL: &str = "herd.deadletter.tool";
 
 /// Splits a session event subject into its session id and event type.
 pub fn parse_session_subject(subject: &str) -> Option<(SessionId, &str)> {
@@ -76,5 +126,12 @@ mod tests {
         assert_eq!(session_filter(&s), "herd.session.s1.>");
         assert_eq!(wake(&s), "herd.wake.s1");
         assert_eq!(parse_session_subject("herd.wake.s1"), None);
+        assert_eq!(parse_wake_subject("herd.wake.s1"), Some(s.clone()));
+        assert_eq!(parse_wake_subject("herd.wake.a.b"), None);
+        assert_eq!(pool_job(&s, "t1"), "herd.tools.pool.s1.t1");
+        let host = host_job("h1", &s, "t1");
+        assert_eq!(host, "herd.tools.host.h1.s1.t1");
+        assert_eq!(host_of_job_subject(&host), Some("h1"));
+        assert_eq!(host_jobs("h1"), "herd.tools.host.h1.>");
     }
 }

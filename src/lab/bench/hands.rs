@@ -16,11 +16,11 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{Environment, Summary, ratio};
+use crate::bus::jobs::ToolJob;
+use crate::bus::subjects;
 use crate::event::*;
 use crate::hands::sandbox::SandboxConfig;
 use crate::hands::{Hands, HandsConfig};
-use crate::jobs::ToolJob;
-use crate::subjects;
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Serialize)]
@@ -198,7 +198,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             image: None,
         };
         js.publish(
-            crate::hands::registry::subject(&crate::hands::registry::Route::Pool, &job),
+            crate::bus::routing::subject(&crate::bus::routing::Route::Pool, &job),
             serde_json::to_vec(&job)?.into(),
         )
         .await?

@@ -17,11 +17,11 @@ use serde::Serialize;
 use super::{Environment, Summary, ratio};
 use crate::brain::provider::{ProviderSettings, Timeouts};
 use crate::brain::{Brain, BrainConfig};
+use crate::bus::subjects;
 use crate::config::Secret;
 use crate::event::*;
+use crate::lab::mock_model::MockModel;
 use crate::session::{SessionLog, SessionState};
-use crate::subjects;
-use crate::testkit::mock_model::MockModel;
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Serialize)]

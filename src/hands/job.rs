@@ -1,0 +1,215 @@
+//! What the log says about a tool job, decided without I/O: whether the call exists and is
+//! still unanswered, what the session allows the tools it runs, and what the model is told
+//! about a replaced sandbox. The worker reads the log and acts; these functions decide.
+
+use crate::bus::jobs::ToolJob;
+use crate::event::{AgentToolUse, EventBody, Record, Resource, SessionCreated};
+
+/// What a hand should do with a job, given the session's log from the call on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobFate {
+    /// The call has a result already (a redelivery after a crash): nothing runs again; the
+    /// session only needs waking after this sequence.
+    Answered(u64),
+    /// Run this call.
+    Run(AgentToolUse),
+    /// The log has no such call at the job's sequence: the job is refused, never run.
+    NotInLog,
+}
+
+/// Classifies a job against the log records from its call's sequence on.
+pub fn classify(records: &[Record], job: &ToolJob) -> JobFate {
+    let mut call = None;
+    for r in records.iter().filter_map(|r| r.as_ref().ok()) {
+        match &r.event.body {
+            EventBody::AgentToolUse(u)
+                if u.tool_use_id == job.tool_use_id && r.seq == job.tool_use_seq =>
+            {
+                call = Some(u.clone())
+            }
+            EventBody::AgentToolResult(res) if res.tool_use_id == job.tool_use_id => {
+                return JobFate::Answered(r.seq);
+            }
+            _ => {}
+        }
+    }
+    match call {
+        Some(c) => JobFate::Run(c),
+        None => JobFate::NotInLog,
+    }
+}
+
+/// The sequence of the result of `tool_use_id` among `records`, if one is there.
+pub fn result_seq(records: &[Record], tool_use_id: &str) -> Option<u64> {
+    records
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .find_map(|r| match &r.event.body {
+            EventBody::AgentToolResult(res) if res.tool_use_id == tool_use_id => Some(r.seq),
+            _ => None,
+        })
+}
+
+/// What a session allows the tools a hand runs for it, from its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SessionAccess {
+    /// The vaults it may use, in lookup order.
+    pub vault_ids: Vec<String>,
+    /// Hosts it may reach without a credential.
+    pub allowed_hosts: Vec<String>,
+    /// Its git repositories.
+    pub resources: Vec<Resource>,
+    /// True when its sandbox may reach `allowed_hosts` through the egress proxy.
+    pub egress: bool,
+}
+
+impl SessionAccess {
+    /// The access a session's `session.created` grants.
+    pub fn from_created(c: &SessionCreated) -> Self {
+        Self {
+            vault_ids: c.vault_ids.clone(),
+            resources: c.resources.clone(),
+            egress: c.environment.networking.as_deref() == Some("limited"),
+            allowed_hosts: c.environment.allowed_hosts.clone(),
+        }
+    }
+
+    /// The access of the session whose first `session.created` is among `records`; none
+    /// (no vaults, hosts or repositories) when there is none.
+    pub fn from_records(records: &[Record]) -> Self {
+        records
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .find_map(|r| match &r.event.body {
+                EventBody::SessionCreated(c) => Some(Self::from_created(c)),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The host of the latest `sandbox.provisioned` among `records`.
+pub fn previous_host(records: &[Record]) -> Option<String> {
+    records
+        .iter()
+        .rev()
+        .find_map(|r| match &r.as_ref().ok()?.event.body {
+            EventBody::SandboxProvisioned(p) => Some(p.host.clone()),
+            _ => None,
+        })
+}
+
+/// What the model is told when a fresh sandbox replaces the session's earlier one: the
+/// workspace survives on the same host, nothing does across hosts.
+pub fn replaced_sandbox_note(previous_host: &str, this_host: &str) -> String {
+    if previous_host == this_host {
+        "Note: this session's sandbox was replaced by a fresh one. Files in /workspace were kept; processes and files elsewhere are gone.".to_string()
+    } else {
+        format!(
+            "Note: this session's sandbox (on host {previous_host}) is gone; this call ran in a fresh sandbox on another host, so files written before are not here."
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        AgentConfig, AgentToolResult, ContentBlock, EnvironmentConfig, Event, SandboxProvisioned,
+        SessionId, StoredEvent,
+    };
+
+    fn at(seq: u64, body: impl Into<EventBody>) -> Record {
+        Ok(StoredEvent {
+            session_id: SessionId::parse("s1").unwrap(),
+            seq,
+            event: Event::new(body.into()),
+        })
+    }
+
+    fn call(id: &str) -> AgentToolUse {
+        AgentToolUse {
+            tool_use_id: id.into(),
+            name: "bash".into(),
+            input: serde_json::json!({"command": "true"}),
+            evaluated_permission: None,
+        }
+    }
+
+    fn result(id: &str) -> AgentToolResult {
+        AgentToolResult {
+            tool_use_id: id.into(),
+            content: vec![ContentBlock::text("ok")],
+            is_error: false,
+            output_ref: None,
+        }
+    }
+
+    fn job(id: &str, seq: u64) -> ToolJob {
+        ToolJob {
+            session_id: SessionId::parse("s1").unwrap(),
+            tool_use_id: id.into(),
+            name: "bash".into(),
+            input: serde_json::json!({}),
+            tool_use_seq: seq,
+            image: None,
+        }
+    }
+
+    #[test]
+    fn a_job_runs_only_the_call_the_log_has_at_its_sequence() {
+        let log = vec![at(4, call("t1")), at(5, call("t2"))];
+        assert_eq!(classify(&log, &job("t1", 4)), JobFate::Run(call("t1")));
+        assert_eq!(classify(&log, &job("t1", 5)), JobFate::NotInLog);
+        assert_eq!(classify(&log, &job("t9", 4)), JobFate::NotInLog);
+        assert_eq!(classify(&[], &job("t1", 4)), JobFate::NotInLog);
+    }
+
+    #[test]
+    fn an_answered_call_never_runs_again() {
+        let log = vec![at(4, call("t1")), at(6, result("t2")), at(7, result("t1"))];
+        assert_eq!(classify(&log, &job("t1", 4)), JobFate::Answered(7));
+        assert_eq!(result_seq(&log, "t1"), Some(7));
+        assert_eq!(result_seq(&log, "t3"), None);
+    }
+
+    #[test]
+    fn access_comes_from_the_first_session_created() {
+        let created = |hosts: &[&str], networking: Option<&str>| SessionCreated {
+            agent: AgentConfig::new("m"),
+            environment: EnvironmentConfig {
+                image: None,
+                allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                networking: networking.map(String::from),
+            },
+            title: None,
+            metadata: Default::default(),
+            vault_ids: vec!["v1".into()],
+            resources: vec![],
+        };
+        let log = vec![
+            at(1, created(&["a.example"], Some("limited"))),
+            at(2, created(&["b.example"], None)),
+        ];
+        let a = SessionAccess::from_records(&log);
+        assert_eq!(a.allowed_hosts, vec!["a.example".to_string()]);
+        assert!(a.egress);
+        assert_eq!(a.vault_ids, vec!["v1".to_string()]);
+        assert!(SessionAccess::from_records(&[]).vault_ids.is_empty());
+    }
+
+    #[test]
+    fn the_model_is_told_what_survived_a_replaced_sandbox() {
+        let p = |host: &str| SandboxProvisioned {
+            host: host.into(),
+            image: "i".into(),
+            container: "c".into(),
+        };
+        assert_eq!(
+            previous_host(&[at(1, p("h1")), at(2, p("h2"))]).as_deref(),
+            Some("h2")
+        );
+        assert!(replaced_sandbox_note("h1", "h1").contains("were kept"));
+        assert!(replaced_sandbox_note("h1", "h2").contains("are not here"));
+    }
+}

@@ -26,8 +26,8 @@
 //! * [`lab`]: what proves herd: the mock model, local nats-servers and clusters, the chaos
 //!   harness, the benchmarks. No plane imports it; it may use `anyhow`.
 //!
-//! The dependency direction: `event` ← `session` ← `bus` ← {`brain`, `hands`} and `api`;
-//! `lab` and the binary sit on top. `ARCHITECTURE.md` has a line per module.
+//! The dependency direction: `event` ← `bus` ← `session` ← {`api`, `brain`, `hands`}; `lab`
+//! and the binary sit on top (`tests/architecture.rs` checks it). `ARCHITECTURE.md` has a line per module.
 
 #![warn(missing_docs)]
 

@@ -1,1 +1,233 @@
-//! placeholder
+//! The use cases every front door shares: create a session, send it events (a message, an
+//! interrupt, a confirmation, a custom tool's answer), and read it. The CLI calls these, the
+//! wake consumer applies the same [`admit`] rule to the events a wake carries, and the gateway
+//! will call them too, so a rule is enforced once whichever door is used.
+//!
+//! Errors are classified ([`ErrorClass`]) so each door can map them: the CLI to a message and
+//! an exit code, the gateway to an HTTP status.
+
+mod admit;
+
+pub use admit::{ACCEPTED_TYPES, Refusal, admit};
+
+use async_nats::jetstream;
+
+use crate::bus::BusError;
+use crate::event::{
+    ConfigError, ContentBlock, Event, EventId, Record, SessionCreated, SessionId,
+    UserCustomToolResult, UserInterrupt, UserMessage, UserToolConfirmation,
+};
+use crate::session::{LogError, SessionLog, SessionState, Slice};
+
+/// What kind of failure an [`ApiError`] is, for a front door to map (an HTTP status, an exit
+/// code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The session (or what the request names) does not exist: 404.
+    NotFound,
+    /// The request is fine but the session's state does not allow it now: 409.
+    Conflict,
+    /// The request itself is malformed: 400.
+    Invalid,
+    /// NATS is out of reach or without a leader; the same request may succeed later: 503.
+    Unavailable,
+}
+
+/// Why a use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The event was not admitted.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The session's configuration is not valid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The log refused or failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The event is stored, but the session could not be woken.
+    #[error("the event is stored, but waking the session failed: {0}")]
+    Wake(String),
+}
+
+impl ApiError {
+    /// The class of this failure.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Refused(r) if r.is_not_found() => ErrorClass::NotFound,
+            Self::Refused(r) if r.is_invalid() => ErrorClass::Invalid,
+            Self::Refused(_) => ErrorClass::Conflict,
+            Self::Config(_) => ErrorClass::Invalid,
+            Self::Log(LogError::NotFound(_)) => ErrorClass::NotFound,
+            Self::Log(LogError::AlreadyExists(_) | LogError::Conflict { .. }) => {
+                ErrorClass::Conflict
+            }
+            Self::Log(LogError::Invalid(_) | LogError::TooLarge { .. }) => ErrorClass::Invalid,
+            Self::Log(_) | Self::Wake(_) => ErrorClass::Unavailable,
+        }
+    }
+}
+
+/// Where an event sent to a session landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// True when the same event (same id, same session) was already there: nothing new was
+    /// stored.
+    pub duplicate: bool,
+}
+
+/// The front door's library: a log and a JetStream context to wake sessions with.
+#[derive(Clone)]
+pub struct Api {
+    log: SessionLog,
+    js: jetstream::Context,
+}
+
+impl Api {
+    /// Opens the session log on a connected client.
+    pub async fn open(client: async_nats::Client) -> Result<Self, ApiError> {
+        let js = jetstream::new(client.clone());
+        Ok(Self {
+            log: SessionLog::open(client).await?,
+            js,
+        })
+    }
+
+    /// The session log, for reads the use cases do not wrap.
+    pub fn log(&self) -> &SessionLog {
+        &self.log
+    }
+
+    /// Creates a session from a validated configuration; its `session.created` is the first
+    /// event of its log, and its configuration for good.
+    pub async fn create(
+        &self,
+        id: &SessionId,
+        mut created: SessionCreated,
+    ) -> Result<Event, ApiError> {
+        created.validate()?;
+        let event = Event::new(created);
+        self.log.create(id, &event).await?;
+        Ok(event)
+    }
+
+    /// Sends an event from outside to a session: admitted against its current state,
+    /// appended as a fact (deduplicated by its id), then the session is woken. A resend of an
+    /// event already in the log is `duplicate`, not refused, whatever the session did since.
+    pub async fn send(&self, id: &SessionId, event: &Event) -> Result<Sent, ApiError> {
+        let state = self.log.load_state(id).await?;
+        let sent = match admit(&state, event) {
+            Ok(()) => {
+                let a = self.log.append_fact(id, event).await?;
+                Sent {
+                    seq: a.last_seq,
+                    duplicate: a.duplicate,
+                }
+            }
+            Err(refusal) => match self.find(id, event).await? {
+                Some(seq) => Sent {
+                    seq,
+                    duplicate: true,
+                },
+                None => return Err(refusal.into()),
+            },
+        };
+        crate::bus::wake::publish(&self.js, id, sent.seq)
+            .await
+            .map_err(|e| ApiError::Wake(BusError::nats("publishing a wake", e).to_string()))?;
+        Ok(sent)
+    }
+
+    /// The sequence of an event of the same type and id already in the session's log.
+    async fn find(&self, id: &SessionId, event: &Event) -> Result<Option<u64>, ApiError> {
+        let same_type = self
+            .log
+            .read(
+                id,
+                &Slice {
+                    types: vec![event.type_name().to_string()],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(same_type
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .find(|r| r.event.id == event.id)
+            .map(|r| r.seq))
+    }
+
+    /// Sends a user message (with a client-chosen id, for idempotent retries, or a fresh one).
+    pub async fn message(
+        &self,
+        id: &SessionId,
+        event_id: Option<EventId>,
+        text: &str,
+    ) -> Result<(Event, Sent), ApiError> {
+        let event = Event::with_id(
+            event_id.unwrap_or_else(EventId::generate),
+            UserMessage {
+                content: vec![ContentBlock::text(text)],
+            },
+        );
+        let sent = self.send(id, &event).await?;
+        Ok((event, sent))
+    }
+
+    /// Asks the running turn to stop at the next step boundary.
+    pub async fn interrupt(&self, id: &SessionId) -> Result<(Event, Sent), ApiError> {
+        let event = Event::new(UserInterrupt {});
+        let sent = self.send(id, &event).await?;
+        Ok((event, sent))
+    }
+
+    /// Allows or denies a call that waits for confirmation.
+    pub async fn confirm(
+        &self,
+        id: &SessionId,
+        tool_use_id: &str,
+        allow: bool,
+        deny_message: Option<String>,
+    ) -> Result<(Event, Sent), ApiError> {
+        let event = Event::new(UserToolConfirmation {
+            tool_use_id: tool_use_id.to_string(),
+            result: if allow { "allow" } else { "deny" }.into(),
+            deny_message,
+        });
+        let sent = self.send(id, &event).await?;
+        Ok((event, sent))
+    }
+
+    /// Answers a custom tool call.
+    pub async fn answer_custom_tool(
+        &self,
+        id: &SessionId,
+        tool_use_id: &str,
+        text: &str,
+        is_error: bool,
+    ) -> Result<(Event, Sent), ApiError> {
+        let event = Event::new(UserCustomToolResult {
+            custom_tool_use_id: tool_use_id.to_string(),
+            content: vec![ContentBlock::text(text)],
+            is_error,
+        });
+        let sent = self.send(id, &event).await?;
+        Ok((event, sent))
+    }
+
+    /// Reads a slice of a session's log; a session without events is not found.
+    pub async fn read(&self, id: &SessionId, slice: &Slice) -> Result<Vec<Record>, ApiError> {
+        let records = self.log.read(id, slice).await?;
+        if records.is_empty() && self.log.last_sequence(id).await? == 0 {
+            return Err(LogError::NotFound(id.clone()).into());
+        }
+        Ok(records)
+    }
+
+    /// A session's current state, folded from its log.
+    pub async fn state(&self, id: &SessionId) -> Result<SessionState, ApiError> {
+        Ok(self.log.load_state(id).await?)
+    }
+}

@@ -73,7 +73,9 @@ impl Default for BrainConfig {
             max_model_attempts: 5,
             model_retry_base: Duration::from_millis(500),
             model_retry_max: Duration::from_secs(30),
-            providers: ProviderSettings::from_env(),
+            // No keys: a default never reads the environment (the command line does, with
+            // `ProviderSettings::from_env`).
+            providers: ProviderSettings::default(),
         }
     }
 }
@@ -89,6 +91,8 @@ enum HandleError {
     TooManySteps(usize),
     #[error("another brain holds the session's lease")]
     LeaseHeld,
+    #[error(transparent)]
+    Refused(#[from] crate::api::Refusal),
 }
 
 impl HandleError {
@@ -97,7 +101,7 @@ impl HandleError {
         match self {
             Self::Log(e) => e.is_transient(),
             Self::Publish(_) | Self::LeaseHeld => true,
-            Self::TooManySteps(_) => false,
+            Self::TooManySteps(_) | Self::Refused(_) => false,
         }
     }
 }
@@ -241,6 +245,13 @@ impl Brain {
                 // No such session: nothing to report it on, so it goes to the dead letters.
                 self.refuse(&msg, &WakeError::UnknownSession(s)).await;
             }
+            Err(HandleError::Refused(refusal)) => {
+                let error = WakeError::Payload {
+                    session: wake.session_id.clone(),
+                    detail: refusal.to_string(),
+                };
+                self.refuse(&msg, &error).await;
+            }
             Err(HandleError::LeaseHeld) if delivered >= self.config.max_deliver => {
                 // Someone alive has held the lease through every delivery: it will see the
                 // session's input when it re-checks after releasing.
@@ -335,8 +346,25 @@ impl Brain {
         if appended == 0 {
             return Err(HandleError::Log(LogError::NotFound(id.clone())));
         }
-        for e in &wake.events {
-            appended = appended.max(self.log.append_fact(id, e).await?.last_seq);
+        if !wake.events.is_empty() {
+            // The same admission rule as every front door (api::admit), against the session as
+            // it is; an event already in the log (a redelivered wake) is skipped, not refused.
+            let r = self.replay_at_least(id, appended).await?;
+            let mut state = r.state.clone();
+            for e in &wake.events {
+                if let Some(stored) = r.events.iter().find(|s| s.event.id == e.id) {
+                    appended = appended.max(stored.seq);
+                    continue;
+                }
+                crate::api::admit(&state, e)?;
+                let seq = self.log.append_fact(id, e).await?.last_seq;
+                appended = appended.max(seq);
+                state.apply(&crate::event::StoredEvent {
+                    session_id: id.clone(),
+                    seq,
+                    event: e.clone(),
+                });
+            }
         }
         // One wake per session at a time in this process.
         let lock = self.locks.get(id);

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures_util::StreamExt;
+use herd::api::{Api, Sent};
 use herd::event::{
-    AgentConfig, ContentBlock, EnvironmentConfig, Event, EventId, PermissionPolicy, SessionCreated,
-    SessionId, ToolConfig, UserCustomToolResult, UserInterrupt, UserMessage, UserToolConfirmation,
+    AgentConfig, EnvironmentConfig, Event, EventId, PermissionPolicy, SessionCreated, SessionId,
+    ToolConfig,
 };
 use herd::session::{SessionLog, Slice};
 
@@ -177,7 +178,8 @@ fn parse_repo(spec: &str) -> anyhow::Result<herd::event::Resource> {
             _ => bail!("--repo {spec:?}: unknown part {p:?} (credential=, path=, branch=)"),
         }
     }
-    herd::hands::git::check_resource(&r).map_err(|e| anyhow::anyhow!("--repo {spec:?}: {e}"))?;
+    r.check()
+        .map_err(|e| anyhow::anyhow!("--repo {spec:?}: {e}"))?;
     Ok(r)
 }
 
@@ -228,28 +230,19 @@ async fn wait_for_idle(
     }
 }
 
-/// Appends a user event to an existing, live session and wakes it; returns its sequence.
-async fn send_fact(log: &SessionLog, id: &str, event: &Event) -> anyhow::Result<u64> {
-    let id = parse_session(id)?;
-    let counts = log.count_by_type(&id).await?;
-    if counts.is_empty() {
-        bail!("session {id} does not exist");
-    }
-    if counts.contains_key("session.status_terminated") {
-        bail!("session {id} is terminated and takes no more events");
-    }
-    let a = log.append_fact(&id, event).await?;
-    let js = async_nats::jetstream::new(log.client().clone());
-    herd::bus::wake::publish(&js, &id, a.last_seq)
-        .await
-        .context("the event is stored, but waking the session failed")?;
-    let note = if a.duplicate { " (already there)" } else { "" };
-    println!("{} at sequence {}{note}", event.id, a.last_seq);
-    Ok(a.last_seq)
+/// Prints where an event sent to a session landed.
+fn print_sent(event: &Event, sent: Sent) {
+    let note = if sent.duplicate {
+        " (already there)"
+    } else {
+        ""
+    };
+    println!("{} at sequence {}{note}", event.id, sent.seq);
 }
 
 pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<()> {
-    let log = SessionLog::open(client).await?;
+    let api = Api::open(client).await?;
+    let log = api.log();
     match cmd {
         SessionCmd::Create {
             id,
@@ -270,13 +263,6 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 .iter()
                 .map(|r| parse_repo(r))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            for v in &vaults {
-                herd::credentials::vault::check_name("vault name", v)?;
-            }
-            let allow_hosts = allow_hosts
-                .iter()
-                .map(|h| herd::credentials::vault::check_host(h))
-                .collect::<Result<Vec<_>, _>>()?;
             let id = match id {
                 Some(id) => parse_session(&id)?,
                 None => SessionId::generate(),
@@ -294,19 +280,12 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             if provider.is_some() {
                 agent.provider = provider;
             }
-            herd::brain::provider::ProviderKind::for_agent(agent.provider.as_deref(), &agent.model)
-                .map_err(|e| anyhow::anyhow!(e))?;
             for t in tools {
                 let (name, ask) = match t.split_once(':') {
                     Some((n, "ask")) => (n, true),
                     Some((_, other)) => bail!("tool {t:?}: unknown option {other:?} (only :ask)"),
                     None => (t.as_str(), false),
                 };
-                if herd::brain::context::builtin_tool(name).is_none() {
-                    bail!(
-                        "{name:?} is not a built-in tool (bash, read, write, edit, glob, grep, http_request, git_remote); custom tools go in --agent"
-                    );
-                }
                 agent.tools.push(ToolConfig {
                     name: name.to_string(),
                     kind: "builtin".into(),
@@ -319,9 +298,6 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                     },
                 });
             }
-            if agent.model.trim().is_empty() {
-                bail!("the model must not be empty");
-            }
             let mut meta = BTreeMap::new();
             for kv in metadata {
                 let Some((k, v)) = kv.split_once('=') else {
@@ -329,7 +305,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 };
                 meta.insert(k.to_string(), v.to_string());
             }
-            let event = Event::new(SessionCreated {
+            let created = SessionCreated {
                 agent,
                 environment: EnvironmentConfig {
                     image,
@@ -340,8 +316,8 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 metadata: meta,
                 vault_ids: vaults,
                 resources,
-            });
-            log.create(&id, &event).await?;
+            };
+            api.create(&id, created).await?;
             println!("{id}");
         }
         SessionCmd::Send {
@@ -351,26 +327,19 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             wait,
             timeout_secs,
         } => {
-            if text.trim().is_empty() {
-                bail!("the message is empty");
-            }
-            let event_id = match event_id {
-                Some(e) => EventId::parse(e).map_err(|e| anyhow::anyhow!("{e}"))?,
-                None => EventId::generate(),
-            };
-            let event = Event::with_id(
-                event_id,
-                UserMessage {
-                    content: vec![ContentBlock::text(text)],
-                },
-            );
-            let seq = send_fact(&log, &id, &event).await?;
+            let event_id = event_id
+                .map(|e| EventId::parse(e).map_err(|e| anyhow::anyhow!("{e}")))
+                .transpose()?;
+            let id = parse_session(&id)?;
+            let (event, sent) = api.message(&id, event_id, &text).await?;
+            print_sent(&event, sent);
             if wait {
-                wait_for_idle(&log, &parse_session(&id)?, seq + 1, timeout_secs).await?;
+                wait_for_idle(log, &id, sent.seq + 1, timeout_secs).await?;
             }
         }
         SessionCmd::Interrupt { id } => {
-            send_fact(&log, &id, &Event::new(UserInterrupt {})).await?;
+            let (event, sent) = api.interrupt(&parse_session(&id)?).await?;
+            print_sent(&event, sent);
         }
         SessionCmd::Confirm {
             id,
@@ -378,20 +347,15 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             decision,
             message,
         } => {
-            let state = log.load_state(&parse_session(&id)?).await?;
-            if !state
-                .pending_tools
-                .get(&tool_use_id)
-                .is_some_and(|t| t.awaiting_confirmation)
-            {
-                bail!("session {id} has no call {tool_use_id} waiting for a confirmation");
-            }
-            let event = Event::new(UserToolConfirmation {
-                tool_use_id,
-                result: decision,
-                deny_message: message,
-            });
-            send_fact(&log, &id, &event).await?;
+            let (event, sent) = api
+                .confirm(
+                    &parse_session(&id)?,
+                    &tool_use_id,
+                    decision == "allow",
+                    message,
+                )
+                .await?;
+            print_sent(&event, sent);
         }
         SessionCmd::ToolResult {
             id,
@@ -399,20 +363,10 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             text,
             error,
         } => {
-            let state = log.load_state(&parse_session(&id)?).await?;
-            if !state
-                .pending_tools
-                .get(&tool_use_id)
-                .is_some_and(|t| t.kind == herd::session::ToolKind::Custom)
-            {
-                bail!("session {id} has no custom tool call {tool_use_id} waiting for a result");
-            }
-            let event = Event::new(UserCustomToolResult {
-                custom_tool_use_id: tool_use_id,
-                content: vec![ContentBlock::text(text)],
-                is_error: error,
-            });
-            send_fact(&log, &id, &event).await?;
+            let (event, sent) = api
+                .answer_custom_tool(&parse_session(&id)?, &tool_use_id, &text, error)
+                .await?;
+            print_sent(&event, sent);
         }
         SessionCmd::Events {
             id,
@@ -454,7 +408,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
         }
         SessionCmd::Show { id, json } => {
             let id = parse_session(&id)?;
-            let state = log.load_state(&id).await?;
+            let state = api.state(&id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&state)?);
             } else {

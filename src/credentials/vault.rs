@@ -205,21 +205,10 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), VaultError> {
     check_token(what, name).map_err(|e| VaultError::Invalid(e.to_string()))
 }
 
-/// Normalises and checks an allowed host: `host` or `host:port`, no scheme, path or wildcard.
+/// Normalises and checks an allowed host: `host` or `host:port`, no scheme, path or wildcard
+/// (the same rule as a session's allowed hosts).
 pub fn check_host(host: &str) -> Result<String, VaultError> {
-    let h = host.trim().to_ascii_lowercase();
-    let ok = !h.is_empty()
-        && h.len() <= 253
-        && h.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-        && !h.starts_with('.')
-        && !h.contains("..");
-    if !ok {
-        return Err(VaultError::Invalid(format!(
-            "invalid host {host:?}: expected a host name or address, optionally with :port (no scheme, path or wildcard)"
-        )));
-    }
-    Ok(h)
+    crate::event::normalize_host(host).map_err(|e| VaultError::Invalid(e.to_string()))
 }
 
 fn aad(vault: &str, name: &str, kind: Kind, hosts: &[String]) -> Vec<u8> {

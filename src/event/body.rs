@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use super::config::{AgentConfig, EnvironmentConfig, Resource};
+
 /// One block of message content, kept as the JSON object it arrived as.
 ///
 /// Providers add block types and fields over time (thinking blocks with signatures, citations,
@@ -98,17 +100,6 @@ impl std::ops::AddAssign for Usage {
     }
 }
 
-/// How a tool call may run without asking the user.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PermissionPolicy {
-    /// Run without asking.
-    #[default]
-    AlwaysAllow,
-    /// Park the session until a `user.tool_confirmation` allows or denies the call.
-    AlwaysAsk,
-}
-
 /// The permission a tool call was given when the brain emitted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -117,116 +108,6 @@ pub enum EvaluatedPermission {
     Allow,
     /// It waits for a `user.tool_confirmation`.
     Ask,
-}
-
-/// A tool the agent may call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolConfig {
-    /// The tool's name as the model sees it (`bash`, `read`, or a custom tool's name).
-    pub name: String,
-    /// `builtin` (run by the hands in the sandbox) or `custom` (answered by the client with
-    /// `user.custom_tool_result`).
-    #[serde(default = "ToolConfig::default_kind", rename = "type")]
-    pub kind: String,
-    /// What the tool does, for the model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// JSON Schema of the tool's input (required for custom tools).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_schema: Option<Value>,
-    /// Whether a call needs the user's confirmation.
-    #[serde(default)]
-    pub permission_policy: PermissionPolicy,
-}
-
-impl ToolConfig {
-    fn default_kind() -> String {
-        "builtin".into()
-    }
-}
-
-/// The agent a session runs: model, system prompt and tools.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentConfig {
-    /// The model id, as the provider names it.
-    pub model: String,
-    /// Which provider serves the model (`anthropic`, `openai`, `scripted`); inferred when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    /// A name for people.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The system prompt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<String>,
-    /// The tools the model may call.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<ToolConfig>,
-    /// The output-token limit of one model request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    /// For the `scripted` provider: its assistant turns, in order (content blocks and an
-    /// optional stop_reason each). Kept in the configuration so every brain that replays the
-    /// session gets the same answers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub script: Vec<Value>,
-    /// Context budget in estimated tokens; past it, older turns are compacted into a summary.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context_budget_tokens: Option<u32>,
-}
-
-impl AgentConfig {
-    /// An agent on `model` with no system prompt and no tools.
-    pub fn new(model: impl Into<String>) -> Self {
-        Self {
-            model: model.into(),
-            provider: None,
-            name: None,
-            system: None,
-            tools: Vec::new(),
-            max_tokens: None,
-            script: Vec::new(),
-            context_budget_tokens: None,
-        }
-    }
-}
-
-/// Where the agent's tools run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EnvironmentConfig {
-    /// The sandbox image; the hands' default image when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Hosts the `http_request` tool may reach without a credential (`host` or `host:port`).
-    /// Sandboxes themselves have no network.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowed_hosts: Vec<String>,
-    /// The sandbox's network: absent or `none` (the default) for none at all; `limited` for an
-    /// HTTP(S) proxy that lets it reach `allowed_hosts` only (package installs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub networking: Option<String>,
-}
-
-/// A session resource: a git repository the hand clones into the workspace when the sandbox is
-/// provisioned. The token is named, never carried: `credential` is a `git` credential of the
-/// session's vaults, used only by the hand, outside the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resource {
-    /// `git_repository`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The repository's https URL, without credentials.
-    pub url: String,
-    /// Where it goes, relative to `/workspace` (default: the URL's last segment without `.git`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount_path: Option<String>,
-    /// The branch to check out and to push and pull (default: the remote's default branch for
-    /// the clone, then the current branch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub branch: Option<String>,
-    /// The vault credential (kind `git`) that authenticates clone, push and pull.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
 }
 
 /// Why a session went idle.

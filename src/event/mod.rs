@@ -7,12 +7,14 @@
 
 mod body;
 mod codec;
+mod config;
 mod ids;
 
 pub use body::*;
 pub use codec::{
     CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, DecodeError, Encoding, decode_to_json, format_time,
 };
+pub use config::*;
 pub use ids::{EventId, IdError, MAX_ID_LEN, SessionId, check_token};
 
 use time::OffsetDateTime;

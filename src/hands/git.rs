@@ -24,7 +24,7 @@ use super::sandbox::{Sandbox, SandboxError, Sandboxes};
 use super::tools::ToolOutcome;
 use crate::credentials::placeholders;
 use crate::credentials::vault::{Credential, Kind, Vault, VaultKey};
-use crate::event::{Resource, SessionId};
+use crate::event::{Resource, SessionId, check_branch};
 
 /// The tool's name.
 pub const TOOL: &str = "git_remote";
@@ -74,79 +74,6 @@ fn err(text: impl Into<String>) -> ToolOutcome {
         text: text.into(),
         is_error: true,
     }
-}
-
-/// Where a resource goes under `/workspace`: its `mount_path`, or the URL's last segment.
-pub fn mount_path(r: &Resource) -> Result<String, String> {
-    let path = match &r.mount_path {
-        Some(p) => p.trim_matches('/').to_string(),
-        None => r
-            .url
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .trim_end_matches(".git")
-            .to_string(),
-    };
-    let ok = !path.is_empty()
-        && path.len() <= 200
-        && !path.starts_with('-')
-        && !path.starts_with(".herd-git")
-        && path
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
-    if ok {
-        Ok(path)
-    } else {
-        Err(format!(
-            "invalid mount path {path:?}: a relative path of letters, digits, '.', '_', '-' and '/'"
-        ))
-    }
-}
-
-/// A branch name safe to pass to git and the shell scripts.
-pub fn check_branch(b: &str) -> Result<(), String> {
-    let ok = !b.is_empty()
-        && b.len() <= 200
-        && !b.starts_with('-')
-        && !b.starts_with('/')
-        && !b.ends_with('/')
-        && !b.ends_with(".lock")
-        && !b.contains("..")
-        && !b.contains("//")
-        && b.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid branch name {b:?}"))
-    }
-}
-
-/// Checks a resource when a session is created (and again when it is used).
-pub fn check_resource(r: &Resource) -> Result<(), String> {
-    if r.kind != "git_repository" {
-        return Err(format!(
-            "unknown resource type {:?}; expected git_repository",
-            r.kind
-        ));
-    }
-    let url = reqwest::Url::parse(&r.url).map_err(|e| format!("invalid url {:?}: {e}", r.url))?;
-    if !matches!(url.scheme(), "https" | "http")
-        || !url.username().is_empty()
-        || url.password().is_some()
-    {
-        return Err("a repository URL must be http(s) and carry no credentials: name a vault credential instead".into());
-    }
-    mount_path(r)?;
-    if let Some(b) = &r.branch {
-        check_branch(b)?;
-    }
-    Ok(())
 }
 
 /// What an authorization header built from a git credential looks like, and its forms to
@@ -265,11 +192,11 @@ impl GitRemote {
         let (resources, vault_ids) = (&access.resources, &access.vault_ids);
         let mut notes = Vec::new();
         for r in resources {
-            if let Err(e) = check_resource(r) {
+            if let Err(e) = r.check() {
                 notes.push(format!("Repository {} was not cloned: {e}", r.url));
                 continue;
             }
-            let path = mount_path(r).unwrap_or_default();
+            let path = r.workspace_path().unwrap_or_default();
             let (hdr, forms) = match self.credential(r, vault_ids).await {
                 Ok(Some(c)) => header(&c),
                 Ok(None) => ("X-Herd: public".to_string(), vec![]),
@@ -332,14 +259,14 @@ impl GitRemote {
         let resource = match &input.repository {
             Some(p) => resources
                 .iter()
-                .find(|r| mount_path(r).ok().as_deref() == Some(p.trim_matches('/'))),
+                .find(|r| r.workspace_path().ok().as_deref() == Some(p.trim_matches('/'))),
             None if resources.len() == 1 => resources.first(),
             None => None,
         };
         let Some(r) = resource else {
             let known: Vec<String> = resources
                 .iter()
-                .filter_map(|r| mount_path(r).ok())
+                .filter_map(|r| r.workspace_path().ok())
                 .collect();
             return Ok(err(format!(
                 "no such repository; this session's repositories: {}",
@@ -350,10 +277,10 @@ impl GitRemote {
                 }
             )));
         };
-        if let Err(e) = check_resource(r) {
+        if let Err(e) = r.check() {
             return Ok(err(e));
         }
-        let path = mount_path(r).unwrap_or_default();
+        let path = r.workspace_path().unwrap_or_default();
         let repo = format!("/workspace/{path}");
         // The branch: the call's, the resource's, or the one checked out in the sandbox.
         let branch = match input.branch.clone().or_else(|| r.branch.clone()) {
@@ -479,22 +406,24 @@ mod tests {
     #[test]
     fn resources_and_branches_are_checked() {
         assert_eq!(
-            mount_path(&repo("https://h/o/app.git", None)).unwrap(),
+            repo("https://h/o/app.git", None).workspace_path().unwrap(),
             "app"
         );
         assert_eq!(
-            mount_path(&repo("https://h/o/app", Some("src/app"))).unwrap(),
+            repo("https://h/o/app", Some("src/app"))
+                .workspace_path()
+                .unwrap(),
             "src/app"
         );
         for bad in ["../x", "/", "a/../b", "-x", ".herd-git/x", "a b"] {
             assert!(
-                mount_path(&repo("https://h/x", Some(bad))).is_err(),
+                repo("https://h/x", Some(bad)).workspace_path().is_err(),
                 "{bad}"
             );
         }
-        assert!(check_resource(&repo("https://u:p@h/x.git", None)).is_err());
-        assert!(check_resource(&repo("ssh://h/x.git", None)).is_err());
-        assert!(check_resource(&repo("https://h/x.git", None)).is_ok());
+        assert!(repo("https://u:p@h/x.git", None).check().is_err());
+        assert!(repo("ssh://h/x.git", None).check().is_err());
+        assert!(repo("https://h/x.git", None).check().is_ok());
         for bad in ["", "-f", "a..b", "a b", "x.lock", "a;rm", "$(x)"] {
             assert!(check_branch(bad).is_err(), "{bad}");
         }

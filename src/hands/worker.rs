@@ -64,7 +64,8 @@ pub struct HandsConfig {
 impl Default for HandsConfig {
     fn default() -> Self {
         Self {
-            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+            // The command line uses $HOSTNAME; a default reads no environment.
+            host: "local".into(),
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             concurrency: 8,

@@ -1,0 +1,229 @@
+//! The admission rule: may this event from outside be appended to this session now? One pure
+//! function, used by every front door — the CLI, the wake consumer (events a wake carries) and
+//! the gateway — so a rule holds whichever door an event comes through.
+
+use crate::event::{ContentBlock, Event, EventBody, SessionId};
+use crate::session::{SessionState, Status, ToolKind};
+
+pub use crate::bus::wake::ACCEPTED_TYPES;
+
+/// Why an event was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The session has no events.
+    #[error("session {0} does not exist")]
+    NotFound(SessionId),
+    /// The session has no `session.created`: nothing can run it.
+    #[error("session {0} has no session.created event")]
+    NotCreated(SessionId),
+    /// The session ended for good.
+    #[error("session {0} is terminated and takes no more events")]
+    Terminated(SessionId),
+    /// The event is not one a front door may append.
+    #[error("a {0:?} cannot be sent to a session; only {accepted} can", accepted = ACCEPTED_TYPES.join(", "))]
+    Type(String),
+    /// A message without any content.
+    #[error("the message is empty")]
+    Empty,
+    /// A confirmation that is neither `allow` nor `deny`.
+    #[error("a confirmation's result must be allow or deny, not {0:?}")]
+    Decision(String),
+    /// A confirmation for a call that is not waiting for one.
+    #[error("session {session} has no call {tool_use_id} waiting for a confirmation")]
+    NotAwaitingConfirmation {
+        /// The session.
+        session: SessionId,
+        /// The call named.
+        tool_use_id: String,
+    },
+    /// A custom tool result for a call that is not waiting for one.
+    #[error("session {session} has no custom tool call {tool_use_id} waiting for a result")]
+    NotAwaitingResult {
+        /// The session.
+        session: SessionId,
+        /// The call named.
+        tool_use_id: String,
+    },
+}
+
+impl Refusal {
+    /// True when the event itself is malformed (whatever the session's state), as opposed to
+    /// arriving at a session that cannot take it now.
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Self::Type(_) | Self::Empty | Self::Decision(_))
+    }
+
+    /// True when the session is not there to take it.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound(_))
+    }
+}
+
+/// True for content with nothing in it: no blocks, or only text blocks of whitespace.
+fn blank(content: &[ContentBlock]) -> bool {
+    content
+        .iter()
+        .all(|b| b.as_text().is_some_and(|t| t.trim().is_empty()))
+}
+
+/// Decides whether `event` may be appended to the session in `state`.
+pub fn admit(state: &SessionState, event: &Event) -> Result<(), Refusal> {
+    let id = || state.id.clone();
+    if !ACCEPTED_TYPES.contains(&event.type_name()) {
+        return Err(Refusal::Type(event.type_name().to_string()));
+    }
+    match &event.body {
+        EventBody::UserMessage(m) if blank(&m.content) => return Err(Refusal::Empty),
+        EventBody::UserToolConfirmation(c) if !matches!(c.result.as_str(), "allow" | "deny") => {
+            return Err(Refusal::Decision(c.result.clone()));
+        }
+        _ => {}
+    }
+    if state.event_count == 0 {
+        return Err(Refusal::NotFound(id()));
+    }
+    if state.config.is_none() {
+        return Err(Refusal::NotCreated(id()));
+    }
+    if state.status == Status::Terminated {
+        return Err(Refusal::Terminated(id()));
+    }
+    match &event.body {
+        EventBody::UserToolConfirmation(c)
+            if !state
+                .pending_tools
+                .get(&c.tool_use_id)
+                .is_some_and(|t| t.awaiting_confirmation) =>
+        {
+            Err(Refusal::NotAwaitingConfirmation {
+                session: id(),
+                tool_use_id: c.tool_use_id.clone(),
+            })
+        }
+        EventBody::UserCustomToolResult(r)
+            if !state
+                .pending_tools
+                .get(&r.custom_tool_use_id)
+                .is_some_and(|t| t.kind == ToolKind::Custom) =>
+        {
+            Err(Refusal::NotAwaitingResult {
+                session: id(),
+                tool_use_id: r.custom_tool_use_id.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+
+    struct Log(Vec<StoredEvent>);
+
+    impl Log {
+        fn created() -> Self {
+            Self(vec![]).and(SessionCreated {
+                agent: AgentConfig::new("m"),
+                environment: EnvironmentConfig::default(),
+                title: None,
+                metadata: Default::default(),
+                vault_ids: vec![],
+                resources: vec![],
+            })
+        }
+        fn and(mut self, body: impl Into<EventBody>) -> Self {
+            let seq = self.0.len() as u64 + 1;
+            self.0.push(StoredEvent {
+                session_id: SessionId::parse("s").unwrap(),
+                seq,
+                event: Event::new(body),
+            });
+            self
+        }
+        fn admit(&self, body: impl Into<EventBody>) -> Result<(), Refusal> {
+            let state = SessionState::fold(SessionId::parse("s").unwrap(), &self.0);
+            admit(&state, &Event::new(body))
+        }
+    }
+
+    fn say(t: &str) -> UserMessage {
+        UserMessage {
+            content: vec![ContentBlock::text(t)],
+        }
+    }
+
+    fn asked(id: &str) -> AgentToolUse {
+        AgentToolUse {
+            tool_use_id: id.into(),
+            name: "bash".into(),
+            input: serde_json::json!({}),
+            evaluated_permission: Some(EvaluatedPermission::Ask),
+        }
+    }
+
+    fn confirm(id: &str, result: &str) -> UserToolConfirmation {
+        UserToolConfirmation {
+            tool_use_id: id.into(),
+            result: result.into(),
+            deny_message: None,
+        }
+    }
+
+    #[test]
+    fn a_live_session_takes_messages_and_interrupts() {
+        let log = Log::created();
+        assert_eq!(log.admit(say("hi")), Ok(()));
+        assert_eq!(log.admit(UserInterrupt {}), Ok(()));
+        assert_eq!(log.admit(say("  ")), Err(Refusal::Empty));
+    }
+
+    #[test]
+    fn nothing_is_admitted_to_a_missing_or_terminated_session() {
+        assert!(Log(vec![]).admit(say("hi")).unwrap_err().is_not_found());
+        let ended = Log::created().and(SessionStatusTerminated {
+            reason: "done".into(),
+        });
+        assert!(matches!(
+            ended.admit(say("hi")),
+            Err(Refusal::Terminated(_))
+        ));
+        let headless = Log(vec![]).and(say("first"));
+        assert!(matches!(
+            headless.admit(say("hi")),
+            Err(Refusal::NotCreated(_))
+        ));
+    }
+
+    #[test]
+    fn only_what_users_and_clients_say_is_admitted() {
+        let r = Log::created().admit(AgentMessage { content: vec![] });
+        assert!(r.as_ref().unwrap_err().is_invalid(), "{r:?}");
+    }
+
+    #[test]
+    fn answers_must_answer_a_call_that_waits_for_them() {
+        let log = Log::created().and(asked("t1"));
+        assert_eq!(log.admit(confirm("t1", "allow")), Ok(()));
+        assert!(matches!(
+            log.admit(confirm("t2", "allow")),
+            Err(Refusal::NotAwaitingConfirmation { .. })
+        ));
+        assert_eq!(
+            log.admit(confirm("t1", "maybe")),
+            Err(Refusal::Decision("maybe".into()))
+        );
+        let answered = log.and(confirm("t1", "deny"));
+        assert!(answered.admit(confirm("t1", "allow")).is_err());
+        let custom = UserCustomToolResult {
+            custom_tool_use_id: "t1".into(),
+            content: vec![],
+            is_error: false,
+        };
+        assert!(matches!(
+            Log::created().admit(custom),
+            Err(Refusal::NotAwaitingResult { .. })
+        ));
+    }
+}

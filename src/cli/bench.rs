@@ -1,0 +1,91 @@
+//! `herd bench …`: herd against the raw NATS and Docker primitives (see `herd::lab::bench`).
+
+use clap::Subcommand;
+use herd::lab::bench;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Sandbox provisioning and the tool round trip vs bare Docker.
+    Hands {
+        /// Sandboxes provisioned each way.
+        #[arg(long, default_value_t = bench::hands::Params::default().provisions)]
+        provisions: usize,
+        /// Timed tool round trips.
+        #[arg(long, default_value_t = bench::hands::Params::default().round_trips)]
+        round_trips: usize,
+        /// The sandbox image.
+        #[arg(long, default_value_t = bench::hands::Params::default().image)]
+        image: String,
+    },
+    /// Wake → first model byte (cold and warm), replay, and wakes per second of one brain.
+    Brain {
+        /// Sessions measured per size.
+        #[arg(long, default_value_t = bench::brain::Params::default().sessions_per_size)]
+        sessions_per_size: usize,
+        /// Sessions in the throughput run.
+        #[arg(long, default_value_t = bench::brain::Params::default().throughput_sessions)]
+        throughput_sessions: usize,
+    },
+    /// Append latency and replay time of the session log vs raw JetStream.
+    Log {
+        /// Timed appends of each kind.
+        #[arg(long, default_value_t = bench::log::Params::default().appends)]
+        appends: usize,
+        /// Events in the replayed session.
+        #[arg(long, default_value_t = bench::log::Params::default().session_events)]
+        session_events: usize,
+        /// Events of other sessions in the stream around it.
+        #[arg(long, default_value_t = bench::log::Params::default().background)]
+        background: usize,
+        /// Timed replays per method.
+        #[arg(long, default_value_t = bench::log::Params::default().replays)]
+        replays: usize,
+    },
+}
+
+/// Runs one benchmark and prints its figures.
+pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Hands {
+            provisions,
+            round_trips,
+            image,
+        } => {
+            let report = bench::hands::run(bench::hands::Params {
+                provisions,
+                round_trips,
+                image,
+            })
+            .await?;
+            println!("{}", bench::render(&report.table(), &report)?);
+        }
+        BenchCmd::Brain {
+            sessions_per_size,
+            throughput_sessions,
+        } => {
+            let report = bench::brain::run(bench::brain::Params {
+                sessions_per_size,
+                throughput_sessions,
+                ..Default::default()
+            })
+            .await?;
+            println!("{}", bench::render(&report.table(), &report)?);
+        }
+        BenchCmd::Log {
+            appends,
+            session_events,
+            background,
+            replays,
+        } => {
+            let report = bench::log::run(bench::log::Params {
+                appends,
+                session_events,
+                background,
+                replays,
+            })
+            .await?;
+            println!("{}", bench::render(&report.table(), &report)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `herd brain`, `herd hands` and `herd up`: the worker processes. Every flag's default is the
+//! library's own (`BrainConfig::default()`, `HandsConfig::default()`), so there is one source
+//! of truth; this module only reads flags, the environment and the config file into them.
+
+use std::time::Duration;
+
+use clap::Args;
+use herd::brain::BrainConfig;
+use herd::brain::provider::{ProviderSettings, Timeouts};
+use herd::hands::HandsConfig;
+use herd::hands::sandbox::SandboxConfig;
+
+use super::{Global, file_config, nats_config};
+
+fn brain_defaults() -> BrainConfig {
+    BrainConfig::default()
+}
+
+fn hands_defaults() -> HandsConfig {
+    HandsConfig::default()
+}
+
+#[derive(Args)]
+pub struct BrainArgs {
+    /// Wakes handled at once.
+    #[arg(long, default_value_t = brain_defaults().concurrency)]
+    concurrency: usize,
+    /// Seconds a wake may go without an ack or heartbeat before another brain gets it.
+    #[arg(long, default_value_t = brain_defaults().ack_wait.as_secs())]
+    ack_wait_secs: u64,
+    /// Deliveries of one wake before herd gives up on it and reports a session.error.
+    #[arg(long, default_value_t = brain_defaults().max_deliver)]
+    max_deliver: i64,
+    /// Redelivery delays in seconds, comma-separated (e.g. 1,5,30); empty for ack_wait each time.
+    #[arg(long, value_delimiter = ',')]
+    backoff_secs: Vec<u64>,
+    /// Failed model requests in a row before the turn ends with retries_exhausted.
+    #[arg(long, default_value_t = brain_defaults().max_model_attempts)]
+    max_model_attempts: u32,
+    /// Sessions kept replayed in memory.
+    #[arg(long, default_value_t = brain_defaults().cache_sessions)]
+    cache_sessions: usize,
+    /// Longest wait for a model's first byte or between two streamed chunks, in seconds.
+    #[arg(long, default_value_t = Timeouts::default().idle.as_secs())]
+    model_idle_timeout_secs: u64,
+    /// Longest model request, in seconds.
+    #[arg(long, default_value_t = Timeouts::default().total.as_secs())]
+    model_timeout_secs: u64,
+}
+
+#[derive(Args)]
+pub struct HandsArgs {
+    /// This host's name, on its sandboxes' labels [default: $HOSTNAME].
+    #[arg(long)]
+    host: Option<String>,
+    /// Tool jobs run at once.
+    #[arg(long, default_value_t = hands_defaults().concurrency)]
+    concurrency: usize,
+    /// Seconds a job may go without an ack or heartbeat before another hand gets it.
+    #[arg(long, default_value_t = hands_defaults().ack_wait.as_secs())]
+    ack_wait_secs: u64,
+    /// Deliveries of one job before it is answered with an error.
+    #[arg(long, default_value_t = hands_defaults().max_deliver)]
+    max_deliver: i64,
+    /// Seconds a sandbox may sit unused before it is removed (its workspace volume stays).
+    #[arg(long, default_value_t = hands_defaults().idle_reap.as_secs())]
+    idle_reap_secs: u64,
+    /// The image of sessions whose environment names none.
+    #[arg(long, default_value_t = SandboxConfig::default().default_image)]
+    image: String,
+    /// Memory limit per sandbox, MiB.
+    #[arg(long, default_value_t = SandboxConfig::default().memory_bytes >> 20)]
+    memory_mib: i64,
+    /// CPU limit per sandbox.
+    #[arg(long, default_value_t = SandboxConfig::default().nano_cpus as f64 / 1e9)]
+    cpus: f64,
+    /// Process limit per sandbox.
+    #[arg(long, default_value_t = SandboxConfig::default().pids_limit)]
+    pids: i64,
+}
+
+/// The hand's host name: the flag, else `$HOSTNAME`, else the library's default.
+fn host_name(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| hands_defaults().host)
+}
+
+/// A brain's settings from its flags, the environment and the config file's `[models]`.
+pub fn brain_config(g: &Global, a: &BrainArgs) -> anyhow::Result<BrainConfig> {
+    let mut providers = ProviderSettings::from_env();
+    if let Some(m) = file_config(g)?.map(|f| f.models) {
+        providers.anthropic_api_key = m.anthropic_api_key.or(providers.anthropic_api_key);
+        providers.anthropic_base_url = m.anthropic_base_url.or(providers.anthropic_base_url);
+        providers.openai_api_key = m.openai_api_key.or(providers.openai_api_key);
+        providers.openai_base_url = m.openai_base_url.or(providers.openai_base_url);
+    }
+    providers.timeouts = Timeouts {
+        idle: Duration::from_secs(a.model_idle_timeout_secs.max(1)),
+        total: Duration::from_secs(a.model_timeout_secs.max(1)),
+    };
+    Ok(BrainConfig {
+        ack_wait: Duration::from_secs(a.ack_wait_secs.max(1)),
+        max_deliver: a.max_deliver.max(1),
+        backoff: a
+            .backoff_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        concurrency: a.concurrency.max(1),
+        cache_sessions: a.cache_sessions,
+        max_model_attempts: a.max_model_attempts.max(1),
+        providers,
+        ..brain_defaults()
+    })
+}
+
+/// A hand's settings from its flags and the environment (the vault key).
+fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
+    Ok(HandsConfig {
+        host: host_name(a.host),
+        ack_wait: Duration::from_secs(a.ack_wait_secs.max(1)),
+        max_deliver: a.max_deliver.max(1),
+        concurrency: a.concurrency.max(1),
+        idle_reap: Duration::from_secs(a.idle_reap_secs.max(1)),
+        sandbox: SandboxConfig {
+            default_image: a.image,
+            memory_bytes: a.memory_mib.max(16) << 20,
+            nano_cpus: (a.cpus.clamp(0.01, 1024.0) * 1e9) as i64,
+            pids_limit: a.pids.max(8),
+            ..Default::default()
+        },
+        vault_key: herd::credentials::vault::VaultKey::from_env()?,
+        ..hands_defaults()
+    })
+}
+
+async fn until_ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `herd brain`.
+pub async fn brain(g: &Global, a: BrainArgs) -> anyhow::Result<()> {
+    let client = nats_config(g)?.connect("herd-brain").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    herd::bus::streams::ensure(&js, g.stream_replicas as usize).await?;
+    let config = brain_config(g, &a)?;
+    let brain = herd::brain::Brain::new(client, config).await?;
+    eprintln!("herd brain: taking wakes (Ctrl-C to stop)");
+    brain.run(until_ctrl_c()).await?;
+    Ok(())
+}
+
+/// `herd hands`.
+pub async fn hands(g: &Global, a: HandsArgs) -> anyhow::Result<()> {
+    let client = nats_config(g)?.connect("herd-hands").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    herd::bus::streams::ensure(&js, g.stream_replicas as usize).await?;
+    let hands = herd::hands::Hands::new(client, hands_config(a)?).await?;
+    eprintln!("herd hands: taking tool jobs (Ctrl-C to stop)");
+    hands.run(until_ctrl_c()).await?;
+    Ok(())
+}
+
+/// `herd up`.
+pub async fn up(g: &Global, brain: BrainArgs, image: String) -> anyhow::Result<()> {
+    let cfg = nats_config(g)?;
+    let brain = brain_config(g, &brain)?;
+    let mut hands = HandsConfig {
+        host: host_name(None),
+        ..hands_defaults()
+    };
+    hands.sandbox.default_image = image;
+    // One process holds every plane here, so the key is in the brain's process too: fine on
+    // one machine; split the planes when that matters.
+    hands.vault_key = herd::credentials::vault::VaultKey::from_env()?;
+    super::up::run(cfg, brain, hands).await
+}

@@ -1,0 +1,370 @@
+//! The configuration vocabulary: the agent a session runs (model, system prompt, tools), its
+//! environment (image, networking, allowed hosts) and its resources. These are the Managed
+//! Agents API's *agent* and *environment* resources as they are recorded in `session.created`,
+//! so the log alone rebuilds a session, and every front door validates them with the same
+//! [`SessionCreated::validate`] before anything is appended.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{IdError, SessionCreated, check_token};
+
+/// How a tool call may run without asking the user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionPolicy {
+    /// Run without asking.
+    #[default]
+    AlwaysAllow,
+    /// Park the session until a `user.tool_confirmation` allows or denies the call.
+    AlwaysAsk,
+}
+
+/// A tool the agent may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolConfig {
+    /// The tool's name as the model sees it (`bash`, `read`, or a custom tool's name).
+    pub name: String,
+    /// `builtin` (run by the hands in the sandbox) or `custom` (answered by the client with
+    /// `user.custom_tool_result`).
+    #[serde(default = "ToolConfig::default_kind", rename = "type")]
+    pub kind: String,
+    /// What the tool does, for the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of the tool's input (required for custom tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    /// Whether a call needs the user's confirmation.
+    #[serde(default)]
+    pub permission_policy: PermissionPolicy,
+}
+
+impl ToolConfig {
+    fn default_kind() -> String {
+        "builtin".into()
+    }
+}
+
+/// The agent a session runs: model, system prompt and tools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// The model id, as the provider names it.
+    pub model: String,
+    /// Which provider serves the model (`anthropic`, `openai`, `scripted`); inferred when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// A name for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The tools the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolConfig>,
+    /// The output-token limit of one model request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// For the `scripted` provider: its assistant turns, in order (content blocks and an
+    /// optional stop_reason each). Kept in the configuration so every brain that replays the
+    /// session gets the same answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub script: Vec<Value>,
+    /// Context budget in estimated tokens; past it, older turns are compacted into a summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_budget_tokens: Option<u32>,
+}
+
+impl AgentConfig {
+    /// An agent on `model` with no system prompt and no tools.
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            provider: None,
+            name: None,
+            system: None,
+            tools: Vec::new(),
+            max_tokens: None,
+            script: Vec::new(),
+            context_budget_tokens: None,
+        }
+    }
+}
+
+/// Where the agent's tools run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentConfig {
+    /// The sandbox image; the hands' default image when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Hosts the `http_request` tool may reach without a credential (`host` or `host:port`).
+    /// Sandboxes themselves have no network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// The sandbox's network: absent or `none` (the default) for none at all; `limited` for an
+    /// HTTP(S) proxy that lets it reach `allowed_hosts` only (package installs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networking: Option<String>,
+}
+
+/// A session resource: a git repository the hand clones into the workspace when the sandbox is
+/// provisioned. The token is named, never carried: `credential` is a `git` credential of the
+/// session's vaults, used only by the hand, outside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    /// `git_repository`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The repository's https URL, without credentials.
+    pub url: String,
+    /// Where it goes, relative to `/workspace` (default: the URL's last segment without `.git`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+    /// The branch to check out and to push and pull (default: the remote's default branch for
+    /// the clone, then the current branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The vault credential (kind `git`) that authenticates clone, push and pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The built-in tools (run by the hands, or by the hand outside the sandbox). Their
+/// definitions for the model are in `brain::context`.
+pub const BUILTIN_TOOLS: &[&str] = &[
+    "bash",
+    "read",
+    "write",
+    "edit",
+    "glob",
+    "grep",
+    "http_request",
+    "git_remote",
+];
+
+/// The model providers a session may name.
+pub const PROVIDERS: &[&str] = &["anthropic", "openai", "scripted"];
+
+/// Why a session's configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// An id or name that must be a subject token is not one.
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// A field has a value herd cannot use.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SessionCreated {
+    /// Checks everything a front door must refuse before the session exists: a model, a
+    /// known provider, tools that exist (custom tools with a schema), vault names, allowed
+    /// hosts, networking and resources. Normalises allowed hosts in place (lower case,
+    /// trimmed), as they are matched later.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.agent.model.trim().is_empty() {
+            return bad("the model must not be empty".into());
+        }
+        if let Some(p) = self.agent.provider.as_deref()
+            && !PROVIDERS.contains(&p)
+        {
+            return bad(format!(
+                "unknown provider {p:?}; expected anthropic, openai or scripted"
+            ));
+        }
+        for t in &self.agent.tools {
+            match t.kind.as_str() {
+                "builtin" if !BUILTIN_TOOLS.contains(&t.name.as_str()) => {
+                    return bad(format!(
+                        "{:?} is not a built-in tool ({}); custom tools go in --agent",
+                        t.name,
+                        BUILTIN_TOOLS.join(", ")
+                    ));
+                }
+                "builtin" | "custom" => {}
+                other => {
+                    return bad(format!(
+                        "tool {:?}: unknown type {other:?} (builtin or custom)",
+                        t.name
+                    ));
+                }
+            }
+        }
+        for v in &self.vault_ids {
+            check_token("vault name", v)?;
+        }
+        self.environment.allowed_hosts = self
+            .environment
+            .allowed_hosts
+            .iter()
+            .map(|h| normalize_host(h))
+            .collect::<Result<_, _>>()?;
+        match self.environment.networking.as_deref() {
+            None | Some("none") | Some("limited") => {}
+            Some(other) => return bad(format!("networking {other:?}: expected none or limited")),
+        }
+        for r in &self.resources {
+            r.check().map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+}
+
+/// Normalises and checks an allowed host: `host` or `host:port`, no scheme, path or wildcard.
+pub fn normalize_host(host: &str) -> Result<String, ConfigError> {
+    let h = host.trim().to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && !h.starts_with('.')
+        && !h.contains("..");
+    if !ok {
+        return Err(ConfigError::Invalid(format!(
+            "invalid host {host:?}: expected a host name or address, optionally with :port (no scheme, path or wildcard)"
+        )));
+    }
+    Ok(h)
+}
+
+impl Resource {
+    /// Checks a resource when a session is created (and again when it is used).
+    pub fn check(&self) -> Result<(), String> {
+        if self.kind != "git_repository" {
+            return Err(format!(
+                "unknown resource type {:?}; expected git_repository",
+                self.kind
+            ));
+        }
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("invalid url {:?}: {e}", self.url))?;
+        if !matches!(url.scheme(), "https" | "http")
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err("a repository URL must be http(s) and carry no credentials: name a vault credential instead".into());
+        }
+        self.workspace_path()?;
+        if let Some(b) = &self.branch {
+            check_branch(b)?;
+        }
+        Ok(())
+    }
+
+    /// Where the resource goes under `/workspace`: its `mount_path`, or the URL's last
+    /// segment without `.git`.
+    pub fn workspace_path(&self) -> Result<String, String> {
+        let path = match &self.mount_path {
+            Some(p) => p.trim_matches('/').to_string(),
+            None => self
+                .url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches(".git")
+                .to_string(),
+        };
+        let ok = !path.is_empty()
+            && path.len() <= 200
+            && !path.starts_with('-')
+            && !path.starts_with(".herd-git")
+            && path
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if ok {
+            Ok(path)
+        } else {
+            Err(format!(
+                "invalid mount path {path:?}: a relative path of letters, digits, '.', '_', '-' and '/'"
+            ))
+        }
+    }
+}
+
+/// A branch name safe to pass to git and the shell scripts.
+pub fn check_branch(b: &str) -> Result<(), String> {
+    let ok = !b.is_empty()
+        && b.len() <= 200
+        && !b.starts_with('-')
+        && !b.starts_with('/')
+        && !b.ends_with('/')
+        && !b.ends_with(".lock")
+        && !b.contains("..")
+        && !b.contains("//")
+        && b.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid branch name {b:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created() -> SessionCreated {
+        SessionCreated {
+            agent: AgentConfig::new("claude-x"),
+            environment: EnvironmentConfig::default(),
+            title: None,
+            metadata: Default::default(),
+            vault_ids: vec![],
+            resources: vec![],
+        }
+    }
+
+    #[test]
+    fn a_valid_configuration_passes_and_hosts_are_normalised() {
+        let mut c = created();
+        c.environment.allowed_hosts = vec![" Example.COM:8443 ".into()];
+        c.validate().unwrap();
+        assert_eq!(c.environment.allowed_hosts, ["example.com:8443"]);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let refused = |f: &dyn Fn(&mut SessionCreated)| {
+            let mut c = created();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(refused(&|c| c.agent.model = " ".into()).contains("model must not be empty"));
+        assert!(refused(&|c| c.agent.provider = Some("x".into())).contains("unknown provider"));
+        assert!(
+            refused(&|c| c.agent.tools.push(ToolConfig {
+                name: "nope".into(),
+                kind: "builtin".into(),
+                description: None,
+                input_schema: None,
+                permission_policy: PermissionPolicy::AlwaysAllow,
+            }))
+            .contains("is not a built-in tool")
+        );
+        assert!(refused(&|c| c.vault_ids.push("a.b".into())).contains("vault name"));
+        assert!(
+            refused(&|c| c.environment.allowed_hosts.push("https://x".into()))
+                .contains("invalid host")
+        );
+        assert!(
+            refused(&|c| c.environment.networking = Some("open".into())).contains("networking")
+        );
+        assert!(
+            refused(&|c| c.resources.push(Resource {
+                kind: "git_repository".into(),
+                url: "ssh://h/r".into(),
+                mount_path: None,
+                branch: None,
+                credential: None,
+            }))
+            .contains("must be http(s)")
+        );
+    }
+}

@@ -58,6 +58,18 @@ pub struct NatsConfig {
     /// How long one JetStream request may take before it is retried, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// An NKey seed to connect with (`HERD_NATS_NKEY`; environment or file only): how a
+    /// container gets its role's key (compose passes `herd auth init`'s `compose.env`).
+    #[serde(default)]
+    pub nkey: Option<Secret>,
+    /// The directory of herd's role keys (`herd auth init`; `HERD_AUTH_DIR`). When no other
+    /// credential is set, a process connects with its role's key from here; by default from
+    /// `.herd/auth` when that exists.
+    #[serde(default)]
+    pub auth_dir: Option<PathBuf>,
+    /// The role this process connects as (set by the program, not the file).
+    #[serde(skip)]
+    pub role: Option<crate::auth::Role>,
 }
 
 fn default_url() -> String {
@@ -77,6 +89,9 @@ impl Default for NatsConfig {
             password: None,
             token: None,
             request_timeout_ms: default_request_timeout_ms(),
+            auth_dir: None,
+            nkey: None,
+            role: None,
         }
     }
 }
@@ -173,7 +188,67 @@ impl NatsConfig {
         if let Some(v) = var("HERD_NATS_TOKEN") {
             self.token = Some(Secret::new(v));
         }
+        if let Some(v) = var("HERD_NATS_NKEY") {
+            self.nkey = Some(Secret::new(v));
+        }
+        if let Some(v) = var("HERD_AUTH_DIR") {
+            self.auth_dir = Some(v.into());
+        }
         self
+    }
+
+    /// The same settings for a process of `role`.
+    pub fn as_role(mut self, role: crate::auth::Role) -> Self {
+        self.role = Some(role);
+        self
+    }
+
+    /// The role key this connection uses: its role's seed from the auth directory, unless
+    /// another credential is configured. An auth directory that was named but lacks the key is
+    /// an error; the default one is used only when it exists.
+    fn role_key(&self) -> Result<Option<crate::auth::RoleKey>, ConfigError> {
+        let bad_seed = |e: crate::auth::AuthError| ConfigError::Connect {
+            url: self.url.clone(),
+            detail: e.to_string(),
+        };
+        let Some(role) = self.role else {
+            return match &self.nkey {
+                // A seed without a role: any name will do for the inbox of an unknown role.
+                Some(seed) => {
+                    crate::auth::RoleKey::from_seed(crate::auth::Role::Client, seed.expose())
+                        .map(Some)
+                        .map_err(bad_seed)
+                }
+                None => Ok(None),
+            };
+        };
+        if let Some(seed) = &self.nkey {
+            return crate::auth::RoleKey::from_seed(role, seed.expose())
+                .map(Some)
+                .map_err(bad_seed);
+        }
+        if self.creds.is_some() || self.user.is_some() || self.token.is_some() {
+            return Ok(None);
+        }
+        let dir = match &self.auth_dir {
+            Some(d) => d.clone(),
+            None => {
+                let d = PathBuf::from(crate::auth::DEFAULT_DIR);
+                if !d.join(format!("{}.nk", role.name())).exists() {
+                    return Ok(None);
+                }
+                d
+            }
+        };
+        crate::auth::AuthDir::at(dir)
+            .key(role)
+            .map(Some)
+            .map_err(|e| ConfigError::Connect {
+                url: self.url.clone(),
+                detail: format!(
+                    "no key for role {role} ({e}); run `herd auth init` or set HERD_AUTH_DIR"
+                ),
+            })
     }
 
     /// The per-request timeout.
@@ -213,6 +288,11 @@ impl NatsConfig {
         }
         if let Some(token) = &self.token {
             opts = opts.token(token.expose().to_string());
+        }
+        if let Some(key) = self.role_key()? {
+            opts = opts
+                .nkey(key.seed().to_string())
+                .custom_inbox_prefix(key.role.inbox_prefix());
         }
         let urls = self.urls();
         let addrs: Vec<async_nats::ServerAddr> = urls

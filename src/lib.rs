@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod brain;
 pub mod bus;
 pub mod config;

@@ -62,7 +62,7 @@ impl Rig {
     }
 
     async fn add_brain_with(&mut self, cfg: BrainConfig) {
-        let client = connect(&self.nats.server.url()).await;
+        let client = connect_as(&self.nats.server, herd::auth::Role::Brain).await;
         let brain = Brain::new(client, cfg).await.unwrap();
         self.brains.push(tokio::spawn(async move {
             brain.run(std::future::pending()).await.unwrap();

@@ -136,7 +136,7 @@ async fn three_brains_fifty_sessions() {
     model.set_responder(tool_then_text);
     let mut brains = Vec::new();
     for i in 0..3 {
-        let client = connect(&t.server.url()).await;
+        let client = connect_as(&t.server, herd::auth::Role::Brain).await;
         let cfg = BrainConfig {
             name: format!("load-brain-{i}"),
             ack_wait: Duration::from_secs(5),
@@ -239,7 +239,7 @@ async fn three_brains_fifty_sessions() {
 }
 
 struct BrainProcs {
-    url: String,
+    env: Vec<(&'static str, String)>,
     model_url: String,
     procs: Vec<Child>,
     logs: tempfile::TempDir,
@@ -266,7 +266,7 @@ impl BrainProcs {
                 "--model-idle-timeout-secs",
                 "5",
             ])
-            .env("HERD_NATS_URL", &self.url)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("ANTHROPIC_BASE_URL", &self.model_url)
             .env("ANTHROPIC_API_KEY", CRASH_KEY)
             .env(
@@ -310,7 +310,7 @@ async fn brains_killed_at_random_points_lose_nothing() {
     model.set_delay(Duration::from_millis(300));
     let js = async_nats::jetstream::new(t.client.clone());
     let mut brains = BrainProcs {
-        url: t.server.url(),
+        env: herd_env(&t.server),
         model_url: model.anthropic_url(),
         procs: vec![],
         logs: tempfile::tempdir().unwrap(),

@@ -52,7 +52,7 @@ async fn two_of_three_nodes_down_fails_closed_then_resumes() {
 
     init_tracing();
     let mut cluster = LocalCluster::start(3, ServerOptions::default()).unwrap();
-    let client = connect(&cluster.urls()).await;
+    let client = connect(&cluster).await;
     let js = async_nats::jetstream::new(client.clone());
     herd::lab::chaos::apply_when_ready(&js, 3).await.unwrap();
     let log = SessionLog::open(client.clone())
@@ -64,7 +64,7 @@ async fn two_of_three_nodes_down_fails_closed_then_resumes() {
             ..Default::default()
         });
     let brain = herd::brain::Brain::new(
-        connect(&cluster.urls()).await,
+        connect_as(&cluster, herd::auth::Role::Brain).await,
         herd::brain::BrainConfig {
             name: "quorum-brain".into(),
             ack_wait: Duration::from_secs(3),

@@ -10,10 +10,10 @@ use herd::event::*;
 use herd::session::{Outcome, Rule};
 use serde_json::{Value, json};
 
-fn herd(url: &str, args: &[&str]) -> Output {
+fn herd(url: &impl herd::lab::local_server::Target, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(args)
-        .env("HERD_NATS_URL", url)
+        .envs(common::herd_env(url))
         .env_remove("HERD_CONFIG")
         .output()
         .unwrap()
@@ -74,7 +74,7 @@ fn idle() -> EventBody {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sound_logs_pass_and_each_broken_rule_is_named() {
     let t = TestNats::start().await;
-    let url = t.server.url();
+    let url = &t.server;
     let brain = start_brain(&t, "check-brain").await;
     // Two sound sessions, written by a real brain: two turns each.
     let mut sound = Vec::new();

@@ -9,7 +9,7 @@ use common::*;
 use herd::event::Event;
 
 struct Herd {
-    url: String,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Herd {
@@ -20,7 +20,7 @@ impl Herd {
     fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
             .args(args)
-            .env("HERD_NATS_URL", &self.url)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("HERD_CONFIG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -53,7 +53,7 @@ impl Herd {
 async fn a_session_from_the_command_line() {
     let t = TestNats::start().await;
     let herd = Herd {
-        url: t.server.url(),
+        env: herd_env(&t.server),
     };
     let applied = herd.ok(&["streams", "apply"]);
     assert!(
@@ -155,7 +155,7 @@ async fn a_session_from_the_command_line() {
 async fn mistakes_get_clear_errors() {
     let t = TestNats::start().await;
     let herd = Herd {
-        url: t.server.url(),
+        env: herd_env(&t.server),
     };
     herd.ok(&["session", "create", "--id", "s1"]);
     herd.fails(
@@ -268,7 +268,7 @@ async fn mistakes_get_clear_errors() {
 
     // Nothing listening: a clear error, not a hang.
     let nobody = Herd {
-        url: "nats://127.0.0.1:1".into(),
+        env: vec![("HERD_NATS_URL", "nats://127.0.0.1:1".into())],
     };
     nobody_fails(&nobody);
 }

@@ -69,7 +69,7 @@ async fn echo_server() -> (u16, Arc<Mutex<Vec<u8>>>) {
 async fn a_canary_in_a_vault_reaches_only_the_allowed_host_and_nothing_else() {
     ensure_image("busybox");
     let t = TestNats::start().await;
-    let url = t.server.url();
+    let url = &t.server;
     let canary = format!("herd-canary-{}", uuid::Uuid::new_v4().simple());
     let key = herd::credentials::vault::VaultKey::generate_hex().unwrap();
     let (allowed, allowed_seen) = echo_server().await;

@@ -95,7 +95,7 @@ async fn server_crashes_lose_no_acknowledged_event() {
     );
 
     // A fresh connection reads what survived.
-    let log: SessionLog = open_log(connect(&t.server.url()).await).await;
+    let log: SessionLog = open_log(connect(&t.server).await).await;
     let stored = |records: Vec<Record>| -> HashMap<EventId, Vec<u64>> {
         let mut m: HashMap<EventId, Vec<u64>> = HashMap::new();
         for r in records {

@@ -166,7 +166,7 @@ async fn git_server(root: PathBuf, token: String) -> (u16, Arc<Mutex<Seen>>) {
 async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_token() {
     ensure_image("debian");
     let t = TestNats::start().await;
-    let url = t.server.url();
+    let url = &t.server;
     let token = format!("herd-token-{}", uuid::Uuid::new_v4().simple());
     let key = herd::credentials::vault::VaultKey::generate_hex().unwrap();
 

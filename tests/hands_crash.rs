@@ -15,7 +15,11 @@ use serde_json::json;
 
 const IMAGE: &str = "herd-sandbox:busybox";
 
-fn spawn_hands(url: &str, host: &str, extra_env: &[(&str, &str)]) -> Child {
+fn spawn_hands(
+    url: &impl herd::lab::local_server::Target,
+    host: &str,
+    extra_env: &[(&str, &str)],
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
     cmd.args([
         "hands",
@@ -28,7 +32,7 @@ fn spawn_hands(url: &str, host: &str, extra_env: &[(&str, &str)]) -> Child {
         "--image",
         IMAGE,
     ])
-    .env("HERD_NATS_URL", url)
+    .envs(herd_env(url))
     .env("HERD_LOG", "warn")
     .stdin(Stdio::null())
     .stdout(Stdio::null())
@@ -58,13 +62,13 @@ async fn hands_killed_mid_tool_still_answer_each_call_once() {
         .collect();
     let id = scripted_session(&t, &["bash"], script, Some(IMAGE), "go").await;
 
-    let mut hand = spawn_hands(&t.server.url(), &host, &[]);
+    let mut hand = spawn_hands(&t.server, &host, &[]);
     let mut kills = 0;
     while kills < 3 {
         tokio::time::sleep(Duration::from_millis(900)).await;
         // SIGKILL the hand while a tool runs, start another on the same host.
         stop(hand);
-        hand = spawn_hands(&t.server.url(), &host, &[]);
+        hand = spawn_hands(&t.server, &host, &[]);
         kills += 1;
     }
     let events = wait_idles(&t, &id, 1).await;
@@ -101,7 +105,7 @@ async fn a_canary_in_the_workers_environments_never_reaches_a_sandbox() {
     const CANARY: &str = "canary-7f3d9e2a51";
     let t = TestNats::start().await;
     let brain = Brain::new(
-        connect(&t.server.url()).await,
+        connect_as(&t.server, herd::auth::Role::Brain).await,
         BrainConfig {
             name: "canary-brain".into(),
             providers: ProviderSettings {
@@ -117,7 +121,7 @@ async fn a_canary_in_the_workers_environments_never_reaches_a_sandbox() {
     let b = tokio::spawn(async move { brain.run(std::future::pending()).await.unwrap() });
     let host = host("canary");
     let hand = spawn_hands(
-        &t.server.url(),
+        &t.server,
         &host,
         &[
             ("ANTHROPIC_API_KEY", CANARY),

@@ -171,7 +171,7 @@ async fn a_step_lands_whole_or_not_at_all() {
     // A batch cut off mid-way (its writer died before the commit) never lands.
     {
         use async_nats::header::*;
-        let raw = connect(&t.server.url()).await;
+        let raw = connect(&t.server).await;
         for seq in 1..=3 {
             let e = agent_msg(&format!("abandoned {seq}"));
             let mut h = async_nats::HeaderMap::new();
@@ -517,7 +517,7 @@ async fn streams_apply_is_idempotent() {
     let t = TestNats::start().await;
     let js = async_nats::jetstream::new(t.client.clone());
     let outcomes = herd::bus::streams::apply(&js, 1).await.unwrap();
-    assert_eq!(outcomes.len(), 8);
+    assert_eq!(outcomes.len(), 9);
     for o in outcomes {
         assert_eq!(
             o.action,

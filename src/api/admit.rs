@@ -36,6 +36,21 @@ pub enum Refusal {
         /// The call named.
         tool_use_id: String,
     },
+    /// A session that names a vault its creator may not use.
+    #[error(
+        "{principal} may not use vault {vault:?}; a session names only vaults its creator may use"
+    )]
+    Vault {
+        /// Who asked.
+        principal: String,
+        /// The vault named.
+        vault: String,
+    },
+    /// A `system.message` from someone who may not instruct agents.
+    #[error(
+        "{0} may not append a system.message: only the operator and the gateway instruct agents"
+    )]
+    Instruct(String),
     /// A custom tool result for a call that is not waiting for one.
     #[error("session {session} has no custom tool call {tool_use_id} waiting for a result")]
     NotAwaitingResult {
@@ -53,6 +68,11 @@ impl Refusal {
         matches!(self, Self::Type(_) | Self::Empty | Self::Decision(_))
     }
 
+    /// True when the caller may not do this at all.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Vault { .. } | Self::Instruct(_))
+    }
+
     /// True when the session is not there to take it.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound(_))
@@ -66,12 +86,79 @@ fn blank(content: &[ContentBlock]) -> bool {
         .all(|b| b.as_text().is_some_and(|t| t.trim().is_empty()))
 }
 
+/// Who is asking, as a front door knows them: the CLI's operator, or (with the gateway) a
+/// tenant. The door supplies it; the rules below never trust a request to say who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// A name for errors and audit.
+    pub name: String,
+    /// The vaults its sessions may name.
+    pub vaults: VaultGrant,
+    /// Whether it may append `system.message` (instructions that outrank the user's).
+    pub may_instruct: bool,
+}
+
+/// Which vaults a principal's sessions may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultGrant {
+    /// Any vault (the operator's).
+    Any,
+    /// Only these.
+    Only(Vec<String>),
+}
+
+impl Principal {
+    /// The deployment's operator: any vault, may instruct.
+    pub fn operator() -> Self {
+        Self {
+            name: "the operator".into(),
+            vaults: VaultGrant::Any,
+            may_instruct: true,
+        }
+    }
+
+    /// Checks the vaults a new session names.
+    pub fn may_use_vaults(&self, vaults: &[String]) -> Result<(), Refusal> {
+        match &self.vaults {
+            VaultGrant::Any => Ok(()),
+            VaultGrant::Only(mine) => match vaults.iter().find(|v| !mine.contains(v)) {
+                Some(v) => Err(Refusal::Vault {
+                    principal: self.name.clone(),
+                    vault: v.clone(),
+                }),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// [`admit`] for a principal: a `system.message` is admitted from those who may instruct,
+/// on the same conditions as any other event.
+pub fn admit_from(
+    principal: &Principal,
+    state: &SessionState,
+    event: &Event,
+) -> Result<(), Refusal> {
+    if event.type_name() == "system.message" {
+        if !principal.may_instruct {
+            return Err(Refusal::Instruct(principal.name.clone()));
+        }
+        return admit_to(state, event);
+    }
+    admit(state, event)
+}
+
 /// Decides whether `event` may be appended to the session in `state`.
 pub fn admit(state: &SessionState, event: &Event) -> Result<(), Refusal> {
-    let id = || state.id.clone();
     if !ACCEPTED_TYPES.contains(&event.type_name()) {
         return Err(Refusal::Type(event.type_name().to_string()));
     }
+    admit_to(state, event)
+}
+
+/// The rules past the type: content, the session's existence and state, what waits.
+fn admit_to(state: &SessionState, event: &Event) -> Result<(), Refusal> {
+    let id = || state.id.clone();
     match &event.body {
         EventBody::UserMessage(m) if blank(&m.content) => return Err(Refusal::Empty),
         EventBody::UserToolConfirmation(c) if !matches!(c.result.as_str(), "allow" | "deny") => {
@@ -200,6 +287,39 @@ mod tests {
     fn only_what_users_and_clients_say_is_admitted() {
         let r = Log::created().admit(AgentMessage { content: vec![] });
         assert!(r.as_ref().unwrap_err().is_invalid(), "{r:?}");
+    }
+
+    #[test]
+    fn instructions_and_vaults_depend_on_who_asks() {
+        let log = Log::created();
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &log.0);
+        let sys = Event::new(SystemMessage {
+            content: vec![ContentBlock::text("be terse")],
+        });
+        assert!(
+            admit(&state, &sys).is_err(),
+            "wakes never carry instructions"
+        );
+        assert_eq!(admit_from(&Principal::operator(), &state, &sys), Ok(()));
+        let tenant = Principal {
+            name: "tenant t1".into(),
+            vaults: VaultGrant::Only(vec!["v1".into()]),
+            may_instruct: false,
+        };
+        assert!(
+            admit_from(&tenant, &state, &sys)
+                .unwrap_err()
+                .is_forbidden()
+        );
+        assert_eq!(tenant.may_use_vaults(&["v1".into()]), Ok(()));
+        let e = tenant
+            .may_use_vaults(&["v1".into(), "v2".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("may not use vault \"v2\""), "{e}");
+        assert_eq!(
+            Principal::operator().may_use_vaults(&["any".into()]),
+            Ok(())
+        );
     }
 
     #[test]

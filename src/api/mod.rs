@@ -8,7 +8,7 @@
 
 mod admit;
 
-pub use admit::{ACCEPTED_TYPES, Refusal, admit};
+pub use admit::{ACCEPTED_TYPES, Principal, Refusal, VaultGrant, admit, admit_from};
 
 use async_nats::jetstream;
 
@@ -27,6 +27,8 @@ pub enum ErrorClass {
     NotFound,
     /// The request is fine but the session's state does not allow it now: 409.
     Conflict,
+    /// The caller may not do this (a vault it does not own, an instruction): 403.
+    Forbidden,
     /// The request itself is malformed: 400.
     Invalid,
     /// NATS is out of reach or without a leader; the same request may succeed later: 503.
@@ -56,6 +58,7 @@ impl ApiError {
         match self {
             Self::Refused(r) if r.is_not_found() => ErrorClass::NotFound,
             Self::Refused(r) if r.is_invalid() => ErrorClass::Invalid,
+            Self::Refused(r) if r.is_forbidden() => ErrorClass::Forbidden,
             Self::Refused(_) => ErrorClass::Conflict,
             Self::Config(_) => ErrorClass::Invalid,
             Self::Log(LogError::NotFound(_)) => ErrorClass::NotFound,
@@ -78,20 +81,23 @@ pub struct Sent {
     pub duplicate: bool,
 }
 
-/// The front door's library: a log and a JetStream context to wake sessions with.
+/// The front door's library: a log and a JetStream context to wake sessions with, acting for
+/// one principal.
 #[derive(Clone)]
 pub struct Api {
     log: SessionLog,
     js: jetstream::Context,
+    principal: Principal,
 }
 
 impl Api {
-    /// Opens the session log on a connected client.
-    pub async fn open(client: async_nats::Client) -> Result<Self, ApiError> {
+    /// Opens the session log on a connected client, acting for `principal`.
+    pub async fn open(client: async_nats::Client, principal: Principal) -> Result<Self, ApiError> {
         let js = jetstream::new(client.clone());
         Ok(Self {
             log: SessionLog::open(client).await?,
             js,
+            principal,
         })
     }
 
@@ -108,6 +114,7 @@ impl Api {
         mut created: SessionCreated,
     ) -> Result<Event, ApiError> {
         created.validate()?;
+        self.principal.may_use_vaults(&created.vault_ids)?;
         let event = Event::new(created);
         self.log.create(id, &event).await?;
         Ok(event)
@@ -118,7 +125,7 @@ impl Api {
     /// event already in the log is `duplicate`, not refused, whatever the session did since.
     pub async fn send(&self, id: &SessionId, event: &Event) -> Result<Sent, ApiError> {
         let state = self.log.load_state(id).await?;
-        let sent = match admit(&state, event) {
+        let sent = match admit_from(&self.principal, &state, event) {
             Ok(()) => {
                 let a = self.log.append_fact(id, event).await?;
                 Sent {

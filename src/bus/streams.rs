@@ -84,6 +84,8 @@ pub enum Action {
     Updated,
     /// It existed as defined.
     Unchanged,
+    /// It exists with another configuration, left as it is (a worker never reconfigures).
+    Outdated,
 }
 
 /// One line of `herd streams apply`'s report.
@@ -196,6 +198,12 @@ async fn apply_stream(
             if matches(&defined, &info.config) {
                 return Ok(Action::Unchanged);
             }
+            if let Replicas::ForNew(_) = replicas {
+                // Reconfiguring a stream is the operator's act (`herd streams apply`); a worker
+                // says so and carries on with what is there.
+                tracing::warn!(stream = %cfg.name, "The stream's configuration differs from this herd's definition; run `herd streams apply` as the operator to update it.");
+                return Ok(Action::Outdated);
+            }
             js.update_stream(cfg.clone())
                 .await
                 .map_err(|e| server_err("stream", &cfg.name, e))?;
@@ -306,9 +314,9 @@ pub async fn apply(js: &jetstream::Context, replicas: usize) -> Result<Vec<Outco
 }
 
 /// What every worker runs at start: creates what is missing (with `replicas_for_new` copies)
-/// and updates what differs, but never changes the replica count of what exists — that is
-/// `herd streams apply --replicas`'s job, so a worker started with the defaults cannot scale a
-/// cluster's R3 streams down to one copy.
+/// and never changes what exists — neither its settings nor its replica count: that is
+/// `herd streams apply`'s job, an operator's act (DESIGN rule 10), so a worker started with
+/// the defaults cannot scale a cluster's R3 streams down to one copy or reconfigure the log.
 pub async fn ensure(
     js: &jetstream::Context,
     replicas_for_new: usize,
@@ -349,13 +357,14 @@ mod tests {
         let s = &d.streams[0].0;
         assert_eq!(s.name, "HERD_SESSIONS");
         assert_eq!(s.num_replicas, 3);
-        assert!(s.deny_delete && s.allow_direct && s.allow_atomic_publish);
+        assert!(s.deny_delete && s.deny_purge && s.allow_direct && s.allow_atomic_publish);
         assert_eq!(s.max_messages_per_subject, -1);
         assert_eq!(s.max_age, Duration::ZERO);
         assert_eq!(s.duplicate_window, Duration::from_secs(120));
         assert_eq!(d.streams[1].0.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(d.streams[2].0.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(d.streams[3].0.name, "HERD_DEADLETTER");
-        assert_eq!(d.buckets.len(), 4);
+        assert_eq!(d.buckets.len(), 5);
+        assert!(d.buckets.iter().any(|b| b.bucket == "herd-vault"));
     }
 }

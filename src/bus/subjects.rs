@@ -32,6 +32,15 @@ pub const HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
 
 const SESSION_PREFIX: &str = "herd.session.";
 
+/// The `Nats-Msg-Id` of an event appended to a session: `<session_id>/<event_id>`.
+/// JetStream deduplicates message ids across the whole stream, so the id is scoped to its
+/// session: the same event id sent twice to one session lands once, and the same event id in
+/// two sessions (two integrations that both number their messages `msg-1`) lands in both.
+/// Outside publishers set exactly this header (the README's wire protocol).
+pub fn event_message_id(session: &SessionId, event_id: &str) -> String {
+    format!("{session}/{event_id}")
+}
+
 /// The subject of an event of type `event_type` in a session.
 pub fn session_event(session: &SessionId, event_type: &str) -> String {
     format!("{SESSION_PREFIX}{session}.{event_type}")
@@ -125,6 +134,7 @@ mod tests {
         );
         assert_eq!(session_filter(&s), "herd.session.s1.>");
         assert_eq!(wake(&s), "herd.wake.s1");
+        assert_eq!(event_message_id(&s, "msg-1"), "s1/msg-1");
         assert_eq!(parse_session_subject("herd.wake.s1"), None);
         assert_eq!(parse_wake_subject("herd.wake.s1"), Some(s.clone()));
         assert_eq!(parse_wake_subject("herd.wake.a.b"), None);

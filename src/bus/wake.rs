@@ -8,7 +8,7 @@
 //!              "content": [{"type": "text", "text": "hi"}]}]}
 //! ```
 //!
-//! The events (only `user.*` and `system.message` types) are appended to the session first,
+//! The events (only `user.*` types) are appended to the session first,
 //! deduplicated by their ids, then the brain runs the session. Set `Nats-Msg-Id` on the wake
 //! (for example to the first event's id) so that a resent wake collapses into one. A wake with
 //! nothing to do is acknowledged with no effect.
@@ -18,13 +18,14 @@ use serde_json::Value;
 use super::subjects;
 use crate::event::{Event, SessionId, decode_to_json};
 
-/// Event types a wake may carry: what users and client systems say.
+/// Event types a wake may carry: what users and client systems say. Not `system.message`:
+/// it extends the system prompt for good, so only the operator and the gateway append it
+/// (DESIGN rule 10; any wake publisher could otherwise rewrite an agent's instructions).
 pub const ACCEPTED_TYPES: &[&str] = &[
     "user.message",
     "user.interrupt",
     "user.tool_confirmation",
     "user.custom_tool_result",
-    "system.message",
 ];
 
 /// Events carried by a wake, at most this many.
@@ -176,5 +177,9 @@ mod tests {
                 .contains("carries only")
         );
         assert!(err(br#"{"events":[{"type":"user.message"}]}"#).contains("event 0"));
+        assert!(
+            err(br#"{"events":[{"id":"e1","type":"system.message","content":[]}]}"#)
+                .contains("carries only")
+        );
     }
 }

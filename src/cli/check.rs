@@ -82,6 +82,11 @@ fn print_report(r: &SessionReport) {
         r.outcome
     );
     for v in &r.violations {
-        println!("    seq {:>8}  {}: {}", v.seq, v.rule.describe(), v.detail);
+        println!(
+            "    seq {:>8}  {}: {}",
+            v.seq,
+            v.rule.describe(),
+            super::output::escape(&v.detail)
+        );
     }
 }

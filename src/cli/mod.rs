@@ -6,6 +6,7 @@
 //! * [`vault`], [`check`], [`chaos`], [`bench`], [`decode`]: one group each;
 //! * [`output`]: human output (escaped) and JSON lines.
 
+mod auth;
 mod bench;
 mod chaos;
 mod check;
@@ -58,6 +59,11 @@ enum Cmd {
     Streams {
         #[command(subcommand)]
         cmd: StreamsCmd,
+    },
+    /// The NATS users of herd's roles: keys per role and the server's users block.
+    Auth {
+        #[command(subcommand)]
+        cmd: auth::AuthCmd,
     },
     /// Create sessions, send them events, read their logs.
     Session {
@@ -152,8 +158,13 @@ pub(crate) fn nats_config(g: &Global) -> anyhow::Result<NatsConfig> {
     Ok(cfg)
 }
 
+/// The command line connects as the operator: it administers streams and vaults and speaks
+/// for the operator's sessions.
 async fn connect(g: &Global) -> anyhow::Result<async_nats::Client> {
-    Ok(nats_config(g)?.connect("herd-cli").await?)
+    Ok(nats_config(g)?
+        .as_role(herd::auth::Role::Operator)
+        .connect("herd-cli")
+        .await?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -168,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Auth { cmd } => auth::run(cmd),
         Cmd::Session { cmd } => {
             let client = connect(&cli.global).await?;
             session::run(client, cmd).await
@@ -190,7 +202,7 @@ pub async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", output::escape(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -20,6 +20,30 @@ pub fn type_of(r: &Record) -> &str {
     }
 }
 
+/// Makes text safe for a terminal: every control character but newline and tab — C0 (ESC,
+/// BEL, CR, BS, …), DEL and C1 (U+0080–U+009F, whose U+009B starts a CSI sequence on some
+/// terminals) — is shown as a visible escape (`\x1b`, `\r`, `\u{9b}`), so model text, tool
+/// output, titles and ids can neither move the cursor, rewrite what an operator reads before
+/// approving a call, set the clipboard (OSC 52) nor plant links. `--json` output is exact
+/// instead (JSON escapes control characters itself).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if (0x80..=0x9f).contains(&(c as u32)) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn clip(s: &str, n: usize) -> String {
     let flat = s.replace('\n', "⏎");
     if flat.chars().count() <= n {
@@ -110,22 +134,26 @@ pub fn print_record(r: &Record, as_json: bool) {
                 "{:>8}  {}  {:<30} {}",
                 e.seq,
                 at.get(11..23).unwrap_or(&at),
-                e.event.type_name(),
-                clip(&summary(&e.event.body), 200)
+                escape(e.event.type_name()),
+                escape(&clip(&summary(&e.event.body), 200))
             );
         }
         Err(bad) => println!(
             "{:>8}  {:<12}  {:<30} INVALID: {}",
             bad.seq,
             "",
-            type_of(r),
-            clip(&bad.error, 200)
+            escape(type_of(r)),
+            escape(&clip(&bad.error, 200))
         ),
     }
 }
 
-/// A session's state for people.
+/// A session's state for people, escaped for the terminal.
 pub fn state_text(s: &SessionState) -> String {
+    escape(&state_lines(s))
+}
+
+fn state_lines(s: &SessionState) -> String {
     let mut t = String::new();
     t.push_str(&format!("session      {}\n", s.id));
     if let Some(title) = &s.title {
@@ -197,4 +225,26 @@ pub fn state_text(s: &SessionState) -> String {
         t.push_str(&format!("metadata     {k}={v}\n"));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_are_shown_never_sent() {
+        let hostile = "ok\x1b]52;c;ZXZpbA==\x07\x1b[2J\rfake\u{9b}31m\x7f\tend\n";
+        let shown = escape(hostile);
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown,
+            "ok\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\rfake\\u{9b}31m\\x7f\tend\n"
+        );
+        assert_eq!(escape("plain café ⏎"), "plain café ⏎");
+    }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures_util::StreamExt;
-use herd::api::{Api, Sent};
+use herd::api::{Api, Principal, Sent};
 use herd::event::{
     AgentConfig, EnvironmentConfig, Event, EventId, PermissionPolicy, SessionCreated, SessionId,
     ToolConfig,
@@ -241,7 +241,7 @@ fn print_sent(event: &Event, sent: Sent) {
 }
 
 pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<()> {
-    let api = Api::open(client).await?;
+    let api = Api::open(client, Principal::operator()).await?;
     let log = api.log();
     match cmd {
         SessionCmd::Create {

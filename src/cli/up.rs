@@ -43,8 +43,23 @@ fn start_local_server(cfg: &NatsConfig) -> anyhow::Result<OwnServer> {
         );
     }
     std::fs::create_dir_all(".herd").context("creating .herd")?;
+    // nats.conf includes the roles' users block: make it (and every role's key) if missing.
+    let made = herd::auth::AuthDir::at(herd::auth::DEFAULT_DIR).init(&[])?;
+    if !made.is_empty() {
+        eprintln!(
+            "herd up: made NATS keys for herd's roles in {}",
+            herd::auth::DEFAULT_DIR
+        );
+    }
     let log = std::fs::File::create(".herd/nats.log").context("creating .herd/nats.log")?;
+    // nats-server gets only what finds and runs it (PATH, HOME, pyenv's shim variables):
+    // this process may hold model and vault keys, which would show in /proc/<nats>/environ.
     let child = Command::new(herd::lab::local_server::server_binary())
+        .env_clear()
+        .envs(
+            std::env::vars()
+                .filter(|(k, _)| matches!(k.as_str(), "PATH" | "HOME") || k.starts_with("PYENV_")),
+        )
         .args(["-c", "nats.conf"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -73,15 +88,28 @@ pub async fn run(
     } else {
         Some(start_local_server(&cfg)?)
     };
-    let client = cfg.connect("herd-up").await?;
-    herd::bus::streams::ensure(&async_nats::jetstream::new(client.clone()), 1).await?;
+    let operator = cfg
+        .clone()
+        .as_role(herd::auth::Role::Operator)
+        .connect("herd-up")
+        .await?;
+    herd::bus::streams::ensure(&async_nats::jetstream::new(operator), 1).await?;
+    let brain_client = cfg
+        .clone()
+        .as_role(herd::auth::Role::Brain)
+        .connect("herd-up-brain")
+        .await?;
+    let hands_client = cfg
+        .as_role(herd::auth::Role::Hands)
+        .connect("herd-up-hands")
+        .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let brain = herd::brain::Brain::new(client.clone(), brain).await?;
+    let brain = herd::brain::Brain::new(brain_client, brain).await?;
     let brain_task = tokio::spawn(brain.run(stopped(stop_rx.clone())));
-    let hands_task = match herd::hands::Hands::new(client, hands).await {
+    let hands_task = match herd::hands::Hands::new(hands_client, hands).await {
         Ok(h) => Some(tokio::spawn(h.run(stopped(stop_rx)))),
         Err(e) => {
             eprintln!("herd up: running without hands (no tool can run): {e}");

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use herd::auth::Role;
 use herd::brain::BrainConfig;
 use herd::brain::provider::{ProviderSettings, Timeouts};
 use herd::hands::HandsConfig;
@@ -77,6 +78,10 @@ pub struct HandsArgs {
     /// Process limit per sandbox.
     #[arg(long, default_value_t = SandboxConfig::default().pids_limit)]
     pids: i64,
+    /// An image sessions may name besides the default (repeatable); herd's own sandbox images
+    /// are always allowed, any other image is refused.
+    #[arg(long = "allow-image", value_name = "IMAGE")]
+    allow_images: Vec<String>,
 }
 
 /// The hand's host name: the flag, else `$HOSTNAME`, else the library's default.
@@ -130,6 +135,11 @@ fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
             ..Default::default()
         },
         vault_key: herd::credentials::vault::VaultKey::from_env()?,
+        allowed_images: hands_defaults()
+            .allowed_images
+            .into_iter()
+            .chain(a.allow_images)
+            .collect(),
         ..hands_defaults()
     })
 }
@@ -140,7 +150,10 @@ async fn until_ctrl_c() {
 
 /// `herd brain`.
 pub async fn brain(g: &Global, a: BrainArgs) -> anyhow::Result<()> {
-    let client = nats_config(g)?.connect("herd-brain").await?;
+    let client = nats_config(g)?
+        .as_role(Role::Brain)
+        .connect("herd-brain")
+        .await?;
     let js = async_nats::jetstream::new(client.clone());
     herd::bus::streams::ensure(&js, g.stream_replicas as usize).await?;
     let config = brain_config(g, &a)?;
@@ -152,7 +165,10 @@ pub async fn brain(g: &Global, a: BrainArgs) -> anyhow::Result<()> {
 
 /// `herd hands`.
 pub async fn hands(g: &Global, a: HandsArgs) -> anyhow::Result<()> {
-    let client = nats_config(g)?.connect("herd-hands").await?;
+    let client = nats_config(g)?
+        .as_role(Role::Hands)
+        .connect("herd-hands")
+        .await?;
     let js = async_nats::jetstream::new(client.clone());
     herd::bus::streams::ensure(&js, g.stream_replicas as usize).await?;
     let hands = herd::hands::Hands::new(client, hands_config(a)?).await?;

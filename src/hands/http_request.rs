@@ -449,7 +449,7 @@ mod tests {
             vault_ids: vec![],
             resources: vec![],
             allowed_hosts: vec!["127.0.0.1:9".into()],
-            egress: false,
+            ..Default::default()
         };
         let cases = [
             (serde_json::json!({"url": "ftp://x"}), "only http and https"),

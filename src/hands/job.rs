@@ -3,7 +3,9 @@
 //! about a replaced sandbox. The worker reads the log and acts; these functions decide.
 
 use crate::bus::jobs::ToolJob;
-use crate::event::{AgentToolUse, EventBody, Record, Resource, SessionCreated};
+use crate::event::{
+    AgentToolUse, EvaluatedPermission, EventBody, Record, Resource, SessionCreated, ToolConfig,
+};
 
 /// What a hand should do with a job, given the session's log from the call on.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +63,10 @@ pub struct SessionAccess {
     pub resources: Vec<Resource>,
     /// True when its sandbox may reach `allowed_hosts` through the egress proxy.
     pub egress: bool,
+    /// Its agent's tools.
+    pub tools: Vec<ToolConfig>,
+    /// Its sandbox image, when its environment names one.
+    pub image: Option<String>,
 }
 
 impl SessionAccess {
@@ -71,6 +77,8 @@ impl SessionAccess {
             resources: c.resources.clone(),
             egress: c.environment.networking.as_deref() == Some("limited"),
             allowed_hosts: c.environment.allowed_hosts.clone(),
+            tools: c.agent.tools.clone(),
+            image: c.environment.image.clone(),
         }
     }
 
@@ -86,6 +94,72 @@ impl SessionAccess {
             })
             .unwrap_or_default()
     }
+}
+
+/// What a hand takes from the deployment, not from a job: its default image and the images
+/// sessions may name.
+#[derive(Debug, Clone)]
+pub struct ImagePolicy {
+    /// The image of sessions whose environment names none (always allowed).
+    pub default_image: String,
+    /// The other images sessions may name.
+    pub allowed: Vec<String>,
+}
+
+/// Decides whether the hand may run `call` for `job`, from the log alone (DESIGN rule 10:
+/// image, tools and permissions come from `session.created` and the log, never from the
+/// job): the tool must be one of the session's built-in tools, the call allowed when the brain
+/// made it or allowed by the user since (`records` runs from the call on), and the image the
+/// session's, on the deployment's allow-list. Returns the image to run in, or why not (a
+/// tool error the model sees; the call is never run).
+pub fn authorize(
+    access: &SessionAccess,
+    job: &ToolJob,
+    call: &AgentToolUse,
+    records: &[Record],
+    images: &ImagePolicy,
+) -> Result<String, String> {
+    if !access
+        .tools
+        .iter()
+        .any(|t| t.name == call.name && t.kind == "builtin")
+    {
+        return Err(format!(
+            "This session has no built-in tool {:?}; the hand ran nothing.",
+            call.name
+        ));
+    }
+    let confirmed = records.iter().filter_map(|r| r.as_ref().ok()).any(|r| {
+        matches!(&r.event.body, EventBody::UserToolConfirmation(c)
+            if c.tool_use_id == call.tool_use_id && c.result == "allow")
+    });
+    match call.evaluated_permission {
+        Some(EvaluatedPermission::Allow) => {}
+        Some(EvaluatedPermission::Ask) if confirmed => {}
+        _ => {
+            return Err(format!(
+                "The call {} was not allowed (it waits for, or was refused, a confirmation); the hand ran nothing.",
+                call.tool_use_id
+            ));
+        }
+    }
+    let image = access
+        .image
+        .clone()
+        .unwrap_or_else(|| images.default_image.clone());
+    if let Some(asked) = &job.image
+        && *asked != image
+    {
+        return Err(format!(
+            "The job names image {asked:?}, but this session's image is {image:?}; the hand ran nothing."
+        ));
+    }
+    if image != images.default_image && !images.allowed.contains(&image) {
+        return Err(format!(
+            "The sandbox image {image:?} is not on this deployment's allow-list; no tool can run until an operator allows it (herd hands --allow-image)."
+        ));
+    }
+    Ok(image)
 }
 
 /// The host of the latest `sandbox.provisioned` among `records`.
@@ -196,6 +270,82 @@ mod tests {
         assert!(a.egress);
         assert_eq!(a.vault_ids, vec!["v1".to_string()]);
         assert!(SessionAccess::from_records(&[]).vault_ids.is_empty());
+    }
+
+    fn access(image: Option<&str>) -> SessionAccess {
+        SessionAccess {
+            tools: vec![ToolConfig {
+                name: "bash".into(),
+                kind: "builtin".into(),
+                description: None,
+                input_schema: None,
+                permission_policy: crate::event::PermissionPolicy::AlwaysAllow,
+            }],
+            image: image.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    fn images() -> ImagePolicy {
+        ImagePolicy {
+            default_image: "herd-sandbox:debian".into(),
+            allowed: vec!["herd-sandbox:busybox".into()],
+        }
+    }
+
+    fn allowed(name: &str, permission: Option<EvaluatedPermission>) -> AgentToolUse {
+        AgentToolUse {
+            name: name.into(),
+            evaluated_permission: permission,
+            ..call("t1")
+        }
+    }
+
+    #[test]
+    fn the_hand_runs_only_what_the_log_allows() {
+        let ok = allowed("bash", Some(EvaluatedPermission::Allow));
+        let j = job("t1", 4);
+        assert_eq!(
+            authorize(&access(None), &j, &ok, &[], &images()).as_deref(),
+            Ok("herd-sandbox:debian")
+        );
+        let other_tool = allowed("http_request", Some(EvaluatedPermission::Allow));
+        let e = authorize(&access(None), &j, &other_tool, &[], &images()).unwrap_err();
+        assert!(e.contains("no built-in tool \"http_request\""), "{e}");
+        let asked = allowed("bash", Some(EvaluatedPermission::Ask));
+        assert!(authorize(&access(None), &j, &asked, &[], &images()).is_err());
+        let yes = at(
+            6,
+            crate::event::UserToolConfirmation {
+                tool_use_id: "t1".into(),
+                result: "allow".into(),
+                deny_message: None,
+            },
+        );
+        assert!(authorize(&access(None), &j, &asked, &[yes], &images()).is_ok());
+        assert!(authorize(&access(None), &j, &allowed("bash", None), &[], &images()).is_err());
+    }
+
+    #[test]
+    fn the_image_is_the_sessions_and_on_the_allow_list() {
+        let ok = allowed("bash", Some(EvaluatedPermission::Allow));
+        let mut j = job("t1", 4);
+        assert_eq!(
+            authorize(
+                &access(Some("herd-sandbox:busybox")),
+                &j,
+                &ok,
+                &[],
+                &images()
+            )
+            .as_deref(),
+            Ok("herd-sandbox:busybox")
+        );
+        let e = authorize(&access(Some("evil:latest")), &j, &ok, &[], &images()).unwrap_err();
+        assert!(e.contains("not on this deployment's allow-list"), "{e}");
+        j.image = Some("herd-sandbox:busybox".into());
+        let e = authorize(&access(None), &j, &ok, &[], &images()).unwrap_err();
+        assert!(e.contains("names image"), "{e}");
     }
 
     #[test]

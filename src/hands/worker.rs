@@ -59,7 +59,13 @@ pub struct HandsConfig {
     /// The key that opens vault credentials for `http_request`; `None`: secrets cannot be used
     /// on this hand (requests without them still work).
     pub vault_key: Option<crate::credentials::vault::VaultKey>,
+    /// Images sessions may name besides the default one (the deployment's allow-list; any
+    /// other image is refused, so a session cannot run an arbitrary local image).
+    pub allowed_images: Vec<String>,
 }
+
+/// The images every deployment allows: herd's own sandbox images.
+pub const HERD_IMAGES: &[&str] = &["herd-sandbox:debian", "herd-sandbox:busybox"];
 
 impl Default for HandsConfig {
     fn default() -> Self {
@@ -73,6 +79,7 @@ impl Default for HandsConfig {
             sandbox: SandboxConfig::default(),
             registry_ttl: Duration::from_secs(10),
             vault_key: None,
+            allowed_images: HERD_IMAGES.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -546,16 +553,24 @@ impl Hands {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.clone(), Instant::now());
-        let image = job
-            .image
-            .clone()
-            .unwrap_or_else(|| self.config.sandbox.default_image.clone());
         let access = self.session_access(session).await?;
-        let outcome = if call.name == super::http_request::TOOL {
+        let images = job::ImagePolicy {
+            default_image: self.config.sandbox.default_image.clone(),
+            allowed: self.config.allowed_images.clone(),
+        };
+        let authorized = job::authorize(&access, job, &call, &records, &images);
+        let outcome = if let Err(why) = &authorized {
+            tracing::warn!(session = %session, tool_use_id = %job.tool_use_id, why = %why, "Refusing to run a tool call.");
+            tools::ToolOutcome {
+                text: why.clone(),
+                is_error: true,
+            }
+        } else if call.name == super::http_request::TOOL {
             // Outside the sandbox: the one tool that may use secrets.
             self.http.run(&access, &call.input).await
         } else {
-            self.in_sandbox(session, &image, &call, &access, last_try)
+            let image = authorized.as_deref().unwrap_or_default();
+            self.in_sandbox(session, image, &call, &access, last_try)
                 .await?
         };
         self.last_used

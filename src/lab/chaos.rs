@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use super::mock_model::{MockModel, Reply};
 use crate::event::*;
 use crate::lab::bench::Summary;
-use crate::lab::local_server::{LocalCluster, ServerOptions};
+use crate::lab::local_server::{LocalCluster, ServerOptions, Target};
 use crate::session::{RetryPolicy, SessionLog, SessionReport, SessionState, Status};
 
 /// A fault the harness can inject.
@@ -272,6 +272,8 @@ fn agent_reply(body: &Value) -> Reply {
 struct Fleet {
     binary: PathBuf,
     urls: String,
+    /// The roles' keys; each process connects as its role.
+    auth_dir: Option<PathBuf>,
     model_url: String,
     ack_wait: Duration,
     image: String,
@@ -293,6 +295,7 @@ impl Fleet {
         let mut cmd = Command::new(&self.binary);
         cmd.args(args)
             .env("HERD_NATS_URL", &self.urls)
+            .envs(self.auth_dir.iter().map(|d| ("HERD_AUTH_DIR", d)))
             .env("HERD_LOG", "info")
             .env("HERD_STREAM_REPLICAS", "1")
             .env_remove("HERD_CONFIG")
@@ -549,12 +552,10 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     let mut cluster = LocalCluster::start(plan.nodes, ServerOptions::default())
         .context("starting the nats cluster")?;
     let urls = cluster.urls();
-    let client = crate::config::NatsConfig {
-        url: urls.clone(),
-        ..Default::default()
-    }
-    .connect("herd-chaos")
-    .await?;
+    let client = cluster
+        .nats_config(crate::auth::Role::Operator)
+        .connect("herd-chaos")
+        .await?;
     let js = async_nats::jetstream::new(client.clone());
     apply_when_ready(&js, plan.nodes.min(3)).await?;
     let log = SessionLog::open(client.clone())
@@ -586,6 +587,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     let mut fleet = Fleet {
         binary: plan.herd_binary.clone(),
         urls: urls.clone(),
+        auth_dir: Target::auth_dir(&cluster),
         model_url: model.anthropic_url(),
         ack_wait: plan.ack_wait,
         image: plan.image.clone(),

@@ -52,6 +52,20 @@ pub struct ServerOptions {
     pub jetstream_extra: String,
     /// Membership of a cluster, for a node of [`LocalCluster`].
     pub cluster: Option<ClusterMember>,
+    /// Who may connect: herd's roles (the shipped users block, from `herd::auth`) or anyone.
+    pub auth: Auth,
+}
+
+/// How a local server authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// herd's roles, with keys made in the server's own directory: what every deployment
+    /// runs, so tests run with it too.
+    Roles,
+    /// herd's roles, with the keys in this directory (a cluster's nodes share one).
+    RolesAt(PathBuf),
+    /// Anyone may connect and do anything (for measuring the raw primitives only).
+    Open,
 }
 
 impl Default for ServerOptions {
@@ -60,8 +74,20 @@ impl Default for ServerOptions {
             sync_always: true,
             jetstream_extra: String::new(),
             cluster: None,
+            auth: Auth::Roles,
         }
     }
+}
+
+/// Something herd processes connect to: settings for a process of a role.
+pub trait Target {
+    /// The connection settings of a process of `role`: the URLs and, when the server has
+    /// herd's roles, the auth directory with that role's key.
+    fn nats_config(&self, role: crate::auth::Role) -> crate::config::NatsConfig;
+    /// The auth directory, for processes started with `HERD_AUTH_DIR`.
+    fn auth_dir(&self) -> Option<PathBuf>;
+    /// The client URLs, comma-separated (what `HERD_NATS_URL` takes).
+    fn urls(&self) -> String;
 }
 
 /// One node's place in a cluster: its name, its route port and every node's route port.
@@ -122,6 +148,15 @@ impl LocalServer {
         self.dir.path().join("jetstream")
     }
 
+    /// The directory of the roles' keys, when the server has herd's roles.
+    pub fn auth_path(&self) -> Option<PathBuf> {
+        match &self.options.auth {
+            Auth::Roles => Some(self.dir.path().join("auth")),
+            Auth::RolesAt(p) => Some(p.clone()),
+            Auth::Open => None,
+        }
+    }
+
     fn write_config(&self) -> Result<PathBuf, ServerError> {
         let path = self.dir.path().join("nats.conf");
         let port = if self.port == 0 {
@@ -153,8 +188,20 @@ impl LocalServer {
                 )
             }
         };
+        let auth = match self.auth_path() {
+            Some(dir) => {
+                let auth = crate::auth::AuthDir::at(&dir);
+                auth.init(&[]).map_err(|e| {
+                    ServerError::Io(std::io::Error::other(format!("herd auth: {e}")))
+                })?;
+                // nats-server resolves includes against the config's own directory, even
+                // absolute ones, so the shipped users block is copied in whole.
+                std::fs::read_to_string(auth.users_conf())?
+            }
+            None => String::new(),
+        };
         let conf = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: {name}\njetstream {{\n  store_dir: {store:?}\n  {sync}\n  {extra}\n}}\n{cluster}",
+            "listen: 127.0.0.1:{port}\nserver_name: {name}\n{auth}jetstream {{\n  store_dir: {store:?}\n  {sync}\n  {extra}\n}}\n{cluster}",
             store = self.store_dir(),
             extra = self.options.jetstream_extra,
         );
@@ -182,6 +229,11 @@ impl LocalServer {
         // first lines go to the starter, which looks for the port and readiness.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // A role refused by the server is a bug in herd's permissions (or a test of
+                // them): say so where a failing test shows it.
+                if line.contains("Violation") {
+                    eprintln!("nats-server: {line}");
+                }
                 let _ = tx.send(line);
             }
         });
@@ -259,10 +311,58 @@ impl Drop for LocalServer {
     }
 }
 
+impl<T: Target> Target for &T {
+    fn nats_config(&self, role: crate::auth::Role) -> crate::config::NatsConfig {
+        (*self).nats_config(role)
+    }
+    fn auth_dir(&self) -> Option<PathBuf> {
+        (*self).auth_dir()
+    }
+    fn urls(&self) -> String {
+        (*self).urls()
+    }
+}
+
+impl Target for LocalServer {
+    fn nats_config(&self, role: crate::auth::Role) -> crate::config::NatsConfig {
+        crate::config::NatsConfig {
+            url: self.url(),
+            auth_dir: self.auth_path(),
+            ..Default::default()
+        }
+        .as_role(role)
+    }
+    fn auth_dir(&self) -> Option<PathBuf> {
+        self.auth_path()
+    }
+    fn urls(&self) -> String {
+        self.url()
+    }
+}
+
 /// A cluster of local servers on loopback: each node with its own store, client port and route
 /// port, all routed to each other. Nodes can be killed and restarted one by one.
 pub struct LocalCluster {
     nodes: Vec<LocalServer>,
+    /// The roles' keys every node shares.
+    _auth: Option<tempfile::TempDir>,
+}
+
+impl Target for LocalCluster {
+    fn nats_config(&self, role: crate::auth::Role) -> crate::config::NatsConfig {
+        crate::config::NatsConfig {
+            url: self.urls(),
+            auth_dir: self.nodes[0].auth_path(),
+            ..Default::default()
+        }
+        .as_role(role)
+    }
+    fn auth_dir(&self) -> Option<PathBuf> {
+        self.nodes[0].auth_path()
+    }
+    fn urls(&self) -> String {
+        LocalCluster::urls(self)
+    }
 }
 
 impl LocalCluster {
@@ -272,8 +372,18 @@ impl LocalCluster {
         if size <= 1 {
             return Ok(Self {
                 nodes: vec![LocalServer::start(options)?],
+                _auth: None,
             });
         }
+        let mut options = options;
+        let auth = match options.auth {
+            Auth::Roles => {
+                let dir = tempfile::Builder::new().prefix("herd-auth-").tempdir()?;
+                options.auth = Auth::RolesAt(dir.path().join("auth"));
+                Some(dir)
+            }
+            _ => None,
+        };
         let cluster = format!("herd-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let routes = (0..size)
             .map(|_| free_port())
@@ -291,7 +401,7 @@ impl LocalCluster {
                 ..options.clone()
             })?);
         }
-        Ok(Self { nodes })
+        Ok(Self { nodes, _auth: auth })
     }
 
     /// The client URLs of every node, comma-separated (what `HERD_NATS_URL` takes).

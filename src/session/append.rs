@@ -173,7 +173,10 @@ impl SessionLog {
         check_type_name(type_name).map_err(LogError::Invalid)?;
         let payload = Bytes::from(event.encode());
         let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, event.id.as_str());
+        headers.insert(
+            NATS_MESSAGE_ID,
+            subjects::event_message_id(session, event.id.as_str()).as_str(),
+        );
         headers.insert(HEADER_EVENT_TYPE, type_name);
         headers.insert(HEADER_SCHEMA, SCHEMA_VERSION);
         headers.insert("Content-Type", CONTENT_TYPE_MSGPACK);
@@ -279,16 +282,35 @@ impl SessionLog {
         session: &SessionId,
         event: &Event,
     ) -> Result<Appended, LogError> {
+        if matches!(event.body, EventBody::SessionCreated(_)) {
+            // The first session.created is the session's configuration for good (DESIGN rule
+            // 10); only `create` writes one, on condition that the session is empty.
+            return Err(LogError::Invalid(format!(
+                "session {session} already has its configuration: a session.created is appended only at creation"
+            )));
+        }
         let m = self.outgoing(session, event)?;
         let sent = self
             .retry
             .run("append fact", |_| self.send_single(&m, None))
             .await?;
         match sent {
-            Sent::Ack { seq, duplicate, .. } => Ok(Appended {
+            Sent::Ack {
+                seq,
+                duplicate: true,
+                ..
+            } => {
+                self.check_duplicate(session, event, seq).await?;
+                Ok(Appended {
+                    first_seq: seq,
+                    last_seq: seq,
+                    duplicate: true,
+                })
+            }
+            Sent::Ack { seq, .. } => Ok(Appended {
                 first_seq: seq,
                 last_seq: seq,
-                duplicate,
+                duplicate: false,
             }),
             Sent::Conflict(_) | Sent::IdsAlreadyStored(_) => Err(LogError::Rejected {
                 err_code: 10071,
@@ -391,6 +413,40 @@ impl SessionLog {
         {
             Err(LogError::Conflict { .. }) => Err(LogError::AlreadyExists(session.clone())),
             other => other,
+        }
+    }
+
+    /// A duplicate ack names the message that holds this message id; accept it as "already
+    /// there" only when that message is this event in this session. A publisher that set
+    /// another session's id (or the bare event id) on its own message would otherwise make
+    /// this event vanish silently.
+    async fn check_duplicate(
+        &self,
+        session: &SessionId,
+        event: &Event,
+        seq: u64,
+    ) -> Result<(), LogError> {
+        let stored = self
+            .retry
+            .run("check a duplicate", |_| async {
+                self.stream
+                    .get_raw_message(seq)
+                    .await
+                    .map_err(|e| Failure::Transient(e.to_string()))
+            })
+            .await?;
+        let same = subjects::parse_session_subject(&stored.subject)
+            .is_some_and(|(s, _)| &s == session)
+            && super::read::to_record(&stored.subject, seq, &stored.payload)
+                .and_then(|r| r.ok())
+                .is_some_and(|r| r.event.id == event.id);
+        if same {
+            Ok(())
+        } else {
+            Err(LogError::IdTaken {
+                message_id: subjects::event_message_id(session, event.id.as_str()),
+                seq,
+            })
         }
     }
 

@@ -39,6 +39,8 @@ pub enum Rule {
     NotCreatedFirst,
     /// An event id (or a tool_use id) appears twice.
     DuplicateId,
+    /// A `session.created` after the first: ignored by every reader.
+    SecondCreation,
     /// A brain step is not whole, or a span is unbalanced.
     BrokenStep,
     /// A tool call has no result, and nothing waits for one.
@@ -60,6 +62,7 @@ impl Rule {
             Rule::InvalidRecord => "invalid record",
             Rule::NotCreatedFirst => "not created first",
             Rule::DuplicateId => "duplicate id",
+            Rule::SecondCreation => "second session.created",
             Rule::BrokenStep => "broken step",
             Rule::UnansweredCall => "unanswered call",
             Rule::DuplicateResult => "duplicate result",
@@ -222,7 +225,15 @@ impl Checker {
                     );
                     self.violate(e.seq, Rule::NotCreatedFirst, detail);
                 }
-                self.check_id(e);
+                if !self.check_id(e) {
+                    // A copy is one event for every reader: report it, check nothing else.
+                    return;
+                }
+                if !first && matches!(e.event.body, EventBody::SessionCreated(_)) {
+                    let detail = "a session.created after the first; the first is the session's configuration for good and this one is ignored".to_string();
+                    self.violate(e.seq, Rule::SecondCreation, detail);
+                    return;
+                }
                 self.check_step(e);
                 self.check_calls(e);
                 self.check_status(e);
@@ -230,14 +241,17 @@ impl Checker {
         }
     }
 
-    fn check_id(&mut self, e: &StoredEvent) {
+    /// False when the event's id was seen before (reported as a duplicate).
+    fn check_id(&mut self, e: &StoredEvent) -> bool {
         if let Some(earlier) = self.ids.insert(e.event.id.to_string(), e.seq) {
             let detail = format!(
                 "event id {} is also at seq {earlier} (an append landed twice)",
                 e.event.id
             );
             self.violate(e.seq, Rule::DuplicateId, detail);
+            return false;
         }
+        true
     }
 
     fn check_step(&mut self, e: &StoredEvent) {
@@ -846,5 +860,21 @@ mod tests {
         let mut headless = sound();
         let _created = headless.0.remove(0);
         assert_eq!(headless.rules(true), vec![Rule::NotCreatedFirst]);
+    }
+
+    #[test]
+    fn a_second_session_created_is_reported_and_ignored() {
+        let log = sound();
+        let Ok(created) = &log.0[0] else {
+            unreachable!()
+        };
+        let EventBody::SessionCreated(mut other) = created.event.body.clone() else {
+            unreachable!()
+        };
+        other.agent.model = "another-model".into();
+        let log = log.with_event(Event::new(other));
+        assert_eq!(log.rules(true), vec![Rule::SecondCreation]);
+        let state = SessionState::fold(id(), log.0.iter().filter_map(|r| r.as_ref().ok()));
+        assert_ne!(state.config.unwrap().agent.model, "another-model");
     }
 }

@@ -42,6 +42,18 @@ pub enum LogError {
     /// The input is not acceptable as it is.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The event's message id is held by another message (another session's, or one that
+    /// set this session's id on its own): nothing was stored. The id frees up when the
+    /// stream's duplicate window (2 minutes) has passed.
+    #[error(
+        "message id {message_id} is already used by the message at sequence {seq}, which is not this event; nothing was stored (retry after the 2-minute duplicate window, or use another event id)"
+    )]
+    IdTaken {
+        /// The message id.
+        message_id: String,
+        /// Where the other message is.
+        seq: u64,
+    },
     /// JetStream refused the write for a reason retrying will not fix.
     #[error("JetStream refused the write: {description} (err_code {err_code})")]
     Rejected {

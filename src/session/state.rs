@@ -4,13 +4,13 @@
 //! tests all compute the same state from the same events, and every rule is unit-tested
 //! without NATS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
 use crate::event::{
-    EvaluatedPermission, EventBody, Record, SessionCreated, SessionId, StopReason, StoredEvent,
-    Usage,
+    EvaluatedPermission, EventBody, EventId, Record, SessionCreated, SessionId, StopReason,
+    StoredEvent, Usage,
 };
 
 /// What a session is doing, as in the Managed Agents API.
@@ -84,6 +84,10 @@ pub struct SessionState {
     pub usage: Usage,
     /// The last `session.error`'s message.
     pub last_error: Option<String>,
+    /// Event ids folded so far: a repeated id within the session (an append that landed twice,
+    /// after the duplicate window) is one event, and its copy changes nothing.
+    #[serde(skip)]
+    seen: HashSet<EventId>,
 }
 
 impl SessionState {
@@ -103,6 +107,7 @@ impl SessionState {
             pending_tools: BTreeMap::new(),
             usage: Usage::default(),
             last_error: None,
+            seen: HashSet::new(),
         }
     }
 
@@ -122,22 +127,28 @@ impl SessionState {
             .filter(|(_, t)| t.awaiting_confirmation)
     }
 
-    /// Applies one record; an invalid one only counts.
-    pub fn apply_record(&mut self, record: &Record) {
+    /// Applies one record; an invalid one only counts. True when it was a new valid event
+    /// (not an invalid record, not a copy of an event already folded).
+    pub fn apply_record(&mut self, record: &Record) -> bool {
         match record {
             Ok(e) => self.apply(e),
             Err(bad) => {
                 self.invalid_records += 1;
                 self.event_count += 1;
                 self.last_seq = self.last_seq.max(bad.seq);
+                false
             }
         }
     }
 
-    /// Applies one event.
-    pub fn apply(&mut self, e: &StoredEvent) {
+    /// Applies one event; true when it was new. A copy of an event already folded (same id)
+    /// moves only the last sequence, which conditional appends are checked against.
+    pub fn apply(&mut self, e: &StoredEvent) -> bool {
         self.event_count += 1;
         self.last_seq = self.last_seq.max(e.seq);
+        if !self.seen.insert(e.event.id.clone()) {
+            return false;
+        }
         let pending = |kind, name: &str, permission: Option<EvaluatedPermission>| PendingTool {
             kind,
             name: name.to_string(),
@@ -146,7 +157,9 @@ impl SessionState {
             confirmation: None,
         };
         match &e.event.body {
-            EventBody::SessionCreated(c) => {
+            // The first session.created is the configuration for good; a later one (which
+            // herd never appends) changes nothing, and `herd check` reports it.
+            EventBody::SessionCreated(c) if self.config.is_none() => {
                 self.title = c.title.clone();
                 self.metadata = c.metadata.clone();
                 self.config = Some(c.clone());
@@ -207,6 +220,7 @@ impl SessionState {
             }
             _ => {}
         }
+        true
     }
 
     /// A terminated session stays terminated; later status events do not revive it.
@@ -362,6 +376,31 @@ mod tests {
             .then(end(5, 1))
             .state();
         assert_eq!((s.usage.input_tokens, s.usage.output_tokens), (15, 3));
+    }
+
+    #[test]
+    fn a_repeated_event_id_is_one_event() {
+        let mut s = Given::new().then(created()).state();
+        let end = StoredEvent {
+            session_id: SessionId::parse("s").unwrap(),
+            seq: 5,
+            event: Event::new(SpanModelRequestEnd {
+                model_request_start_id: None,
+                model_usage: Usage {
+                    input_tokens: 7,
+                    ..Default::default()
+                },
+                is_error: false,
+            }),
+        };
+        assert!(s.apply(&end));
+        let copy = StoredEvent { seq: 9, ..end };
+        assert!(!s.apply(&copy), "the copy is not new");
+        assert_eq!(s.usage.input_tokens, 7, "the copy changes nothing");
+        assert_eq!(
+            s.last_seq, 9,
+            "but appends are checked against its sequence"
+        );
     }
 
     #[test]

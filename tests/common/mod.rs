@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use herd::auth::Role;
 use herd::event::*;
-use herd::lab::local_server::{LocalServer, ServerOptions};
+use herd::lab::local_server::{LocalServer, ServerOptions, Target};
 use herd::session::{RetryPolicy, SessionLog};
 use serde_json::json;
 
@@ -32,7 +33,7 @@ impl TestNats {
     pub async fn start() -> Self {
         init_tracing();
         let server = LocalServer::start(ServerOptions::default()).expect("start nats-server");
-        let client = connect(&server.url()).await;
+        let client = connect(&server).await;
         herd::bus::streams::apply(&async_nats::jetstream::new(client.clone()), 1)
             .await
             .expect("apply streams");
@@ -46,19 +47,34 @@ impl TestNats {
 
     /// Another connection, as another process would have.
     pub async fn second_log(&self) -> SessionLog {
-        open_log(connect(&self.server.url()).await).await
+        open_log(connect(&self.server).await).await
     }
 }
 
-pub async fn connect(url: &str) -> async_nats::Client {
+/// A connection as the operator (tests set up and inspect what they test, as an operator
+/// would), with the server's role keys: every test server runs herd's auth configuration.
+pub async fn connect(target: &impl Target) -> async_nats::Client {
+    connect_as(target, Role::Operator).await
+}
+
+/// A connection as `role`, with its permissions: the workers a test starts run as their roles.
+pub async fn connect_as(target: &impl Target, role: Role) -> async_nats::Client {
     herd::config::NatsConfig {
-        url: url.to_string(),
         request_timeout_ms: 1_000,
-        ..Default::default()
+        ..target.nats_config(role)
     }
     .connect("herd-test")
     .await
     .expect("connect")
+}
+
+/// The environment a `herd` process needs to reach `target` (its URLs and role keys).
+pub fn herd_env(target: &impl Target) -> Vec<(&'static str, String)> {
+    let mut env = vec![("HERD_NATS_URL", target.urls())];
+    if let Some(dir) = target.auth_dir() {
+        env.push(("HERD_AUTH_DIR", dir.display().to_string()));
+    }
+    env
 }
 
 /// A log whose requests time out after 1 s, so tests that kill the server move on quickly.
@@ -288,7 +304,7 @@ pub fn ensure_image(which: &str) {
 /// An in-process brain on the test server.
 pub async fn start_brain(t: &TestNats, name: &str) -> tokio::task::JoinHandle<()> {
     let brain = herd::brain::Brain::new(
-        connect(&t.server.url()).await,
+        connect_as(&t.server, Role::Brain).await,
         herd::brain::BrainConfig {
             name: name.into(),
             ..Default::default()
@@ -307,7 +323,7 @@ pub async fn start_hands(
     registry_ttl: Duration,
 ) -> (tokio::task::JoinHandle<()>, herd::hands::sandbox::Sandboxes) {
     let hands = herd::hands::Hands::new(
-        connect(&t.server.url()).await,
+        connect_as(&t.server, Role::Hands).await,
         herd::hands::HandsConfig {
             host: host.to_string(),
             registry_ttl,
@@ -456,7 +472,7 @@ impl Drop for KillOnDrop {
 
 /// A real `herd hands` process holding the vault key, logging at debug level into `log`.
 pub fn spawn_hands_process(
-    url: &str,
+    url: &impl Target,
     host: &str,
     image: &str,
     vault_key: &str,
@@ -464,7 +480,7 @@ pub fn spawn_hands_process(
 ) -> KillOnDrop {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(["hands", "--host", host, "--image", image])
-        .env("HERD_NATS_URL", url)
+        .envs(herd_env(url))
         .env("HERD_VAULT_KEY", vault_key)
         .env("HERD_LOG", "debug")
         .stdin(std::process::Stdio::null())
@@ -515,11 +531,16 @@ pub async fn scripted_session_with(
 }
 
 /// Runs the `herd` binary against `url` with the vault key, feeding it `stdin`.
-pub fn herd_with_key(url: &str, key: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+pub fn herd_with_key(
+    url: &impl Target,
+    key: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> std::process::Output {
     use std::io::Write;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(args)
-        .env("HERD_NATS_URL", url)
+        .envs(herd_env(url))
         .env("HERD_VAULT_KEY", key)
         .env_remove("HERD_CONFIG")
         .stdin(std::process::Stdio::piped())

@@ -202,7 +202,10 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         },
         ..Default::default()
     };
-    let brain = Brain::new(async_nats::connect(server.url()).await?, config).await?;
+    let client = crate::lab::local_server::Target::nats_config(server, crate::auth::Role::Brain)
+        .connect("bench-brain")
+        .await?;
+    let brain = Brain::new(client, config).await?;
     let task = tokio::spawn(async move {
         let _ = brain.run(std::future::pending()).await;
     });

@@ -107,7 +107,9 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
     let (server, js, log) = (&nats.server, nats.js.clone(), nats.log.clone());
     let host = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let hands = Hands::new(
-        async_nats::connect(server.url()).await?,
+        crate::lab::local_server::Target::nats_config(server, crate::auth::Role::Hands)
+            .connect("bench-hands")
+            .await?,
         HandsConfig {
             host,
             sandbox: SandboxConfig {

@@ -84,8 +84,13 @@ pub(crate) struct PrivateNats {
 impl PrivateNats {
     /// Starts the server (fsync always, as production should run) and applies the streams.
     pub(crate) async fn start() -> anyhow::Result<Self> {
+        use crate::lab::local_server::Target;
         let server = crate::lab::local_server::LocalServer::start(Default::default())?;
-        let client = async_nats::connect(server.url()).await?;
+        // With herd's roles, as deployed: the raw primitives run as the operator.
+        let client = server
+            .nats_config(crate::auth::Role::Operator)
+            .connect("herd-bench")
+            .await?;
         let js = async_nats::jetstream::new(client.clone());
         crate::bus::streams::apply(&js, 1).await?;
         let log = crate::session::SessionLog::open(client.clone()).await?;

@@ -1,10 +1,15 @@
 """Wake a herd agent from Python and print its answer, with nothing but nats-py.
 
-    pip install nats-py msgpack
+    pip install nats-py nkeys msgpack
     python3 examples/wake.py <session_id> "your message" [nats://127.0.0.1:4222]
+
+It connects as herd's `client` role (an outside system: it may publish wakes and user events
+and read sessions), with the key `herd auth init` made: $HERD_NATS_NKEY_FILE, by default
+.herd/auth/client.nk. Replies come to the role's own inbox prefix, `_INBOX_client`.
 """
 import asyncio
 import json
+import os
 import sys
 import uuid
 
@@ -14,7 +19,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 
 async def main(session: str, text: str, url: str) -> None:
-    nc = await nats.connect(url)
+    seed = os.environ.get("HERD_NATS_NKEY_FILE", ".herd/auth/client.nk")
+    nc = await nats.connect(url, nkeys_seed=seed, inbox_prefix=b"_INBOX_client")
     js = nc.jetstream()
     # Subscribe first, to new events only, so nothing between the wake and the answer is missed.
     sub = await js.subscribe(

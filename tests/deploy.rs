@@ -85,4 +85,19 @@ fn compose_yaml_is_valid_and_runs_every_plane() {
     ))
     .unwrap();
     assert!(conf.contains("sync_interval: always"));
+    // Roles: every node includes the users and cluster blocks `herd auth init` writes and
+    // mounts them; every herd service connects with its own role's key.
+    assert!(conf.contains("include \"auth/users.conf\""));
+    assert!(conf.contains("include \"auth/cluster.conf\""));
+    assert_eq!(full.matches("/etc/nats/auth").count(), 3, "{full}");
+    assert!(block("brain").contains("HERD_BRAIN_NKEY"));
+    assert!(block("hands").contains("HERD_HANDS_NKEY"));
+    assert!(text.contains("HERD_OPERATOR_NKEY"));
+    // Monitoring stays on each node's loopback and is not published (N26).
+    assert!(conf.contains("http: 127.0.0.1:8222"));
+    assert!(!conf.contains("0.0.0.0:8222") && !text.contains("8222:8222"));
+    // The cluster block herd writes authenticates its routes.
+    let block = herd::auth::cluster_block("pw");
+    assert!(block.contains("authorization { user: route, password: \"pw\" }"));
+    assert_eq!(block.matches("nats-route://route:pw@").count(), 3);
 }

@@ -5,7 +5,9 @@
 
 It connects as herd's `client` role (an outside system: it may publish wakes and user events
 and read sessions), with the key `herd auth init` made: $HERD_NATS_NKEY_FILE, by default
-.herd/auth/client.nk. Replies come to the role's own inbox prefix, `_INBOX_client`.
+.herd/auth/client.nk. Replies come to the role's own inbox prefix, `_INBOX_client`. The role
+reads with direct gets (it may not create consumers: a push consumer could deliver anywhere),
+so the answer is followed by asking for the session's next event after the last one seen.
 """
 import asyncio
 import json
@@ -15,31 +17,37 @@ import uuid
 
 import msgpack
 import nats
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+STREAM = "HERD_SESSIONS"
 
 
 async def main(session: str, text: str, url: str) -> None:
     seed = os.environ.get("HERD_NATS_NKEY_FILE", ".herd/auth/client.nk")
     nc = await nats.connect(url, nkeys_seed=seed, inbox_prefix=b"_INBOX_client")
     js = nc.jetstream()
-    # Subscribe first, to new events only, so nothing between the wake and the answer is missed.
-    sub = await js.subscribe(
-        f"herd.session.{session}.>",
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
-    )
+    subject = f"herd.session.{session}.>"
+    # Where the session is now, so only what follows the wake is printed.
+    last = await js.get_last_msg(STREAM, subject, direct=True)
+    seq = last.seq
     event_id = f"evt-{uuid.uuid4().hex}"
     wake = {"events": [{"id": event_id, "type": "user.message",
                         "content": [{"type": "text", "text": text}]}]}
-    # Nats-Msg-Id makes a resent wake collapse into one.
+    # A wake's Nats-Msg-Id makes a resent wake collapse into one.
     await js.publish(f"herd.wake.{session}", json.dumps(wake).encode(),
-                     headers={"Nats-Msg-Id": event_id})
-    async for msg in sub.messages:
-        event = msgpack.unpackb(msg.data)      # herd writes MessagePack maps with named fields
+                     headers={"Nats-Msg-Id": f"{session}/{event_id}"})
+    while True:
+        try:
+            msg = await js.get_msg(STREAM, seq=seq + 1, subject=subject, next=True, direct=True)
+        except NotFoundError:
+            await asyncio.sleep(0.05)       # nothing new yet
+            continue
+        seq = msg.seq
+        event = msgpack.unpackb(msg.data)   # herd writes MessagePack maps with named fields
         kind = event["type"]
         if kind == "agent.message":
             print("agent:", "".join(b.get("text", "") for b in event["content"]))
-        elif kind == "session.status_idle":
+        elif kind == "session.status_idle" and seq > last.seq + 1:
             print("idle:", event["stop_reason"]["type"])
             break
     await nc.close()

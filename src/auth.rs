@@ -109,16 +109,22 @@ const ADMIN: &[&str] = &[
     "$JS.API.STREAM.PURGE.KV_herd-vault",
 ];
 
-/// Reading session logs: stream info, direct and leader gets, ordered consumers (follow).
-/// Direct gets carry their subject filter in the request body, so NATS cannot restrict which
-/// session a reader reads: tenants are separated by the gateway, not by NATS.
+/// Reading session logs: the log's info, direct and leader gets. Direct gets carry their
+/// subject filter in the request body, so NATS cannot restrict which session a reader reads:
+/// tenants are separated by the gateway, not by NATS.
 const READ_SESSIONS: &[&str] = &[
     "$JS.API.INFO",
-    "$JS.API.STREAM.INFO.*",
-    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.INFO.HERD_SESSIONS",
     "$JS.API.DIRECT.GET.HERD_SESSIONS",
     "$JS.API.DIRECT.GET.HERD_SESSIONS.>",
     "$JS.API.STREAM.MSG.GET.HERD_SESSIONS",
+];
+
+/// Following session logs live with ordered consumers. Only the gateway (and the operator)
+/// may: creating any consumer lets its creator name a push delivery subject, and nats-server
+/// checks only that it does not loop into the same stream, so a consumer could deliver into
+/// another stream's subjects (a vault key, a tool job). Others read with direct gets.
+const FOLLOW_SESSIONS: &[&str] = &[
     "$JS.API.CONSUMER.CREATE.HERD_SESSIONS",
     "$JS.API.CONSUMER.CREATE.HERD_SESSIONS.>",
     "$JS.API.CONSUMER.MSG.NEXT.HERD_SESSIONS.>",
@@ -126,6 +132,9 @@ const READ_SESSIONS: &[&str] = &[
     "$JS.API.CONSUMER.INFO.HERD_SESSIONS.>",
     "$JS.FC.HERD_SESSIONS.>",
 ];
+
+/// Every stream's info: a worker checks at start that herd's streams and buckets exist.
+const INFO_ALL: &str = "$JS.API.STREAM.INFO.*";
 
 /// Reading a KV bucket or object store by key (stream info is in [`READ_SESSIONS`]).
 fn read_bucket(stream: &str) -> Vec<String> {
@@ -166,6 +175,7 @@ pub fn permissions(role: Role) -> Permissions {
             };
         }
         Role::Brain => {
+            publish.push(INFO_ALL.into());
             publish.extend(strings(&[
                 // What brains decide, and the user events a wake carries.
                 "herd.session.*.agent.>",
@@ -193,10 +203,13 @@ pub fn permissions(role: Role) -> Permissions {
             ]));
         }
         Role::Hands => {
+            publish.push(INFO_ALL.into());
             publish.extend(strings(&[
                 "herd.session.*.agent.tool_result",
                 "herd.session.*.sandbox.>",
-                "herd.wake.*",
+                // Its own wake subject: a hand's wake carries no events, so a hand can never
+                // write a user event (a confirmation of its own call) through a brain.
+                "herd.wake.*.tool",
                 "herd.tools.pool.>",
                 "herd.deadletter.tool",
                 "$KV.herd-hands.>",
@@ -204,13 +217,6 @@ pub fn permissions(role: Role) -> Permissions {
                 // Large outputs; replacing an object purges its old chunks.
                 "$O.herd-blobs.>",
                 "$JS.API.STREAM.PURGE.OBJ_herd-blobs",
-                // Reading the vault (listing its keys is an ordered consumer).
-                "$JS.API.CONSUMER.CREATE.KV_herd-vault",
-                "$JS.API.CONSUMER.CREATE.KV_herd-vault.>",
-                "$JS.API.CONSUMER.MSG.NEXT.KV_herd-vault.>",
-                "$JS.API.CONSUMER.DELETE.KV_herd-vault.>",
-                "$JS.API.CONSUMER.INFO.KV_herd-vault.>",
-                "$JS.FC.KV_herd-vault.>",
             ]));
             publish.extend(take_work("HERD_TOOLS", "*"));
             publish.extend(read_bucket("HERD_TOOLS"));
@@ -226,14 +232,18 @@ pub fn permissions(role: Role) -> Permissions {
             ]));
         }
         Role::Gateway => {
+            publish.extend(strings(FOLLOW_SESSIONS));
             publish.extend(strings(&[
+                "$JS.API.STREAM.INFO.KV_herd-vault",
+                "$JS.API.STREAM.INFO.OBJ_herd-blobs",
                 "herd.session.*.session.created",
                 "herd.session.*.session.updated",
                 "herd.session.*.session.status_terminated",
                 "herd.session.*.system.message",
                 "herd.session.*.user.>",
                 "herd.wake.*",
-                // Tenants' credentials: written sealed, never read back.
+                // Tenants' credentials: written sealed, never read back (the bucket takes no
+                // rollups, so a write replaces one key, never the bucket).
                 "$KV.herd-vault.>",
             ]));
             publish.extend(read_bucket("OBJ_herd-blobs"));
@@ -539,6 +549,21 @@ mod tests {
             assert!(p.deny_publish.contains(&s.to_string()), "{s}");
         }
         assert!(!p.publish.iter().any(|s| s.starts_with("herd.tools")));
+        // No consumer of its own: a push consumer could deliver into any other stream.
+        for role in [Role::Client, Role::Brain, Role::Hands] {
+            assert!(
+                !permissions(role)
+                    .publish
+                    .iter()
+                    .any(|s| s.starts_with("$JS.API.CONSUMER.CREATE.HERD_SESSIONS")),
+                "{role}"
+            );
+        }
+        assert!(
+            !permissions(Role::Hands)
+                .publish
+                .contains(&"herd.wake.*".to_string())
+        );
     }
 
     #[test]

@@ -89,10 +89,23 @@ fn compose_yaml_is_valid_and_runs_every_plane() {
     // mounts them; every herd service connects with its own role's key.
     assert!(conf.contains("include \"auth/users.conf\""));
     assert!(conf.contains("include \"auth/cluster.conf\""));
-    assert_eq!(full.matches("/etc/nats/auth").count(), 3, "{full}");
+    assert_eq!(
+        full.matches("/etc/nats/auth/users.conf").count(),
+        3,
+        "{full}"
+    );
+    assert!(
+        !text.contains(".herd/auth:"),
+        "nodes mount the two blocks, never the seeds"
+    );
     assert!(block("brain").contains("HERD_BRAIN_NKEY"));
     assert!(block("hands").contains("HERD_HANDS_NKEY"));
-    assert!(text.contains("HERD_OPERATOR_NKEY"));
+    assert!(block("streams").contains("HERD_OPERATOR_NKEY"));
+    assert_eq!(
+        text.matches("HERD_OPERATOR_NKEY").count(),
+        2,
+        "only streams and cli"
+    );
     // Monitoring stays on each node's loopback and is not published (N26).
     assert!(conf.contains("http: 127.0.0.1:8222"));
     assert!(!conf.contains("0.0.0.0:8222") && !text.contains("8222:8222"));

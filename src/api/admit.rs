@@ -25,6 +25,9 @@ pub enum Refusal {
     /// A message without any content.
     #[error("the message is empty")]
     Empty,
+    /// An event id of herd's derived form (`sevt_<kind>_…`).
+    #[error("event id {0:?} has the form of an id herd derives (sevt_<kind>_…); choose another")]
+    ReservedId(String),
     /// A confirmation that is neither `allow` nor `deny`.
     #[error("a confirmation's result must be allow or deny, not {0:?}")]
     Decision(String),
@@ -65,7 +68,10 @@ impl Refusal {
     /// True when the event itself is malformed (whatever the session's state), as opposed to
     /// arriving at a session that cannot take it now.
     pub fn is_invalid(&self) -> bool {
-        matches!(self, Self::Type(_) | Self::Empty | Self::Decision(_))
+        matches!(
+            self,
+            Self::Type(_) | Self::Empty | Self::Decision(_) | Self::ReservedId(_)
+        )
     }
 
     /// True when the caller may not do this at all.
@@ -156,8 +162,16 @@ pub fn admit(state: &SessionState, event: &Event) -> Result<(), Refusal> {
     admit_to(state, event)
 }
 
+fn check_id(event: &Event) -> Result<(), Refusal> {
+    if event.id.is_derived() {
+        return Err(Refusal::ReservedId(event.id.to_string()));
+    }
+    Ok(())
+}
+
 /// The rules past the type: content, the session's existence and state, what waits.
 fn admit_to(state: &SessionState, event: &Event) -> Result<(), Refusal> {
+    check_id(event)?;
     let id = || state.id.clone();
     match &event.body {
         EventBody::UserMessage(m) if blank(&m.content) => return Err(Refusal::Empty),
@@ -281,6 +295,23 @@ mod tests {
             headless.admit(say("hi")),
             Err(Refusal::NotCreated(_))
         ));
+    }
+
+    #[test]
+    fn herds_own_derived_ids_are_reserved() {
+        let log = Log::created();
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &log.0);
+        let planted = Event::with_id(
+            EventId::derived("result", &["0123456789abcdef", "toolu_1"]).unwrap(),
+            say("I am a tool result"),
+        );
+        assert!(matches!(
+            admit(&state, &planted),
+            Err(Refusal::ReservedId(_))
+        ));
+        let generated = Event::new(say("hi"));
+        assert!(!generated.id.is_derived());
+        assert_eq!(admit(&state, &generated), Ok(()));
     }
 
     #[test]

@@ -133,6 +133,10 @@ impl Api {
                     duplicate: a.duplicate,
                 }
             }
+            // A malformed event is refused whatever the log holds.
+            Err(refusal) if refusal.is_invalid() || refusal.is_forbidden() => {
+                return Err(refusal.into());
+            }
             Err(refusal) => match self.find(id, event).await? {
                 Some(seq) => Sent {
                     seq,

@@ -210,9 +210,16 @@ async fn apply_stream(
             Ok(Action::Updated)
         }
         Err(e) if is_stream_not_found(&e) => {
-            js.create_stream(cfg.clone())
-                .await
-                .map_err(|e| server_err("stream", &cfg.name, e))?;
+            js.create_stream(cfg.clone()).await.map_err(|e| {
+                let hint = match replicas {
+                    // A worker's role may not create streams: say what to do.
+                    Replicas::ForNew(_) => format!(
+                        "{e} (the stream is missing and this process may not create it: run `herd streams apply` as the operator first)"
+                    ),
+                    Replicas::Set(_) => e.to_string(),
+                };
+                server_err("stream", &cfg.name, hint)
+            })?;
             Ok(Action::Created)
         }
         Err(e) => Err(server_err("stream", &cfg.name, e)),
@@ -258,27 +265,61 @@ async fn apply_bucket(
     };
     match b.kind {
         BucketKind::Kv => {
-            let existed = stream_exists(js, &format!("KV_{}", b.bucket)).await;
-            let cfg = kv::Config {
-                bucket: b.bucket.clone(),
-                description: b.description.clone(),
-                history: b.history.unwrap_or(1),
-                num_replicas: replicas,
-                limit_markers: b
-                    .ttl_markers_ms
-                    .map(|ms| Duration::from_millis(ms.max(1000))),
-                ..Default::default()
-            };
-            js.create_or_update_key_value(cfg)
+            let name = format!("KV_{}", b.bucket);
+            let existed = stream_exists(js, &name).await;
+            if !existed {
+                let cfg = kv::Config {
+                    bucket: b.bucket.clone(),
+                    description: b.description.clone(),
+                    history: b.history.unwrap_or(1),
+                    num_replicas: replicas,
+                    limit_markers: b
+                        .ttl_markers_ms
+                        .map(|ms| Duration::from_millis(ms.max(1000))),
+                    ..Default::default()
+                };
+                js.create_key_value(cfg)
+                    .await
+                    .map_err(|e| server_err("kv", &b.bucket, e))?;
+            }
+            // async-nats makes buckets that take rollups and purges: one publish with
+            // `Nats-Rollup: all` through any key a role may write would empty the bucket
+            // (and the vault is not rebuildable). The vault needs neither: keys are replaced,
+            // or deleted with a marker. Once set, nats-server never lets deny_purge
+            // go (err_code 10052), so an existing bucket is updated in place, not re-created
+            // from a kv::Config (which would ask to cancel it).
+            let mut stream = js
+                .get_stream(&name)
                 .await
                 .map_err(|e| server_err("kv", &b.bucket, e))?;
+            let have = stream
+                .info()
+                .await
+                .map_err(|e| server_err("kv", &b.bucket, e))?
+                .config
+                .clone();
+            let mut want = have.clone();
+            // Buckets with per-key TTLs (leases, the hand registry) need rollups for their
+            // delete markers, and hold only what is rebuilt within seconds.
+            if b.ttl_markers_ms.is_none() {
+                want.deny_purge = true;
+                want.allow_rollup = false;
+            }
+            want.num_replicas = replicas;
+            want.description = Some(b.description.clone());
+            let changed = want != have;
+            if changed {
+                js.update_stream(want)
+                    .await
+                    .map_err(|e| server_err("kv", &b.bucket, e))?;
+            }
             Ok(Outcome {
                 kind: "kv",
                 name: b.bucket.clone(),
-                action: if existed {
-                    Action::Unchanged
-                } else {
-                    Action::Created
+                action: match (existed, changed) {
+                    (false, _) => Action::Created,
+                    (true, true) => Action::Updated,
+                    (true, false) => Action::Unchanged,
                 },
             })
         }

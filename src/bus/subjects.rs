@@ -66,12 +66,37 @@ pub fn wake(session: &SessionId) -> String {
     format!("{WAKE_PREFIX}{session}")
 }
 
-/// The filter of the brains' consumer: every session's wakes.
-pub const ALL_WAKES: &str = "herd.wake.*";
+/// The wake subject of a hand that appended a tool result: `herd.wake.<session_id>.tool`. A
+/// wake on it carries no events, so the hands' role (which may publish only here) can never
+/// have a brain append a user event for it.
+pub fn tool_wake(session: &SessionId) -> String {
+    format!("{WAKE_PREFIX}{session}.{TOOL_WAKE_SUFFIX}")
+}
 
-/// The session a wake subject names, if it is `herd.wake.<valid session id>`.
-pub fn parse_wake_subject(subject: &str) -> Option<SessionId> {
-    SessionId::parse(subject.strip_prefix(WAKE_PREFIX)?).ok()
+const TOOL_WAKE_SUFFIX: &str = "tool";
+
+/// The filter of the brains' consumer: every session's wakes, both kinds.
+pub const ALL_WAKES: &str = "herd.wake.>";
+
+/// Who published a wake, as its subject says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeSource {
+    /// A front door or an outside system (`herd.wake.<id>`): it may carry user events.
+    Outside,
+    /// A hand, after a tool result (`herd.wake.<id>.tool`): it carries nothing.
+    Hand,
+}
+
+/// The session a wake subject names, and who may have published it: `herd.wake.<id>` or
+/// `herd.wake.<id>.tool`, with a valid session id.
+pub fn parse_wake_subject(subject: &str) -> Option<(SessionId, WakeSource)> {
+    let rest = subject.strip_prefix(WAKE_PREFIX)?;
+    let (id, source) = match rest.split_once('.') {
+        None => (rest, WakeSource::Outside),
+        Some((id, TOOL_WAKE_SUFFIX)) => (id, WakeSource::Hand),
+        Some(_) => return None,
+    };
+    Some((SessionId::parse(id).ok()?, source))
 }
 
 /// The subject of a tool job any hand may take.
@@ -136,7 +161,14 @@ mod tests {
         assert_eq!(wake(&s), "herd.wake.s1");
         assert_eq!(event_message_id(&s, "msg-1"), "s1/msg-1");
         assert_eq!(parse_session_subject("herd.wake.s1"), None);
-        assert_eq!(parse_wake_subject("herd.wake.s1"), Some(s.clone()));
+        assert_eq!(
+            parse_wake_subject("herd.wake.s1"),
+            Some((s.clone(), WakeSource::Outside))
+        );
+        assert_eq!(
+            parse_wake_subject(&tool_wake(&s)),
+            Some((s.clone(), WakeSource::Hand))
+        );
         assert_eq!(parse_wake_subject("herd.wake.a.b"), None);
         assert_eq!(pool_job(&s, "t1"), "herd.tools.pool.s1.t1");
         let host = host_job("h1", &s, "t1");

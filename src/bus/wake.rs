@@ -15,7 +15,7 @@
 
 use serde_json::Value;
 
-use super::subjects;
+use super::subjects::{self, WakeSource};
 use crate::event::{Event, SessionId, decode_to_json};
 
 /// Event types a wake may carry: what users and client systems say. Not `system.message`:
@@ -62,7 +62,7 @@ pub enum WakeError {
 impl Wake {
     /// Parses a wake message.
     pub fn parse(subject: &str, payload: &[u8]) -> Result<Self, WakeError> {
-        let session_id = subjects::parse_wake_subject(subject)
+        let (session_id, source) = subjects::parse_wake_subject(subject)
             .ok_or_else(|| WakeError::Subject(subject.chars().take(200).collect()))?;
         let bad = |detail: String| WakeError::Payload {
             session: session_id.clone(),
@@ -82,6 +82,11 @@ impl Wake {
         };
         let events = match obj.remove("events") {
             None | Some(Value::Null) => vec![],
+            Some(Value::Array(list)) if !list.is_empty() && source == WakeSource::Hand => {
+                return Err(bad(
+                    "a hand's wake (herd.wake.<id>.tool) carries no events".into()
+                ));
+            }
             Some(Value::Array(list)) => {
                 if list.len() > MAX_WAKE_EVENTS {
                     return Err(bad(format!(
@@ -113,24 +118,49 @@ impl Wake {
 /// How long [`publish`] keeps retrying through a leader election or a reconnect.
 pub const PUBLISH_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Publishes a wake for a session after an append at `after_seq`. Its message id is derived
-/// from the session and the sequence, so any number of wakes for the same change collapse —
-/// which also makes retrying safe: a wake is retried with the same id for up to
-/// [`PUBLISH_RETRY_FOR`] while `HERD_WAKE` has no leader (a cluster node died) or the
-/// connection is down, instead of failing the caller's whole job for a redelivery later.
+/// Publishes a wake for a session after an append at `after_seq`, as a front door does
+/// (`herd.wake.<id>`).
+///
+/// Its message id is the session, the sequence and a nonce drawn once per call, so retrying is
+/// safe: a wake is retried with the same id for up to [`PUBLISH_RETRY_FOR`] while `HERD_WAKE`
+/// has no leader (a cluster node died) or the connection is down, instead of failing the
+/// caller's whole job for a redelivery later. The nonce makes the id unguessable: the wake
+/// stream deduplicates ids across every publisher, and an id anyone could compute ahead of
+/// time could be spent by someone else's wake, swallowing this one. A wake is idempotent, so
+/// a second wake for the same change costs one replay.
 pub async fn publish(
     js: &async_nats::jetstream::Context,
     session: &SessionId,
     after_seq: u64,
 ) -> Result<(), async_nats::jetstream::context::PublishError> {
+    publish_on(js, subjects::wake(session), session, after_seq).await
+}
+
+/// Publishes a hand's wake after the tool result it appended at `after_seq`
+/// (`herd.wake.<id>.tool`, which carries no events).
+pub async fn publish_from_hand(
+    js: &async_nats::jetstream::Context,
+    session: &SessionId,
+    after_seq: u64,
+) -> Result<(), async_nats::jetstream::context::PublishError> {
+    publish_on(js, subjects::tool_wake(session), session, after_seq).await
+}
+
+async fn publish_on(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    session: &SessionId,
+    after_seq: u64,
+) -> Result<(), async_nats::jetstream::context::PublishError> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
     use async_nats::jetstream::context::PublishErrorKind as K;
     let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
     let mut delay = std::time::Duration::from_millis(50);
     loop {
         let msg = async_nats::jetstream::message::PublishMessage::build()
-            .message_id(format!("wake_{session}_{after_seq}"))
+            .message_id(format!("wake_{session}_{after_seq}_{}", &nonce[..16]))
             .payload(bytes::Bytes::new());
-        let result = async { js.send_publish(subjects::wake(session), msg).await?.await }.await;
+        let result = async { js.send_publish(subject.clone(), msg).await?.await }.await;
         match result {
             Ok(_) => return Ok(()),
             Err(e)
@@ -160,6 +190,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(w.events[0].id.as_str(), "e1");
+    }
+
+    #[test]
+    fn a_hands_wake_carries_nothing() {
+        let s = SessionId::parse("s1").unwrap();
+        let w = Wake::parse(&subjects::tool_wake(&s), b"").unwrap();
+        assert!(w.events.is_empty());
+        let carrying = br#"{"events":[{"id":"e1","type":"user.tool_confirmation","tool_use_id":"t","result":"allow"}]}"#;
+        let e = Wake::parse(&subjects::tool_wake(&s), carrying).unwrap_err();
+        assert!(e.to_string().contains("carries no events"), "{e}");
     }
 
     #[test]

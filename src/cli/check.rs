@@ -50,7 +50,10 @@ pub async fn run(client: async_nats::Client, a: CheckArgs) -> anyhow::Result<()>
                 "settled_required": a.settled,
             }
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!(
+            "{}",
+            super::output::json_text(serde_json::to_string_pretty(&out)?)
+        );
     } else {
         for r in &reports {
             if a.verbose || !r.ok() {
@@ -79,7 +82,7 @@ fn print_report(r: &SessionReport) {
         r.session_id,
         if r.ok() { "ok" } else { "FAILED" },
         r.events,
-        r.outcome
+        super::output::escape(&r.outcome.to_string())
     );
     for v in &r.violations {
         println!(

@@ -18,6 +18,6 @@ pub fn decode(pretty: bool) -> anyhow::Result<()> {
         serde_json::to_string(&value)?
     };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")?;
+    writeln!(out, "{}", super::output::json_text(text))?;
     Ok(())
 }

@@ -35,10 +35,41 @@ pub fn escape(s: &str) -> String {
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 out.push_str(&format!("\\x{:02x}", c as u32))
             }
-            c if (0x80..=0x9f).contains(&(c as u32)) => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32))
-            }
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Characters a terminal acts on or hides without showing: C1 controls (U+0080-U+009F),
+/// zero-width and direction marks (U+200B-U+200F), line and paragraph separators, bidi
+/// embeddings and isolates (U+202A-U+202E, U+2066-U+2069, which can reorder the input an
+/// operator is about to approve) and the byte-order mark.
+fn hidden(c: char) -> bool {
+    matches!(c as u32,
+        0x80..=0x9f | 0x200b..=0x200f | 0x2028..=0x202e | 0x2066..=0x2069 | 0xfeff)
+}
+
+/// One line for a field inside a multi-line block: its newlines shown as ⏎, so a value
+/// cannot fake the block's other lines.
+fn one_line(s: &str) -> String {
+    s.replace('\n', "⏎")
+}
+
+/// JSON for a terminal: serde_json escapes only what JSON requires (below U+0020), so DEL,
+/// C1 and the characters of [`hidden`] are written as `\uXXXX` escapes too. The value is the
+/// same JSON; only its spelling differs.
+pub fn json_text(text: String) -> String {
+    if !text.chars().any(|c| c as u32 == 0x7f || hidden(c)) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c as u32 == 0x7f || hidden(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
         }
     }
     out
@@ -124,7 +155,7 @@ pub fn print_record(r: &Record, as_json: bool) {
                 json!({"seq": bad.seq, "session_id": bad.session_id, "subject": bad.subject, "invalid": bad.error})
             }
         };
-        println!("{v}");
+        println!("{}", json_text(v.to_string()));
         return;
     }
     match r {
@@ -157,7 +188,7 @@ fn state_lines(s: &SessionState) -> String {
     let mut t = String::new();
     t.push_str(&format!("session      {}\n", s.id));
     if let Some(title) = &s.title {
-        t.push_str(&format!("title        {title}\n"));
+        t.push_str(&format!("title        {}\n", one_line(title)));
     }
     match &s.config {
         Some(c) => t.push_str(&format!(
@@ -185,7 +216,7 @@ fn state_lines(s: &SessionState) -> String {
         t.push_str(&format!(" (stop_reason: {})", r.kind));
     }
     if let Some(r) = &s.terminated_reason {
-        t.push_str(&format!(" ({r})"));
+        t.push_str(&format!(" ({})", one_line(r)));
     }
     t.push('\n');
     t.push_str(&format!(
@@ -219,17 +250,17 @@ fn state_lines(s: &SessionState) -> String {
         ));
     }
     if let Some(e) = &s.last_error {
-        t.push_str(&format!("last error   {e}\n"));
+        t.push_str(&format!("last error   {}\n", one_line(e)));
     }
     for (k, v) in &s.metadata {
-        t.push_str(&format!("metadata     {k}={v}\n"));
+        t.push_str(&format!("metadata     {}={}\n", one_line(k), one_line(v)));
     }
     t
 }
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, json_text};
 
     #[test]
     fn control_characters_are_shown_never_sent() {
@@ -246,5 +277,10 @@ mod tests {
             "ok\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\rfake\\u{9b}31m\\x7f\tend\n"
         );
         assert_eq!(escape("plain café ⏎"), "plain café ⏎");
+        assert_eq!(escape("a\u{202e}b\u{200b}"), "a\\u{202e}b\\u{200b}");
+        let json = json_text(serde_json::json!({"t": "x\u{7f}\u{9b}\u{2066}"}).to_string());
+        assert_eq!(json, r#"{"t":"x\u007f\u009b\u2066"}"#);
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["t"], "x\u{7f}\u{9b}\u{2066}");
     }
 }

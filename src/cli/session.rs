@@ -410,7 +410,10 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             let id = parse_session(&id)?;
             let state = api.state(&id).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&state)?);
+                println!(
+                    "{}",
+                    output::json_text(serde_json::to_string_pretty(&state)?)
+                );
             } else {
                 print!("{}", output::state_text(&state));
             }

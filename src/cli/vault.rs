@@ -103,14 +103,17 @@ pub async fn run(client: async_nats::Client, cmd: VaultCmd) -> anyhow::Result<()
         VaultCmd::List { vault, json } => {
             let list = store.list(&vault).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                println!(
+                    "{}",
+                    super::output::json_text(serde_json::to_string_pretty(&list)?)
+                );
             } else {
                 for c in list {
                     println!(
                         "{:<24} {:<14} {}",
-                        c.name,
+                        super::output::escape(&c.name),
                         format!("{:?}", c.kind),
-                        c.hosts.join(", ")
+                        super::output::escape(&c.hosts.join(", "))
                     );
                 }
             }

@@ -351,17 +351,25 @@ impl Vault {
     pub async fn list(&self, vault: &str) -> Result<Vec<Listing>, VaultError> {
         check_name("vault name", vault)?;
         use futures_util::TryStreamExt;
-        let prefix = format!("{vault}.");
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(k) => k
-                .try_collect()
-                .await
-                .map_err(|e| VaultError::Store(e.to_string()))?,
-            Err(e) => return Err(VaultError::Store(e.to_string())),
-        };
+        // The vault's keys from the stream's subjects (one request, no consumer: the hands'
+        // role may not create consumers, which could deliver anywhere).
+        let subject_prefix = format!("$KV.{BUCKET}.{vault}.");
+        let subjects: Vec<String> = self
+            .kv
+            .stream
+            .clone()
+            .info_with_subjects(format!("{subject_prefix}*"))
+            .await
+            .map_err(|e| VaultError::Store(e.to_string()))?
+            .map_ok(|(s, _)| s)
+            .try_collect()
+            .await
+            .map_err(|e| VaultError::Store(e.to_string()))?;
         let mut out = BTreeMap::new();
-        for k in keys.into_iter().filter(|k| k.starts_with(&prefix)) {
-            let name = k[prefix.len()..].to_string();
+        for s in subjects {
+            let Some(name) = s.strip_prefix(&subject_prefix).map(String::from) else {
+                continue;
+            };
             if let Some(sealed) = self.get_sealed(vault, &name).await? {
                 out.insert(
                     name.clone(),
@@ -422,8 +430,10 @@ impl Vault {
                 name: name.into(),
             });
         }
+        // A delete marker, not a purge: the bucket takes no rollups (a rollup through any
+        // writer's key would empty the whole bucket).
         self.kv
-            .purge(kv_key(vault, name))
+            .delete(kv_key(vault, name))
             .await
             .map_err(|e| VaultError::Store(e.to_string()))
     }

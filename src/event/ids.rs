@@ -160,6 +160,16 @@ impl EventId {
     /// to append (a tool result keyed by its tool_use id, say): every attempt carries the same
     /// id, so JetStream stores one. Parts are joined with `_`; a part that is not a valid token is
     /// rejected.
+    /// True for an id of herd's own derived form (`sevt_<kind>_…`, like a tool result's):
+    /// one that nothing from outside may use, since a planted copy could stand in for the
+    /// event herd derives it for.
+    pub fn is_derived(&self) -> bool {
+        self.0
+            .strip_prefix(Self::PREFIX)
+            .is_some_and(|rest| rest.contains('_'))
+    }
+
+    /// An id derived from a kind and parts, the same for every writer.
     pub fn derived(kind: &str, parts: &[&str]) -> Result<Self, IdError> {
         let mut s = String::from(Self::PREFIX);
         s.push_str(kind);

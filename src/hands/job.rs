@@ -119,22 +119,32 @@ pub fn authorize(
     records: &[Record],
     images: &ImagePolicy,
 ) -> Result<String, String> {
-    if !access
+    let Some(tool) = access
         .tools
         .iter()
-        .any(|t| t.name == call.name && t.kind == "builtin")
-    {
+        .find(|t| t.name == call.name && t.kind == "builtin")
+    else {
         return Err(format!(
             "This session has no built-in tool {:?}; the hand ran nothing.",
             call.name
         ));
-    }
-    let confirmed = records.iter().filter_map(|r| r.as_ref().ok()).any(|r| {
-        matches!(&r.event.body, EventBody::UserToolConfirmation(c)
-            if c.tool_use_id == call.tool_use_id && c.result == "allow")
-    });
+    };
+    // The user's answer is the first confirmation of the call (as the fold takes it).
+    let confirmed = records
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .find_map(|r| match &r.event.body {
+            EventBody::UserToolConfirmation(c) if c.tool_use_id == call.tool_use_id => {
+                Some(c.result == "allow")
+            }
+            _ => None,
+        })
+        .unwrap_or(false);
+    // The session's policy, not only the brain's claim: an always_ask tool runs only once
+    // the user allowed the call.
+    let must_ask = tool.permission_policy == crate::event::PermissionPolicy::AlwaysAsk;
     match call.evaluated_permission {
-        Some(EvaluatedPermission::Allow) => {}
+        Some(EvaluatedPermission::Allow) if !must_ask || confirmed => {}
         Some(EvaluatedPermission::Ask) if confirmed => {}
         _ => {
             return Err(format!(
@@ -324,6 +334,26 @@ mod tests {
         );
         assert!(authorize(&access(None), &j, &asked, &[yes], &images()).is_ok());
         assert!(authorize(&access(None), &j, &allowed("bash", None), &[], &images()).is_err());
+        // An always_ask tool needs the user's allow, whatever the call claims.
+        let mut ask = access(None);
+        ask.tools[0].permission_policy = crate::event::PermissionPolicy::AlwaysAsk;
+        assert!(authorize(&ask, &j, &ok, &[], &images()).is_err());
+        let answer = |seq, result: &str| {
+            at(
+                seq,
+                crate::event::UserToolConfirmation {
+                    tool_use_id: "t1".into(),
+                    result: result.into(),
+                    deny_message: None,
+                },
+            )
+        };
+        assert!(authorize(&ask, &j, &ok, &[answer(6, "allow")], &images()).is_ok());
+        let first_no = [answer(6, "deny"), answer(7, "allow")];
+        assert!(
+            authorize(&ask, &j, &ok, &first_no, &images()).is_err(),
+            "the first answer counts"
+        );
     }
 
     #[test]

@@ -72,12 +72,14 @@ impl Default for HandsConfig {
         Self {
             // The command line uses $HOSTNAME; a default reads no environment.
             host: "local".into(),
-            ack_wait: Duration::from_secs(30),
+            // Short, so a crashed hand's job runs again within seconds; a live hand
+            // heartbeats every ack_wait / 3 while the tool runs.
+            ack_wait: Duration::from_secs(3),
             max_deliver: 5,
             concurrency: 8,
             idle_reap: Duration::from_secs(600),
             sandbox: SandboxConfig::default(),
-            registry_ttl: Duration::from_secs(10),
+            registry_ttl: Duration::from_secs(4),
             vault_key: None,
             allowed_images: HERD_IMAGES.iter().map(|s| s.to_string()).collect(),
         }
@@ -666,7 +668,7 @@ impl Hands {
     }
 
     async fn wake(&self, session: &SessionId, seq: u64) -> Result<(), JobError> {
-        crate::bus::wake::publish(&self.js, session, seq)
+        crate::bus::wake::publish_from_hand(&self.js, session, seq)
             .await
             .map_err(|e| JobError::Wake(e.to_string()))
     }

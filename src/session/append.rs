@@ -435,11 +435,14 @@ impl SessionLog {
                     .map_err(|e| Failure::Transient(e.to_string()))
             })
             .await?;
+        // The same event: same session, id, type and content (its time may differ on a
+        // resend). Anything else holding the id (an event planted under a tool result's
+        // derived id, say) is not this event, and saying "already there" would lose it.
         let same = subjects::parse_session_subject(&stored.subject)
             .is_some_and(|(s, _)| &s == session)
             && super::read::to_record(&stored.subject, seq, &stored.payload)
                 .and_then(|r| r.ok())
-                .is_some_and(|r| r.event.id == event.id);
+                .is_some_and(|r| r.event.id == event.id && r.event.body == event.body);
         if same {
             Ok(())
         } else {

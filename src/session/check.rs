@@ -177,7 +177,7 @@ struct Call {
 pub struct Checker {
     state: SessionState,
     violations: Vec<Violation>,
-    ids: HashMap<String, u64>,
+    ids: HashMap<String, (u64, String)>,
     calls: HashMap<String, Call>,
     open_span: Option<(u64, String)>,
     expect: Expect,
@@ -241,16 +241,21 @@ impl Checker {
         }
     }
 
-    /// False when the event's id was seen before (reported as a duplicate).
+    /// False when the event is a copy of one seen before (same id and type: every reader
+    /// folds it once). Any repeated id is reported.
     fn check_id(&mut self, e: &StoredEvent) -> bool {
-        if let Some(earlier) = self.ids.insert(e.event.id.to_string(), e.seq) {
+        let key = e.event.id.to_string();
+        if let Some((earlier, ty)) = self.ids.get(&key) {
             let detail = format!(
                 "event id {} is also at seq {earlier} (an append landed twice)",
                 e.event.id
             );
+            let copy = ty == e.event.type_name();
             self.violate(e.seq, Rule::DuplicateId, detail);
-            return false;
+            return !copy;
         }
+        self.ids
+            .insert(key, (e.seq, e.event.type_name().to_string()));
         true
     }
 

@@ -84,10 +84,11 @@ pub struct SessionState {
     pub usage: Usage,
     /// The last `session.error`'s message.
     pub last_error: Option<String>,
-    /// Event ids folded so far: a repeated id within the session (an append that landed twice,
-    /// after the duplicate window) is one event, and its copy changes nothing.
+    /// Events folded so far, by type and id: a repeated event (an append that landed twice,
+    /// after the duplicate window) is one event, and its copy changes nothing. The type is part
+    /// of the key, so an event of another type planted under a real event's id never hides it.
     #[serde(skip)]
-    seen: HashSet<EventId>,
+    seen: HashSet<(String, EventId)>,
 }
 
 impl SessionState {
@@ -146,7 +147,10 @@ impl SessionState {
     pub fn apply(&mut self, e: &StoredEvent) -> bool {
         self.event_count += 1;
         self.last_seq = self.last_seq.max(e.seq);
-        if !self.seen.insert(e.event.id.clone()) {
+        if !self
+            .seen
+            .insert((e.event.type_name().to_string(), e.event.id.clone()))
+        {
             return false;
         }
         let pending = |kind, name: &str, permission: Option<EvaluatedPermission>| PendingTool {

@@ -65,7 +65,9 @@ impl Default for BrainConfig {
     fn default() -> Self {
         Self {
             name: format!("herd-brain-{}", std::process::id()),
-            ack_wait: Duration::from_secs(30),
+            // Short, so a crashed brain's wakes continue within seconds; a live brain
+            // heartbeats every ack_wait / 6 and renews its lease (ack_wait / 2) on the same beat.
+            ack_wait: Duration::from_secs(3),
             max_deliver: 5,
             backoff: Vec::new(),
             concurrency: 64,

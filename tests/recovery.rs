@@ -66,26 +66,9 @@ async fn killed_workers_are_replaced_within_seconds_at_the_default_flags() {
     let mut brain = worker(&t, &["brain"], &model);
     let mut hand = worker(&t, &["hands", "--host", &host, "--image", IMAGE], &model);
 
-    let id = SessionId::generate();
     let mut agent = AgentConfig::new("claude-recovery");
     agent.tools = vec![builtin("bash")];
-    t.log
-        .create(
-            &id,
-            &Event::new(SessionCreated {
-                agent,
-                environment: EnvironmentConfig {
-                    image: Some(IMAGE.into()),
-                    ..Default::default()
-                },
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-            }),
-        )
-        .await
-        .unwrap();
+    let id = create_session(&t, agent, Some(IMAGE)).await;
     send(&t, &id, "run the slow thing").await;
 
     // The brain, while the model is called: kill it and start another at once.

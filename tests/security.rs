@@ -633,26 +633,9 @@ async fn the_hand_runs_only_what_the_sessions_configuration_allows() {
     let host = host("authz");
     let (hands, _sandboxes) =
         start_hands(&t, &host, "herd-sandbox:busybox", Duration::from_secs(10)).await;
-    let id = SessionId::generate();
     let mut agent = AgentConfig::new("scripted");
     agent.tools = vec![builtin("bash")];
-    t.log
-        .create(
-            &id,
-            &Event::new(SessionCreated {
-                agent,
-                environment: EnvironmentConfig {
-                    image: Some("herd-sandbox:busybox".into()),
-                    ..Default::default()
-                },
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-            }),
-        )
-        .await
-        .unwrap();
+    let id = create_session(&t, agent, Some("herd-sandbox:busybox")).await;
     let js = jetstream::new(t.client.clone());
     let job =
         |tool_use_id: &str, name: &str, seq: u64, image: Option<&str>| herd::bus::jobs::ToolJob {

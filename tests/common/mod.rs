@@ -493,6 +493,40 @@ pub fn spawn_hands_process(
     KillOnDrop(child)
 }
 
+/// Creates a session of `agent` in `image` (no vaults, no resources); returns its id.
+pub async fn create_session(t: &TestNats, agent: AgentConfig, image: Option<&str>) -> SessionId {
+    create_session_with(t, agent, image, vec![], vec![]).await
+}
+
+/// Creates a session of `agent` in `image` with these vaults and resources.
+pub async fn create_session_with(
+    t: &TestNats,
+    agent: AgentConfig,
+    image: Option<&str>,
+    vault_ids: Vec<String>,
+    resources: Vec<Resource>,
+) -> SessionId {
+    let id = SessionId::generate();
+    t.log
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent,
+                environment: EnvironmentConfig {
+                    image: image.map(String::from),
+                    ..Default::default()
+                },
+                title: None,
+                metadata: Default::default(),
+                vault_ids,
+                resources,
+            }),
+        )
+        .await
+        .unwrap();
+    id
+}
+
 /// Creates a scripted session with these tools, image, vaults and resources, and sends it
 /// `say`.
 pub async fn scripted_session_with(
@@ -507,25 +541,7 @@ pub async fn scripted_session_with(
     let mut agent = AgentConfig::new("scripted");
     agent.tools = tools.iter().map(|n| builtin(n)).collect();
     agent.script = script;
-    let id = SessionId::generate();
-    t.log
-        .create(
-            &id,
-            &Event::new(SessionCreated {
-                agent,
-                environment: EnvironmentConfig {
-                    image: image.map(String::from),
-                    allowed_hosts: vec![],
-                    networking: None,
-                },
-                title: None,
-                metadata: Default::default(),
-                vault_ids,
-                resources,
-            }),
-        )
-        .await
-        .unwrap();
+    let id = create_session_with(t, agent, image, vault_ids, resources).await;
     send(t, &id, say).await;
     id
 }

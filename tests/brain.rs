@@ -825,3 +825,59 @@ async fn an_over_budget_context_is_compacted_and_the_log_is_untouched() {
         Some("The code word is PELICAN.")
     );
 }
+
+/// An answer that cannot be recorded as it is — more tool calls than one step may hold, or
+/// an event larger than the server accepts — ends the turn with an error the client sees,
+/// instead of leaving the session running with an open span; the next message works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_wide_or_oversized_answer_ends_the_turn_with_an_error() {
+    let rig = Rig::start().await;
+    let id = rig
+        .session(agent_with(
+            "claude-test",
+            vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+        ))
+        .await;
+    let wide: Vec<Value> = (0..1_001)
+        .map(|i| json!({"type": "tool_use", "id": format!("toolu_w{i}"), "name": "bash", "input": {}}))
+        .collect();
+    rig.model.push([
+        Reply::Turn {
+            content: wide,
+            stop_reason: "tool_use".into(),
+        },
+        Reply::text(&"x".repeat(1_100_000)),
+        Reply::text("fine again"),
+    ]);
+    for (n, text) in [
+        (1, "call a thousand tools"),
+        (2, "say a megabyte"),
+        (3, "hello"),
+    ] {
+        rig.say(&id, text).await;
+        let events = rig.idle(&id, n).await;
+        if n < 3 {
+            assert_eq!(
+                stop_reasons(&events).last().map(String::as_str),
+                Some("retries_exhausted")
+            );
+            let error = events.iter().rev().find_map(|e| match &e.event.body {
+                EventBody::SessionError(e) => Some(e.error.message.clone()),
+                _ => None,
+            });
+            assert!(
+                error
+                    .as_deref()
+                    .is_some_and(|m| m.contains("could not be recorded")),
+                "{error:?}"
+            );
+        } else {
+            assert_eq!(
+                texts(&events).last().map(String::as_str),
+                Some("fine again")
+            );
+        }
+    }
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}

@@ -566,6 +566,24 @@ impl Brain {
                             }
                             continue;
                         }
+                        // The answer cannot be recorded as it is (too many events for one
+                        // step, an event over the server's message size): record that the
+                        // request failed and end the turn, so the session never stays running
+                        // with an open span, repeating the same call at every message (N21).
+                        Err(e @ (LogError::Invalid(_) | LogError::TooLarge { .. })) => {
+                            tracing::warn!(session = %id, error = %e, "The model's answer cannot be recorded; ending the turn.");
+                            let failed = harness::final_failure_step(
+                                &state,
+                                &start_id,
+                                "invalid_response_error",
+                                &format!("the model's answer could not be recorded: {e}"),
+                                None,
+                            );
+                            match self.append(id, expected, failed).await {
+                                Ok(_) | Err(LogError::Conflict { .. }) => continue,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }

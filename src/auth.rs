@@ -185,6 +185,7 @@ pub fn permissions(role: Role) -> Permissions {
                 "herd.session.*.session.status_rescheduled",
                 "herd.session.*.session.error",
                 "herd.session.*.session.usage",
+                "herd.session.*.session.limit_reached",
                 "herd.session.*.user.>",
                 "herd.tools.>",
                 "herd.deadletter.wake",

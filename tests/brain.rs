@@ -82,6 +82,7 @@ impl Rig {
             metadata: Default::default(),
             vault_ids: vec![],
             resources: vec![],
+            limits: Default::default(),
         });
         self.log().create(&id, &e).await.unwrap();
         id
@@ -878,6 +879,79 @@ async fn an_over_wide_or_oversized_answer_ends_the_turn_with_an_error() {
             );
         }
     }
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+/// A tool loop never runs forever: a session's limit pauses it before the next model request
+/// (`budget_reached`, with an event naming the limit); a message alone does not resume a
+/// session over its own limit; raising the limit and sending a message does. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_loop_pauses_at_its_limit_and_resumes_when_raised() {
+    let rig = Rig::start().await;
+    let hand = fake_hand(&rig).await;
+    rig.model.set_responder(|_| {
+        Reply::tool_use(
+            &format!("toolu_{}", uuid::Uuid::now_v7().simple()),
+            "bash",
+            json!({"command": "again"}),
+        )
+    });
+    let id = SessionId::generate();
+    let mut limits = SessionLimits::default();
+    limits.set("model_requests", 3).unwrap();
+    rig.log()
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent: agent_with(
+                    "claude-test",
+                    vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+                ),
+                environment: EnvironmentConfig::default(),
+                title: None,
+                metadata: Default::default(),
+                vault_ids: vec![],
+                resources: vec![],
+                limits,
+            }),
+        )
+        .await
+        .unwrap();
+    let reached = |events: &[StoredEvent]| -> Vec<(String, u64)> {
+        events
+            .iter()
+            .filter_map(|e| match &e.event.body {
+                EventBody::SessionLimitReached(l) => Some((l.limit.clone(), l.used)),
+                _ => None,
+            })
+            .collect()
+    };
+    rig.say(&id, "loop forever").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(stop_reasons(&events), ["budget_reached"]);
+    assert_eq!(reached(&events), [("model_requests".to_string(), 3)]);
+    assert_eq!(rig.model.count(), 3);
+    // Over the session's own limit, a message alone pauses it again at once.
+    rig.say(&id, "go on").await;
+    let events = rig.idle(&id, 2).await;
+    assert_eq!(reached(&events).len(), 2);
+    assert_eq!(rig.model.count(), 3, "no request past the limit");
+    // Raised (as the operator), the next message runs up to the new limit.
+    let api = herd::api::Api::open(rig.nats.client.clone(), herd::api::Principal::operator())
+        .await
+        .unwrap();
+    let mut raised = SessionLimits::default();
+    raised.set("model_requests", 5).unwrap();
+    api.update_limits(&id, raised).await.unwrap();
+    rig.say(&id, "now go on").await;
+    let events = rig.idle(&id, 3).await;
+    hand.abort();
+    assert_eq!(
+        reached(&events).last(),
+        Some(&("model_requests".to_string(), 5))
+    );
+    assert_eq!(rig.model.count(), 5);
     let report = rig.log().check(&id, true).await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }

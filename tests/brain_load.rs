@@ -41,6 +41,7 @@ async fn create(log: &SessionLog, tools: Vec<ToolConfig>) -> SessionId {
         metadata: Default::default(),
         vault_ids: vec![],
         resources: vec![],
+        limits: Default::default(),
     });
     log.create(&id, &e).await.unwrap();
     id

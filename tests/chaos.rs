@@ -87,6 +87,7 @@ async fn two_of_three_nodes_down_fails_closed_then_resumes() {
         metadata: Default::default(),
         vault_ids: vec![],
         resources: vec![],
+        limits: Default::default(),
     });
     log.create(&id, &created).await.unwrap();
     let mut acked: Vec<EventId> = vec![created.id.clone()];

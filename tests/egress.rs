@@ -99,6 +99,7 @@ async fn limited_networking_reaches_only_allowed_hosts_and_none_reaches_nothing(
                     metadata: Default::default(),
                     vault_ids: vec![],
                     resources: vec![],
+                    limits: Default::default(),
                 }),
             )
             .await

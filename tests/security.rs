@@ -578,6 +578,7 @@ async fn a_second_session_created_changes_nothing() {
         metadata: Default::default(),
         vault_ids: vec!["stolen".into()],
         resources: vec![],
+        limits: Default::default(),
     });
     let refused = t.log.append_fact(&id, &second).await.unwrap_err();
     assert!(
@@ -729,6 +730,7 @@ async fn a_session_naming_a_vault_it_may_not_use_is_refused() {
         metadata: Default::default(),
         vault_ids: vaults.iter().map(|v| v.to_string()).collect(),
         resources: vec![],
+        limits: Default::default(),
     };
     let refused = SessionId::generate();
     let err = api

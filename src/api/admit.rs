@@ -232,6 +232,7 @@ mod tests {
                 metadata: Default::default(),
                 vault_ids: vec![],
                 resources: vec![],
+                limits: Default::default(),
             })
         }
         fn and(mut self, body: impl Into<EventBody>) -> Self {

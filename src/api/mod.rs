@@ -228,6 +228,38 @@ impl Api {
         Ok((event, sent))
     }
 
+    /// Replaces a session's limits (a `session.updated`), for instance to raise one that
+    /// paused it; the next message resumes the session. Operator and gateway only.
+    pub async fn update_limits(
+        &self,
+        id: &SessionId,
+        limits: crate::event::SessionLimits,
+    ) -> Result<(Event, Sent), ApiError> {
+        if !self.principal.may_instruct {
+            return Err(Refusal::Instruct(self.principal.name.clone()).into());
+        }
+        let state = self.log.load_state(id).await?;
+        if state.event_count == 0 {
+            return Err(Refusal::NotFound(id.clone()).into());
+        }
+        if state.status == crate::session::Status::Terminated {
+            return Err(Refusal::Terminated(id.clone()).into());
+        }
+        let event = Event::new(crate::event::SessionUpdated {
+            title: None,
+            metadata: None,
+            limits: Some(limits),
+        });
+        let a = self.log.append_fact(id, &event).await?;
+        Ok((
+            event,
+            Sent {
+                seq: a.last_seq,
+                duplicate: a.duplicate,
+            },
+        ))
+    }
+
     /// Reads a slice of a session's log; a session without events is not found.
     pub async fn read(&self, id: &SessionId, slice: &Slice) -> Result<Vec<Record>, ApiError> {
         let records = self.log.read(id, slice).await?;

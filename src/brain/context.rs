@@ -302,6 +302,7 @@ mod tests {
             metadata: Default::default(),
             vault_ids: vec![],
             resources: vec![],
+            limits: Default::default(),
         }
     }
 

@@ -143,6 +143,12 @@ struct Scan {
     failed_in_a_row: u32,
     /// The last idle with `retries_exhausted`.
     exhausted_at: u64,
+    /// The last idle with `budget_reached` (a limit paused the session).
+    paused_at: u64,
+    /// Since the session last went idle: model requests, tool calls, output tokens.
+    turn_requests: u64,
+    turn_tool_calls: u64,
+    turn_output_tokens: u64,
     /// The last `session.status_running`.
     running_at: u64,
     /// The last `session.status_idle`'s stop reason kind and the tool_use ids it named.
@@ -164,9 +170,11 @@ fn scan(events: &[StoredEvent]) -> Scan {
             EventBody::SpanModelRequestStart(_) => {
                 s.last_start = Some((e.seq, e.event.id.clone()));
                 s.last_start_closed = false;
+                s.turn_requests += 1;
             }
             EventBody::SpanModelRequestEnd(end) => {
                 s.last_start_closed = true;
+                s.turn_output_tokens += end.model_usage.output_tokens;
                 if !end.is_error {
                     s.failed_in_a_row = 0;
                     if let Some((start, _)) = &s.last_start {
@@ -188,6 +196,12 @@ fn scan(events: &[StoredEvent]) -> Scan {
                     s.exhausted_at = e.seq;
                     s.failed_in_a_row = 0;
                 }
+                if i.stop_reason.kind == "budget_reached" {
+                    s.paused_at = e.seq;
+                }
+                s.turn_requests = 0;
+                s.turn_tool_calls = 0;
+                s.turn_output_tokens = 0;
                 s.last_idle = Some((i.stop_reason.kind.clone(), i.stop_reason.event_ids.clone()));
             }
             EventBody::UserMessage(_)
@@ -196,8 +210,12 @@ fn scan(events: &[StoredEvent]) -> Scan {
             | EventBody::AgentMcpToolResult(_) => s.last_input = e.seq,
             EventBody::UserInterrupt(_) => s.last_interrupt = e.seq,
             EventBody::AgentToolUse(t) => {
+                s.turn_tool_calls += 1;
                 s.tool_uses
                     .insert(t.tool_use_id.clone(), (e.seq, e.event.processed_at));
+            }
+            EventBody::AgentCustomToolUse(_) | EventBody::AgentMcpToolUse(_) => {
+                s.turn_tool_calls += 1
             }
             EventBody::UserToolConfirmation(c) => {
                 s.confirmations.insert(
@@ -313,7 +331,11 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
     // Input the model has not answered yet (or a request that never finished).
     // Input counts as answered once a request that started after it succeeded, once the turn
     // gave up on it (retries_exhausted), or once the user interrupted it.
-    let boundary = s.answered_up_to.max(s.exhausted_at).max(s.last_interrupt);
+    let boundary = s
+        .answered_up_to
+        .max(s.exhausted_at)
+        .max(s.last_interrupt)
+        .max(s.paused_at);
     let unanswered = s.last_input > boundary || open_span.is_some();
     if unanswered {
         if s.failed_in_a_row >= limits.max_model_attempts {
@@ -333,6 +355,22 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
                 }),
             }));
             step.extend(idle("retries_exhausted", vec![], state.usage));
+            return Decision::Append(step);
+        }
+        // A limit reached pauses the session before the next request (rule 11): the turn ends
+        // with budget_reached and an event naming the limit; nothing is killed or lost.
+        if let Some((limit, max, used)) = limit_reached(state, &s) {
+            let mut step = Vec::new();
+            if state.status != Status::Running {
+                step.push(Planned::new(SessionStatusRunning {}));
+            }
+            step.extend(close_open_span());
+            step.push(Planned::new(SessionLimitReached {
+                limit: limit.into(),
+                max,
+                used,
+            }));
+            step.extend(idle("budget_reached", vec![], state.usage));
             return Decision::Append(step);
         }
         let request = context::build(config, events);
@@ -377,6 +415,38 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
         return Decision::Append(idle("end_turn", vec![], state.usage).to_vec());
     }
     Decision::Wait
+}
+
+/// The first of the session's limits that its use has reached: its name, value and the use.
+/// Per-turn counts run from the session's last idle; an unset per-turn request limit is
+/// [`DEFAULT_MODEL_REQUESTS_PER_TURN`], so a tool loop always ends.
+fn limit_reached(state: &SessionState, s: &Scan) -> Option<(&'static str, u64, u64)> {
+    let l = &state.limits;
+    [
+        (
+            "model_requests_per_turn",
+            Some(
+                l.model_requests_per_turn
+                    .unwrap_or(DEFAULT_MODEL_REQUESTS_PER_TURN),
+            ),
+            s.turn_requests,
+        ),
+        ("model_requests", l.model_requests, state.model_requests),
+        (
+            "tool_calls_per_turn",
+            l.tool_calls_per_turn,
+            s.turn_tool_calls,
+        ),
+        ("tool_calls", l.tool_calls, state.tool_calls),
+        (
+            "output_tokens_per_turn",
+            l.output_tokens_per_turn,
+            s.turn_output_tokens,
+        ),
+        ("output_tokens", l.output_tokens, state.usage.output_tokens),
+    ]
+    .into_iter()
+    .find_map(|(name, max, used)| max.filter(|m| used >= *m).map(|m| (name, m, used)))
 }
 
 /// The step that records a model response (step B), and the tool jobs it dispatches.
@@ -706,6 +776,7 @@ mod tests {
                 metadata: Default::default(),
                 vault_ids: vec![],
                 resources: vec![],
+                limits: Default::default(),
             })
         }
         fn and(mut self, body: impl Into<EventBody>) -> Self {
@@ -991,6 +1062,7 @@ mod tests {
                 metadata: Default::default(),
                 vault_ids: vec![],
                 resources: vec![],
+                limits: Default::default(),
             })
             .and(user(&"long ".repeat(100)))
             .and(SessionStatusRunning {})
@@ -1132,5 +1204,124 @@ mod tests {
             retry_delay(base, max, 1, Some(D::from_secs(7)), 0.5),
             D::from_secs(7)
         );
+    }
+
+    fn limits(l: SessionLimits) -> SessionUpdated {
+        SessionUpdated {
+            title: None,
+            metadata: None,
+            limits: Some(l),
+        }
+    }
+
+    fn round(g: Given, id: &str) -> Given {
+        g.and(start())
+            .and(AgentToolUse {
+                tool_use_id: id.into(),
+                name: "bash".into(),
+                input: json!({}),
+                evaluated_permission: Some(EvaluatedPermission::Allow),
+            })
+            .and(end(false))
+            .and(AgentToolResult {
+                tool_use_id: id.into(),
+                content: vec![ContentBlock::text("ok")],
+                is_error: false,
+                output_ref: None,
+            })
+    }
+
+    #[test]
+    fn a_limit_pauses_the_turn_before_the_next_request_and_a_new_turn_or_a_raise_resumes() {
+        let per_turn = SessionLimits {
+            model_requests_per_turn: Some(2),
+            model_requests: Some(3),
+            ..Default::default()
+        };
+        let g = Given::session(vec![bash(PermissionPolicy::AlwaysAllow)])
+            .and(limits(per_turn))
+            .and(user("loop"))
+            .and(SessionStatusRunning {});
+        let g = round(round(g, "t1"), "t2");
+        // Two requests this turn: paused, naming the limit.
+        assert_eq!(
+            g.appends(),
+            [
+                "session.limit_reached",
+                "session.usage",
+                "session.status_idle"
+            ]
+        );
+        let Decision::Append(step) = g.decide() else {
+            unreachable!()
+        };
+        assert!(matches!(&step[0].body,
+            EventBody::SessionLimitReached(l) if l.limit == "model_requests_per_turn" && l.max == 2 && l.used == 2));
+        let g = g
+            .and(SessionLimitReached {
+                limit: "model_requests_per_turn".into(),
+                max: 2,
+                used: 2,
+            })
+            .and(SessionUsage {
+                usage: Usage::default(),
+            })
+            .and(idle("budget_reached", &[]));
+        assert_eq!(g.decide(), Decision::Wait, "paused until something changes");
+        // A new message is a new turn: per-turn counts start again.
+        let g = g.and(user("go on"));
+        assert!(matches!(g.decide(), Decision::CallModel { .. }));
+        // One more request and the session's own limit (3) is reached.
+        let g = round(g.and(SessionStatusRunning {}), "t3").and(user("more"));
+        let Decision::Append(step) = g.decide() else {
+            panic!("expected a pause")
+        };
+        assert!(matches!(&step[0].body,
+            EventBody::SessionLimitReached(l) if l.limit == "model_requests" && l.used == 3));
+        // Raised, the next message runs.
+        let raised = g.and(limits(SessionLimits {
+            model_requests: Some(10),
+            ..Default::default()
+        }));
+        assert!(matches!(raised.decide(), Decision::CallModel { .. }));
+    }
+
+    #[test]
+    fn tool_calls_and_output_tokens_are_limited_too() {
+        let g = Given::session(vec![bash(PermissionPolicy::AlwaysAllow)])
+            .and(limits(SessionLimits {
+                tool_calls: Some(1),
+                ..Default::default()
+            }))
+            .and(user("x"))
+            .and(SessionStatusRunning {});
+        let g = round(g, "t1");
+        let Decision::Append(step) = g.decide() else {
+            panic!("expected a pause")
+        };
+        assert!(
+            matches!(&step[0].body, EventBody::SessionLimitReached(l) if l.limit == "tool_calls")
+        );
+        let g = Given::session(vec![])
+            .and(limits(SessionLimits {
+                output_tokens_per_turn: Some(5),
+                ..Default::default()
+            }))
+            .and(user("x"))
+            .and(SessionStatusRunning {})
+            .and(start())
+            .and(SpanModelRequestEnd {
+                model_request_start_id: None,
+                model_usage: Usage {
+                    output_tokens: 9,
+                    ..Default::default()
+                },
+                is_error: true,
+            });
+        let Decision::Append(step) = g.decide() else {
+            panic!("expected a pause")
+        };
+        assert!(matches!(&step[0].body,
+            EventBody::SessionLimitReached(l) if l.limit == "output_tokens_per_turn" && l.used == 9));
     }
 }

@@ -123,6 +123,7 @@ fn summary(body: &EventBody) -> String {
             s.model_usage.output_tokens,
             if s.is_error { " [error]" } else { "" }
         ),
+        EventBody::SessionLimitReached(l) => format!("{} {}/{}", l.limit, l.used, l.max),
         EventBody::SessionUsage(u) => {
             format!("in={} out={}", u.usage.input_tokens, u.usage.output_tokens)
         }

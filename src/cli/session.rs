@@ -18,6 +18,8 @@ use super::output;
 /// The model a session gets when none is named.
 const DEFAULT_MODEL: &str = "claude-sonnet-4-5";
 
+// Parsed once per process; boxing `Create`'s flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum SessionCmd {
     /// Create a session; prints its id.
@@ -71,6 +73,20 @@ pub enum SessionCmd {
         /// --allow-host hosts only, for package installs).
         #[arg(long, value_parser = ["none", "limited"])]
         networking: Option<String>,
+        /// A limit (repeatable): model_requests_per_turn, model_requests, tool_calls_per_turn,
+        /// tool_calls, output_tokens_per_turn or output_tokens, as NAME=N. Reaching one pauses
+        /// the session (stop_reason budget_reached) until it is raised or a new turn starts.
+        #[arg(long = "limit", value_name = "NAME=N")]
+        limits: Vec<String>,
+    },
+    /// Replace a session's limits (e.g. raise the one that paused it); send a message to
+    /// resume it.
+    Update {
+        /// The session.
+        id: String,
+        /// A limit (repeatable), NAME=N; the limits given replace the session's whole set.
+        #[arg(long = "limit", value_name = "NAME=N", required = true)]
+        limits: Vec<String>,
     },
     /// Append a user message to a session and wake it.
     Send {
@@ -183,6 +199,22 @@ fn parse_repo(spec: &str) -> anyhow::Result<herd::event::Resource> {
     Ok(r)
 }
 
+/// `NAME=N` limits.
+fn parse_limits(specs: &[String]) -> anyhow::Result<herd::event::SessionLimits> {
+    let mut limits = herd::event::SessionLimits::default();
+    for spec in specs {
+        let Some((name, value)) = spec.split_once('=') else {
+            bail!("--limit {spec:?} is not NAME=N");
+        };
+        let value: u64 = value
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--limit {spec:?}: {value:?} is not a whole number"))?;
+        limits.set(name.trim(), value)?;
+    }
+    Ok(limits)
+}
+
 fn parse_session(id: &str) -> anyhow::Result<SessionId> {
     SessionId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -258,7 +290,9 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             allow_hosts,
             repos,
             networking,
+            limits,
         } => {
+            let limits = parse_limits(&limits)?;
             let resources = repos
                 .iter()
                 .map(|r| parse_repo(r))
@@ -316,6 +350,7 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 metadata: meta,
                 vault_ids: vaults,
                 resources,
+                limits,
             };
             api.create(&id, created).await?;
             println!("{id}");
@@ -336,6 +371,12 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             if wait {
                 wait_for_idle(log, &id, sent.seq + 1, timeout_secs).await?;
             }
+        }
+        SessionCmd::Update { id, limits } => {
+            let (event, sent) = api
+                .update_limits(&parse_session(&id)?, parse_limits(&limits)?)
+                .await?;
+            print_sent(&event, sent);
         }
         SessionCmd::Interrupt { id } => {
             let (event, sent) = api.interrupt(&parse_session(&id)?).await?;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::config::{AgentConfig, EnvironmentConfig, Resource};
+use super::config::{AgentConfig, EnvironmentConfig, Resource, SessionLimits};
 
 /// One block of message content, kept as the JSON object it arrived as.
 ///
@@ -168,6 +168,9 @@ payload!(
         #[serde(default, skip_serializing_if = "Vec::is_empty")] vault_ids: Vec<String>,
         /// Inputs mounted into its workspace: git repositories, cloned by the hand.
         #[serde(default, skip_serializing_if = "Vec::is_empty")] resources: Vec<Resource>,
+        /// herd's limits on model requests, tool calls and output tokens (rule 11); raised
+        /// later by a `session.updated`.
+        #[serde(default, skip_serializing_if = "SessionLimits::is_empty")] limits: SessionLimits,
     }
 );
 payload!(
@@ -346,6 +349,22 @@ payload!(
         #[serde(default, skip_serializing_if = "Option::is_none")] title: Option<String>,
         /// New metadata (replaces the old).
         #[serde(default, skip_serializing_if = "Option::is_none")] metadata: Option<BTreeMap<String, String>>,
+        /// New limits (replace the old whole).
+        #[serde(default, skip_serializing_if = "Option::is_none")] limits: Option<SessionLimits>,
+    }
+);
+payload!(
+    /// `session.limit_reached` (herd): a limit of the session stopped its turn before the next
+    /// model request; the session is idle with `budget_reached` until the limit is raised (a
+    /// `session.updated`) or, for a per-turn limit, a new message starts a new turn.
+    SessionLimitReached {
+        /// Which limit: `model_requests_per_turn`, `model_requests`, `tool_calls_per_turn`,
+        /// `tool_calls`, `output_tokens_per_turn` or `output_tokens`.
+        limit: String,
+        /// Its value.
+        max: u64,
+        /// What the session (or the turn) has used.
+        used: u64,
     }
 );
 payload!(
@@ -511,6 +530,8 @@ event_types! {
     "session.error" => SessionError(SessionError),
     /// See [`SessionUsage`].
     "session.usage" => SessionUsage(SessionUsage),
+    /// See [`SessionLimitReached`].
+    "session.limit_reached" => SessionLimitReached(SessionLimitReached),
     /// See [`SessionUpdated`].
     "session.updated" => SessionUpdated(SessionUpdated),
     /// See [`SpanModelRequestStart`].

@@ -130,6 +130,65 @@ pub struct Resource {
     pub credential: Option<String>,
 }
 
+/// herd's limits on what one session may use (DESIGN rule 11): each bounds a looping agent.
+/// Unset means the deployment's default (a per-turn cap on model requests; nothing else).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLimits {
+    /// Model requests in one turn (default [`DEFAULT_MODEL_REQUESTS_PER_TURN`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_requests_per_turn: Option<u64>,
+    /// Model requests over the session's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_requests: Option<u64>,
+    /// Tool calls in one turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls_per_turn: Option<u64>,
+    /// Tool calls over the session's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<u64>,
+    /// Output tokens in one turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens_per_turn: Option<u64>,
+    /// Output tokens over the session's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+}
+
+/// Model requests one turn may make when the session sets no limit: a tool loop ends.
+pub const DEFAULT_MODEL_REQUESTS_PER_TURN: u64 = 500;
+
+impl SessionLimits {
+    /// True when no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Sets one limit by name (`model_requests=50`); an error names the known ones.
+    pub fn set(&mut self, name: &str, value: u64) -> Result<(), ConfigError> {
+        let slot = match name {
+            "model_requests_per_turn" => &mut self.model_requests_per_turn,
+            "model_requests" => &mut self.model_requests,
+            "tool_calls_per_turn" => &mut self.tool_calls_per_turn,
+            "tool_calls" => &mut self.tool_calls,
+            "output_tokens_per_turn" => &mut self.output_tokens_per_turn,
+            "output_tokens" => &mut self.output_tokens,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown limit {other:?}; expected model_requests_per_turn, model_requests, tool_calls_per_turn, tool_calls, output_tokens_per_turn or output_tokens"
+                )));
+            }
+        };
+        if value == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "limit {name} must be at least 1"
+            )));
+        }
+        *slot = Some(value);
+        Ok(())
+    }
+}
+
 /// The built-in tools (run by the hands, or by the hand outside the sandbox). Their
 /// definitions for the model are in `brain::context`.
 pub const BUILTIN_TOOLS: &[&str] = &[
@@ -318,6 +377,7 @@ mod tests {
             metadata: Default::default(),
             vault_ids: vec![],
             resources: vec![],
+            limits: Default::default(),
         }
     }
 

@@ -270,6 +270,7 @@ mod tests {
             metadata: Default::default(),
             vault_ids: vec!["v1".into()],
             resources: vec![],
+            limits: Default::default(),
         };
         let log = vec![
             at(1, created(&["a.example"], Some("limited"))),

@@ -629,6 +629,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             metadata: Default::default(),
             vault_ids: vec![],
             resources: vec![],
+            limits: Default::default(),
         });
         log.create(&id, &created).await?;
         sessions.push(id);

@@ -576,6 +576,7 @@ mod tests {
                 metadata: Default::default(),
                 vault_ids: vec![],
                 resources: vec![],
+                limits: Default::default(),
             })
         }
         fn with(self, body: impl Into<EventBody>) -> Self {

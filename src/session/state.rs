@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use crate::event::{
-    EvaluatedPermission, EventBody, EventId, Record, SessionCreated, SessionId, StopReason,
-    StoredEvent, Usage,
+    EvaluatedPermission, EventBody, EventId, Record, SessionCreated, SessionId, SessionLimits,
+    StopReason, StoredEvent, Usage,
 };
 
 /// What a session is doing, as in the Managed Agents API.
@@ -84,6 +84,13 @@ pub struct SessionState {
     pub usage: Usage,
     /// The last `session.error`'s message.
     pub last_error: Option<String>,
+    /// Its limits: from `session.created`, replaced by the latest `session.updated` that
+    /// sets them.
+    pub limits: SessionLimits,
+    /// Model requests made (`span.model_request_start` events).
+    pub model_requests: u64,
+    /// Tool calls the model made (built-in, custom and MCP).
+    pub tool_calls: u64,
     /// Events folded so far, by type and id: a repeated event (an append that landed twice,
     /// after the duplicate window) is one event, and its copy changes nothing. The type is part
     /// of the key, so an event of another type planted under a real event's id never hides it.
@@ -108,6 +115,9 @@ impl SessionState {
             pending_tools: BTreeMap::new(),
             usage: Usage::default(),
             last_error: None,
+            limits: SessionLimits::default(),
+            model_requests: 0,
+            tool_calls: 0,
             seen: HashSet::new(),
         }
     }
@@ -166,14 +176,19 @@ impl SessionState {
             EventBody::SessionCreated(c) if self.config.is_none() => {
                 self.title = c.title.clone();
                 self.metadata = c.metadata.clone();
+                self.limits = c.limits.clone();
                 self.config = Some(c.clone());
             }
+            EventBody::SpanModelRequestStart(_) => self.model_requests += 1,
             EventBody::SessionUpdated(u) => {
                 if let Some(t) = &u.title {
                     self.title = Some(t.clone());
                 }
                 if let Some(m) = &u.metadata {
                     self.metadata = m.clone();
+                }
+                if let Some(l) = &u.limits {
+                    self.limits = l.clone();
                 }
             }
             EventBody::SessionStatusRunning(_) => self.set_status(Status::Running, None),
@@ -188,18 +203,21 @@ impl SessionState {
             EventBody::SessionError(err) => self.last_error = Some(err.error.message.clone()),
             EventBody::SpanModelRequestEnd(end) => self.usage += end.model_usage,
             EventBody::AgentToolUse(t) => {
+                self.tool_calls += 1;
                 self.pending_tools.insert(
                     t.tool_use_id.clone(),
                     pending(ToolKind::Sandbox, &t.name, t.evaluated_permission),
                 );
             }
             EventBody::AgentMcpToolUse(t) => {
+                self.tool_calls += 1;
                 self.pending_tools.insert(
                     t.tool_use_id.clone(),
                     pending(ToolKind::Mcp, &t.name, t.evaluated_permission),
                 );
             }
             EventBody::AgentCustomToolUse(t) => {
+                self.tool_calls += 1;
                 self.pending_tools.insert(
                     t.tool_use_id.clone(),
                     pending(ToolKind::Custom, &t.name, None),
@@ -275,6 +293,7 @@ mod tests {
             metadata: BTreeMap::new(),
             vault_ids: vec![],
             resources: vec![],
+            limits: Default::default(),
         }
     }
 

@@ -120,6 +120,7 @@ pub fn created() -> Event {
         metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
         vault_ids: vec![],
         resources: vec![],
+        limits: Default::default(),
     })
 }
 
@@ -259,6 +260,16 @@ pub fn one_of_each() -> Vec<Event> {
         SessionUpdated {
             title: Some("new".into()),
             metadata: Some(BTreeMap::from([("a".to_string(), "b".to_string())])),
+            limits: Some(SessionLimits {
+                model_requests: Some(10),
+                ..Default::default()
+            }),
+        }
+        .into(),
+        SessionLimitReached {
+            limit: "model_requests".into(),
+            max: 10,
+            used: 10,
         }
         .into(),
         SpanModelRequestStart {
@@ -520,6 +531,7 @@ pub async fn create_session_with(
                 metadata: Default::default(),
                 vault_ids,
                 resources,
+                limits: Default::default(),
             }),
         )
         .await

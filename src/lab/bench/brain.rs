@@ -133,6 +133,7 @@ async fn prefilled(
         metadata: Default::default(),
         vault_ids: vec![],
         resources: vec![],
+        limits: Default::default(),
     });
     log.create(&id, &created).await?;
     let mut acks = Vec::new();

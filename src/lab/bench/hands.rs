@@ -165,6 +165,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             metadata: Default::default(),
             vault_ids: vec![],
             resources: vec![],
+            limits: Default::default(),
         }),
     )
     .await?;

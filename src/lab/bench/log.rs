@@ -110,6 +110,7 @@ fn created() -> Event {
         metadata: Default::default(),
         vault_ids: vec![],
         resources: vec![],
+        limits: Default::default(),
     })
 }
 

@@ -182,3 +182,66 @@ async fn large_outputs_go_to_the_object_store() {
     b.abort();
     h.abort();
 }
+
+/// A session keeps large outputs in the object store only up to its quota: past it, an
+/// output keeps its head and tail in the event with a note saying why, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_stop_at_the_sessions_blob_quota() {
+    ensure_image("busybox");
+    let t = TestNats::start().await;
+    let b = start_brain(&t, "quota-brain").await;
+    // `seq 1 100000` prints 588,895 bytes (a little more with the exit code around it): one
+    // fits in 700,000, two do not.
+    let (h, sandboxes) = start_hands_with(
+        &t,
+        herd::hands::HandsConfig {
+            host: host("quota"),
+            blob_quota: 700_000,
+            sandbox: herd::hands::sandbox::SandboxConfig {
+                default_image: BUSYBOX.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let script = vec![
+        tool_turn("toolu_big1", "bash", json!({"command": "seq 1 100000"})),
+        tool_turn("toolu_big2", "bash", json!({"command": "seq 1 100000"})),
+        text_turn("counted twice"),
+    ];
+    let id = scripted_session(&t, &["bash"], script, None, "count twice").await;
+    let events = wait_idles(&t, &id, 1).await;
+    let result = |id: &str| {
+        events
+            .iter()
+            .find_map(|e| match &e.event.body {
+                EventBody::AgentToolResult(r) if r.tool_use_id == id => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let first = result("toolu_big1")
+        .output_ref
+        .expect("the first is stored")
+        .size;
+    assert!(first > 588_895 && first < 700_000, "{first}");
+    let second = result("toolu_big2");
+    assert!(
+        second.output_ref.is_none(),
+        "over the quota: nothing stored"
+    );
+    let text = content_text(&second.content);
+    assert!(
+        text.contains(&format!(
+            "was not stored: this session's large outputs already hold {first} of its 700000-byte quota"
+        ))
+            && text.contains("\n1\n2\n3\n")
+            && text.contains("100000"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    sandboxes.destroy(&id).await;
+    b.abort();
+    h.abort();
+}

@@ -60,6 +60,21 @@ async fn a_session_from_the_command_line() {
         applied.contains("HERD_SESSIONS") && applied.contains("Unchanged"),
         "{applied}"
     );
+    // Every bound in one view: the work queues and the blob store are bounded, the log is not.
+    let status = herd.ok(&["status"]);
+    let line = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .to_string()
+    };
+    assert!(line("HERD_WAKE ").contains("256.0 MiB"), "{status}");
+    assert!(line("HERD_TOOLS ").contains("1024.0 MiB"), "{status}");
+    assert!(line("OBJ_herd-blobs").contains("10240.0 MiB"), "{status}");
+    assert!(line("HERD_SESSIONS").contains("none"), "{status}");
+    let json: serde_json::Value = serde_json::from_str(&herd.ok(&["status", "--json"])).unwrap();
+    assert!(json["streams"].as_array().unwrap().len() >= 9);
 
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("agent.json");

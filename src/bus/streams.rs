@@ -48,6 +48,9 @@ pub struct BucketSpec {
     /// KV: enables per-key TTLs; the delete-marker TTL in milliseconds (at least 1000).
     #[serde(default)]
     pub ttl_markers_ms: Option<u64>,
+    /// The most bytes it may hold (rule 11); unbounded when absent.
+    #[serde(default)]
+    pub max_bytes: Option<i64>,
 }
 
 /// The kinds of bucket.
@@ -324,28 +327,106 @@ async fn apply_bucket(
             })
         }
         BucketKind::Object => {
-            if stream_exists(js, &format!("OBJ_{}", b.bucket)).await {
+            let name = format!("OBJ_{}", b.bucket);
+            if !stream_exists(js, &name).await {
+                js.create_object_store(object_store::Config {
+                    bucket: b.bucket.clone(),
+                    description: Some(b.description.clone()),
+                    num_replicas: replicas,
+                    max_bytes: b.max_bytes.unwrap_or(-1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| server_err("object", &b.bucket, e))?;
                 return Ok(Outcome {
                     kind: "object",
                     name: b.bucket.clone(),
-                    action: Action::Unchanged,
+                    action: Action::Created,
                 });
             }
-            js.create_object_store(object_store::Config {
-                bucket: b.bucket.clone(),
-                description: Some(b.description.clone()),
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| server_err("object", &b.bucket, e))?;
+            // An existing store gets its bound (and replica count) in place.
+            let mut stream = js
+                .get_stream(&name)
+                .await
+                .map_err(|e| server_err("object", &b.bucket, e))?;
+            let have = stream
+                .info()
+                .await
+                .map_err(|e| server_err("object", &b.bucket, e))?
+                .config
+                .clone();
+            let mut want = have.clone();
+            want.max_bytes = b.max_bytes.unwrap_or(-1);
+            want.num_replicas = replicas;
+            let changed = want != have;
+            if changed {
+                js.update_stream(want)
+                    .await
+                    .map_err(|e| server_err("object", &b.bucket, e))?;
+            }
             Ok(Outcome {
                 kind: "object",
                 name: b.bucket.clone(),
-                action: Action::Created,
+                action: if changed {
+                    Action::Updated
+                } else {
+                    Action::Unchanged
+                },
             })
         }
     }
+}
+
+/// How full one of herd's streams or buckets is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreUsage {
+    /// The stream (`KV_<bucket>` and `OBJ_<bucket>` for buckets).
+    pub stream: String,
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Its bound; `None` when it has none.
+    pub max_bytes: Option<u64>,
+}
+
+impl StoreUsage {
+    /// How full it is, 0–100, when it has a bound.
+    pub fn percent(&self) -> Option<f64> {
+        self.max_bytes
+            .filter(|m| *m > 0)
+            .map(|m| self.bytes as f64 * 100.0 / m as f64)
+    }
+}
+
+/// The usage of every stream and bucket herd defines (missing ones are left out).
+pub async fn usage(js: &jetstream::Context) -> Result<Vec<StoreUsage>, StreamsError> {
+    let defs = Definitions::load(1)?;
+    let names =
+        defs.streams
+            .iter()
+            .map(|(cfg, _)| cfg.name.clone())
+            .chain(defs.buckets.iter().map(|b| match b.kind {
+                BucketKind::Kv => format!("KV_{}", b.bucket),
+                BucketKind::Object => format!("OBJ_{}", b.bucket),
+            }));
+    let mut out = Vec::new();
+    for name in names {
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            continue;
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| server_err("stream", &name, e))?;
+        out.push(StoreUsage {
+            stream: name,
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            max_bytes: u64::try_from(info.config.max_bytes).ok().filter(|m| *m > 0),
+        });
+    }
+    Ok(out)
 }
 
 /// Creates or updates every stream and bucket, with `replicas` copies each (scaling existing
@@ -406,6 +487,19 @@ mod tests {
         assert_eq!(d.streams[2].0.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(d.streams[3].0.name, "HERD_DEADLETTER");
         assert_eq!(d.buckets.len(), 5);
+        // Bounded, and a full work queue refuses new work rather than drop queued work.
+        for q in [&d.streams[1].0, &d.streams[2].0] {
+            assert!(
+                q.max_bytes > 0 && q.discard == stream::DiscardPolicy::New,
+                "{}",
+                q.name
+            );
+        }
+        assert!(
+            d.buckets
+                .iter()
+                .any(|b| b.bucket == "herd-blobs" && b.max_bytes.is_some())
+        );
         assert!(d.buckets.iter().any(|b| b.bucket == "herd-vault"));
     }
 }

@@ -13,6 +13,7 @@ mod check;
 mod decode;
 mod output;
 mod session;
+mod status;
 mod up;
 mod vault;
 mod workers;
@@ -91,6 +92,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: vault::VaultCmd,
     },
+    /// How full herd's store is: each stream and bucket against its bound, and the account.
+    Status(status::StatusArgs),
     /// Verify the session logs' invariants: unique ids, whole brain steps, every tool call
     /// answered exactly once, legal status order. Exit 1 on any violation.
     Check(check::CheckArgs),
@@ -189,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Hands(a) => workers::hands(&cli.global, a).await,
         Cmd::Vault { cmd } => vault::run(connect(&cli.global).await?, cmd).await,
         Cmd::Check(a) => check::run(connect(&cli.global).await?, a).await,
+        Cmd::Status(a) => status::run(connect(&cli.global).await?, a).await,
         Cmd::Chaos(a) => chaos::run(a).await,
         Cmd::Decode { pretty } => decode::decode(pretty),
         Cmd::Bench { cmd } => bench::run(cmd).await,

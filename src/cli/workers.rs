@@ -78,6 +78,10 @@ pub struct HandsArgs {
     /// Process limit per sandbox.
     #[arg(long, default_value_t = SandboxConfig::default().pids_limit)]
     pids: i64,
+    /// MiB of large outputs one session may keep in the object store; past it an output keeps
+    /// only its head and tail.
+    #[arg(long, default_value_t = hands_defaults().blob_quota >> 20)]
+    blob_quota_mib: u64,
     /// An image sessions may name besides the default (repeatable); herd's own sandbox images
     /// are always allowed, any other image is refused.
     #[arg(long = "allow-image", value_name = "IMAGE")]
@@ -135,6 +139,7 @@ fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
             ..Default::default()
         },
         vault_key: herd::credentials::vault::VaultKey::from_env()?,
+        blob_quota: a.blob_quota_mib.max(1) << 20,
         allowed_images: hands_defaults()
             .allowed_images
             .into_iter()

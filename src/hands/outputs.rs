@@ -38,6 +38,16 @@ pub fn head_and_tail(text: &str, why: &str) -> String {
     )
 }
 
+/// Why an output of `size` bytes may not be stored when the session's outputs already hold
+/// `stored` bytes of a `quota`: `None` when it fits.
+pub fn over_quota(stored: u64, size: usize, quota: u64) -> Option<String> {
+    (stored.saturating_add(size as u64) > quota).then(|| {
+        format!(
+            "the whole output ({size} bytes) was not stored: this session's large outputs already hold {stored} of its {quota}-byte quota"
+        )
+    })
+}
+
 /// The object name of a call's whole output: derived from the session and the call, never
 /// from anything a tool or an event says, so it cannot point elsewhere.
 pub fn object_name(session: &SessionId, tool_use_id: &str) -> String {
@@ -84,6 +94,18 @@ pub async fn inline_or_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_keeps_large_outputs_up_to_its_quota() {
+        assert_eq!(over_quota(0, 100, 100), None);
+        assert_eq!(over_quota(60, 40, 100), None);
+        let why = over_quota(60, 41, 100).unwrap();
+        assert!(
+            why.contains("already hold 60 of its 100-byte quota"),
+            "{why}"
+        );
+        assert!(over_quota(u64::MAX, 1, 100).is_some());
+    }
 
     #[test]
     fn short_outputs_stay_whole() {

@@ -62,6 +62,9 @@ pub struct HandsConfig {
     /// Images sessions may name besides the default one (the deployment's allow-list; any
     /// other image is refused, so a session cannot run an arbitrary local image).
     pub allowed_images: Vec<String>,
+    /// Bytes of large outputs one session may keep in the object store (rule 11); past it,
+    /// an output keeps only its head and tail, with a note saying so.
+    pub blob_quota: u64,
 }
 
 /// The images every deployment allows: herd's own sandbox images.
@@ -82,6 +85,7 @@ impl Default for HandsConfig {
             registry_ttl: Duration::from_secs(4),
             vault_key: None,
             allowed_images: HERD_IMAGES.iter().map(|s| s.to_string()).collect(),
+            blob_quota: 256 << 20,
         }
     }
 }
@@ -579,14 +583,19 @@ impl Hands {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.clone(), Instant::now());
-        let (text, output_ref) = match outputs::inline_or_store(
-            &self.js,
-            session,
-            &job.tool_use_id,
-            &outcome.text,
-        )
-        .await
-        {
+        let over_quota = if outcome.text.len() > outputs::INLINE_LIMIT {
+            let stored = self.blob_bytes(session).await?;
+            outputs::over_quota(stored, outcome.text.len(), self.config.blob_quota)
+        } else {
+            None
+        };
+        let stored = match over_quota {
+            Some(why) => Ok((outputs::head_and_tail(&outcome.text, &why), None)),
+            None => {
+                outputs::inline_or_store(&self.js, session, &job.tool_use_id, &outcome.text).await
+            }
+        };
+        let (text, output_ref) = match stored {
             Ok(r) => r,
             Err(e) if !last_try => return Err(e.into()),
             // The object store is out of reach on the last try: keep what fits inline
@@ -615,6 +624,29 @@ impl Hands {
         );
         let appended = self.log.append_fact(session, &result).await?;
         self.wake(session, appended.last_seq).await
+    }
+
+    /// Bytes the session's earlier results hold in the object store (their `output_ref`s).
+    async fn blob_bytes(&self, session: &SessionId) -> Result<u64, JobError> {
+        let results = self
+            .log
+            .read(
+                session,
+                &Slice {
+                    types: vec!["agent.tool_result".into()],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter_map(|r| match &r.event.body {
+                crate::event::EventBody::AgentToolResult(res) => res.output_ref.as_ref(),
+                _ => None,
+            })
+            .map(|o| o.size)
+            .sum())
     }
 
     /// The sequence of the call's result, if one is in the log.

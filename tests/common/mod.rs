@@ -333,8 +333,8 @@ pub async fn start_hands(
     image: &str,
     registry_ttl: Duration,
 ) -> (tokio::task::JoinHandle<()>, herd::hands::sandbox::Sandboxes) {
-    let hands = herd::hands::Hands::new(
-        connect_as(&t.server, Role::Hands).await,
+    start_hands_with(
+        t,
         herd::hands::HandsConfig {
             host: host.to_string(),
             registry_ttl,
@@ -346,7 +346,16 @@ pub async fn start_hands(
         },
     )
     .await
-    .expect("hands");
+}
+
+/// An in-process hand on the test server with this configuration.
+pub async fn start_hands_with(
+    t: &TestNats,
+    config: herd::hands::HandsConfig,
+) -> (tokio::task::JoinHandle<()>, herd::hands::sandbox::Sandboxes) {
+    let hands = herd::hands::Hands::new(connect_as(&t.server, Role::Hands).await, config)
+        .await
+        .expect("hands");
     let sandboxes = hands.sandboxes().clone();
     (
         tokio::spawn(async move { hands.run(std::future::pending()).await.unwrap() }),

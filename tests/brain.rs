@@ -955,3 +955,44 @@ async fn a_tool_loop_pauses_at_its_limit_and_resumes_when_raised() {
     let report = rig.log().check(&id, true).await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
+
+/// A wake that fails for good (here: its tool job cannot be published, every delivery) ends
+/// the turn instead of leaving the session running with nothing in flight: the pending call
+/// gets an error result, the session goes idle, and `herd check --settled` is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_that_fails_for_good_ends_the_turn_cleanly() {
+    let rig = Rig::start().await;
+    let id = rig
+        .session(agent_with(
+            "claude-test",
+            vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+        ))
+        .await;
+    rig.model.push([Reply::tool_use(
+        "toolu_stuck",
+        "bash",
+        json!({"command": "true"}),
+    )]);
+    // No work queue for tool jobs: every dispatch fails, every delivery of the wake too.
+    async_nats::jetstream::new(rig.nats.client.clone())
+        .delete_stream("HERD_TOOLS")
+        .await
+        .unwrap();
+    rig.say(&id, "run it").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(stop_reasons(&events), ["retries_exhausted"]);
+    let result = events.iter().find_map(|e| match &e.event.body {
+        EventBody::AgentToolResult(r) if r.tool_use_id == "toolu_stuck" => {
+            Some((r.is_error, content_text(&r.content)))
+        }
+        _ => None,
+    });
+    assert!(
+        result
+            .as_ref()
+            .is_some_and(|(err, text)| *err && text.contains("herd gave up on this turn")),
+        "{result:?}"
+    );
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}

@@ -417,6 +417,37 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
     Decision::Wait
 }
 
+/// The step that ends a turn herd gave up on (a wake that failed for good): the open span
+/// closed, each pending sandbox or MCP call answered with an error naming why, idle with
+/// `retries_exhausted`. `None` when the session is not in a turn.
+pub fn give_up_step(
+    state: &SessionState,
+    events: &[StoredEvent],
+    why: &str,
+) -> Option<Vec<Planned>> {
+    if !matches!(state.status, Status::Running | Status::Rescheduling) {
+        return None;
+    }
+    let s = scan(events);
+    let mut step = Vec::new();
+    if let Some((_, id)) = &s.last_start
+        && !s.last_start_closed
+    {
+        step.push(failed_span(id.as_str()));
+    }
+    for (id, t) in &state.pending_tools {
+        if t.kind == ToolKind::Sandbox || t.kind == ToolKind::Mcp {
+            step.push(Planned::result(
+                &state.id,
+                id,
+                &format!("herd gave up on this turn before the call finished: {why}"),
+            ));
+        }
+    }
+    step.extend(idle("retries_exhausted", vec![], state.usage));
+    Some(step)
+}
+
 /// The first of the session's limits that its use has reached: its name, value and the use.
 /// Per-turn counts run from the session's last idle; an unset per-turn request limit is
 /// [`DEFAULT_MODEL_REQUESTS_PER_TURN`], so a tool loop always ends.

@@ -283,8 +283,22 @@ impl Brain {
                     },
                 );
                 let _ = self.log.append_fact(&wake.session_id, &report).await;
+                self.give_up_turn(&wake.session_id, &e.to_string()).await;
                 msg.term().await;
             }
+        }
+    }
+
+    /// Ends a turn herd gave up on, so the session is never left running with nothing in
+    /// flight: its open span is closed, its pending sandbox calls get error results the model
+    /// will see, and it goes idle (`retries_exhausted`). Conditional like every step: if the
+    /// session moved meanwhile, someone else is running it and nothing is written.
+    async fn give_up_turn(&self, id: &SessionId, why: &str) {
+        let Ok(r) = replay(&self.cache, &self.log, id).await else {
+            return;
+        };
+        if let Some(step) = harness::give_up_step(&r.state, &r.events, why) {
+            let _ = self.append(id, r.state.last_seq, step).await;
         }
     }
 

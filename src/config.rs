@@ -211,16 +211,9 @@ impl NatsConfig {
             url: self.url.clone(),
             detail: e.to_string(),
         };
+        // A seed without a role is connected by `connect` itself, with the default inbox.
         let Some(role) = self.role else {
-            return match &self.nkey {
-                // A seed without a role: any name will do for the inbox of an unknown role.
-                Some(seed) => {
-                    crate::auth::RoleKey::from_seed(crate::auth::Role::Client, seed.expose())
-                        .map(Some)
-                        .map_err(bad_seed)
-                }
-                None => Ok(None),
-            };
+            return Ok(None);
         };
         if let Some(seed) = &self.nkey {
             return crate::auth::RoleKey::from_seed(role, seed.expose())
@@ -293,6 +286,16 @@ impl NatsConfig {
             opts = opts
                 .nkey(key.seed().to_string())
                 .custom_inbox_prefix(key.role.inbox_prefix());
+        } else if let (None, Some(seed)) = (self.role, &self.nkey) {
+            // Not one of herd's roles: its replies use the standard inbox, which whatever
+            // permissions it was given expect. The seed is checked here for a clear error.
+            crate::auth::RoleKey::from_seed(crate::auth::Role::Client, seed.expose()).map_err(
+                |e| ConfigError::Connect {
+                    url: self.url.clone(),
+                    detail: e.to_string(),
+                },
+            )?;
+            opts = opts.nkey(seed.expose().to_string());
         }
         let urls = self.urls();
         let addrs: Vec<async_nats::ServerAddr> = urls

@@ -219,6 +219,38 @@ async fn mistakes_get_clear_errors() {
     );
     herd.fails(&["session", "create", "--vault", "a.b"], 1, "vault name");
     herd.fails(
+        &["session", "create", "--limit", "tool_calls"],
+        1,
+        "is not NAME=N",
+    );
+    herd.fails(
+        &["session", "create", "--limit", "loops=3"],
+        1,
+        "unknown limit \"loops\"",
+    );
+    herd.fails(
+        &["session", "create", "--limit", "tool_calls=0"],
+        1,
+        "at least 1",
+    );
+    herd.fails(
+        &["session", "create", "--limit", "tool_calls=-2"],
+        1,
+        "not a whole number",
+    );
+    herd.fails(
+        &["session", "update", "s1", "--limit", "loops=3"],
+        1,
+        "unknown limit",
+    );
+    herd.fails(
+        &["session", "update", "nope", "--limit", "tool_calls=3"],
+        1,
+        "does not exist",
+    );
+    herd.fails(&["session", "update", "s1"], 2, "--limit");
+    herd.fails(&["auth", "rotate", "root"], 1, "unknown role \"root\"");
+    herd.fails(
         &["session", "create", "--allow-host", "https://x.com"],
         1,
         "invalid host",

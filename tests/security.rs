@@ -478,18 +478,9 @@ async fn each_role_may_do_only_its_own_work() {
         .await;
     let refused = match anonymous {
         Err(_) => true,
-        Ok(c) => c.flush().await.is_err() || js_request(&c, "$JS.API.INFO".into(), "").await.not(),
+        Ok(c) => c.flush().await.is_err() || !js_request(&c, "$JS.API.INFO".into(), "").await,
     };
     assert!(refused, "an anonymous client must be refused");
-}
-
-trait Not {
-    fn not(self) -> bool;
-}
-impl Not for bool {
-    fn not(self) -> bool {
-        !self
-    }
 }
 
 /// `streams apply` puts `deny_purge` on a log created without it (an older deployment), and
@@ -981,4 +972,47 @@ async fn a_hands_wake_carries_no_user_events() {
         !events.iter().any(|e| e.event.id.as_str() == "from-hand"),
         "no user event from a hand"
     );
+}
+
+/// An event id reused within a session for a different event is refused at every door —
+/// the API says so (a conflict), a wake is reported as invalid — and the first event stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_reused_for_another_event_is_refused_not_swallowed() {
+    let t = TestNats::start().await;
+    let (s, _) = new_session(&t.log).await;
+    let _brain = start_brain(&t, "reuse-brain").await;
+    let api = Api::open(connect(&t.server).await, Principal::operator())
+        .await
+        .unwrap();
+    api.send(&s, &message("msg-1", "the first")).await.unwrap();
+    let err = api
+        .send(&s, &message("msg-1", "another"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), herd::api::ErrorClass::Conflict, "{err}");
+    // The same through a wake: reported on the session, nothing stored.
+    let client = jetstream::new(connect_as(&t.server, Role::Client).await);
+    let wake = json!({"events": [message("msg-1", "by wake, another").to_json()]});
+    client
+        .publish(subjects::wake(&s), wake.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let events = wait_until(&t, &s, 30, |events| {
+        events.iter().any(|e| {
+            matches!(&e.event.body, EventBody::SessionError(x) if x.error.kind == "invalid_wake")
+        })
+    })
+    .await;
+    let texts: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::UserMessage(m) if e.event.id.as_str() == "msg-1" => {
+                Some(content_text(&m.content))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["the first"]);
 }

@@ -62,9 +62,9 @@ impl ApiError {
             Self::Refused(_) => ErrorClass::Conflict,
             Self::Config(_) => ErrorClass::Invalid,
             Self::Log(LogError::NotFound(_)) => ErrorClass::NotFound,
-            Self::Log(LogError::AlreadyExists(_) | LogError::Conflict { .. }) => {
-                ErrorClass::Conflict
-            }
+            Self::Log(
+                LogError::AlreadyExists(_) | LogError::Conflict { .. } | LogError::IdTaken { .. },
+            ) => ErrorClass::Conflict,
             Self::Log(LogError::Invalid(_) | LogError::TooLarge { .. }) => ErrorClass::Invalid,
             Self::Log(_) | Self::Wake(_) => ErrorClass::Unavailable,
         }

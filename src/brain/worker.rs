@@ -95,6 +95,9 @@ enum HandleError {
     LeaseHeld,
     #[error(transparent)]
     Refused(#[from] crate::api::Refusal),
+    /// An event the wake carries cannot be stored as it is (its id is taken).
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl HandleError {
@@ -103,7 +106,7 @@ impl HandleError {
         match self {
             Self::Log(e) => e.is_transient(),
             Self::Publish(_) | Self::LeaseHeld => true,
-            Self::TooManySteps(_) | Self::Refused(_) => false,
+            Self::TooManySteps(_) | Self::Refused(_) | Self::Rejected(_) => false,
         }
     }
 }
@@ -247,10 +250,12 @@ impl Brain {
                 // No such session: nothing to report it on, so it goes to the dead letters.
                 self.refuse(&msg, &WakeError::UnknownSession(s)).await;
             }
-            Err(HandleError::Refused(refusal)) => {
+            // A wake event refused or unstorable is the wake's fault, not the session's: it
+            // is reported as an invalid wake, and the turn in progress is left alone.
+            Err(e @ (HandleError::Refused(_) | HandleError::Rejected(_))) => {
                 let error = WakeError::Payload {
                     session: wake.session_id.clone(),
-                    detail: refusal.to_string(),
+                    detail: e.to_string(),
                 };
                 self.refuse(&msg, &error).await;
             }
@@ -369,11 +374,23 @@ impl Brain {
             let mut state = r.state.clone();
             for e in &wake.events {
                 if let Some(stored) = r.events.iter().find(|s| s.event.id == e.id) {
+                    if stored.event.body != e.body {
+                        return Err(HandleError::Rejected(format!(
+                            "event id {} is already used in this session by another event (seq {})",
+                            e.id, stored.seq
+                        )));
+                    }
                     appended = appended.max(stored.seq);
                     continue;
                 }
                 crate::api::admit(&state, e)?;
-                let seq = self.log.append_fact(id, e).await?.last_seq;
+                let seq = match self.log.append_fact(id, e).await {
+                    Ok(a) => a.last_seq,
+                    Err(taken @ LogError::IdTaken { .. }) => {
+                        return Err(HandleError::Rejected(taken.to_string()));
+                    }
+                    Err(other) => return Err(other.into()),
+                };
                 appended = appended.max(seq);
                 state.apply(&crate::event::StoredEvent {
                     session_id: id.clone(),

@@ -9,7 +9,7 @@
 //! environment: nothing of the hand's own environment (where credentials live) is passed in.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -92,6 +92,75 @@ pub struct ExecOutput {
     pub dropped: u64,
     /// The exit code (`None` if it could not be read).
     pub exit_code: Option<i64>,
+    /// The command was stopped at the output cap (its process group killed).
+    pub capped: bool,
+    /// The command ran into its timeout (and its process group was killed).
+    pub timed_out: bool,
+}
+
+/// Runs every command as `sh -c WRAPPER herd <secs> <cmd…>`: it announces its process group
+/// on stderr (a `docker exec` process leads its own session, so its pid is the group's id),
+/// then becomes the sandbox's own `timeout`, which kills the whole group at the deadline.
+/// An image without `timeout` runs the command bare; the hand's backstop then kills the group.
+const WRAPPER: &str = r#"echo "herd-pgid:$$" >&2; t=$1; shift; if command -v timeout >/dev/null 2>&1; then exec timeout -s KILL "$t" "$@"; else exec "$@"; fi"#;
+
+/// How long past its timeout a command's group may run before the hand kills it itself.
+pub const BACKSTOP: Duration = Duration::from_secs(10);
+
+/// How long a killed group's streams may take to end before the sandbox is given up.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// How long the hand reads on for the wrapper's header after the cap.
+const HEADER_WAIT: Duration = Duration::from_secs(2);
+
+/// How a read of a command's output ended.
+enum Ended {
+    Eof,
+    Cap,
+    Deadline,
+}
+
+/// The wrapper's first line on stderr, `herd-pgid:<n>`, taken off the stream.
+struct Header {
+    pending: bool,
+    seen: Vec<u8>,
+    pgid: Option<u32>,
+}
+
+impl Header {
+    fn new(expected: bool) -> Self {
+        Self {
+            pending: expected,
+            seen: Vec::new(),
+            pgid: None,
+        }
+    }
+
+    /// The part of a stderr chunk that is the command's; `None` while the header is still
+    /// arriving.
+    fn strip(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        if !self.pending {
+            return Some(chunk.to_vec());
+        }
+        self.seen.extend_from_slice(chunk);
+        let Some(nl) = self.seen.iter().position(|&b| b == b'\n') else {
+            if self.seen.len() > 64 {
+                // Not our header after all: keep everything.
+                self.pending = false;
+                return Some(std::mem::take(&mut self.seen));
+            }
+            return None;
+        };
+        self.pending = false;
+        let line = String::from_utf8_lossy(&self.seen[..nl]).to_string();
+        match line.strip_prefix("herd-pgid:").and_then(|n| n.parse().ok()) {
+            Some(pgid) => {
+                self.pgid = Some(pgid);
+                Some(self.seen.split_off(nl + 1))
+            }
+            None => Some(std::mem::take(&mut self.seen)),
+        }
+    }
 }
 
 /// The sandboxes of one hand host.
@@ -337,15 +406,62 @@ impl Sandboxes {
         self.remove_container(&helper.id).await;
     }
 
-    /// Runs `cmd` in the sandbox, feeding it `stdin`, keeping at most `cap` bytes of output.
-    /// The caller wraps the command in an in-sandbox `timeout`; `deadline` is the backstop,
-    /// after which the sandbox is killed.
+    /// Runs `cmd` in the sandbox, feeding it `stdin`, keeping at most `cap` bytes of each
+    /// stream, for at most `timeout`.
+    ///
+    /// The command runs in its own process group (a `docker exec` process leads a new session),
+    /// under the sandbox's own `timeout -s KILL`, so a timeout kills its whole tree and the
+    /// sandbox stays. At the cap the hand stops reading and kills the group: output past the
+    /// cap is never transferred (`yes` cannot stream gigabytes through dockerd). Only when the
+    /// group outlives `timeout` by [`BACKSTOP`] is the sandbox itself killed
+    /// ([`SandboxError::Lost`]).
     pub async fn exec(
         &self,
         sandbox: &Sandbox,
         cmd: Vec<String>,
         stdin: Option<Vec<u8>>,
         cap: usize,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SandboxError> {
+        let secs = timeout.as_secs().max(1);
+        let mut wrapped = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            WRAPPER.to_string(),
+            "herd".to_string(),
+            secs.to_string(),
+        ];
+        wrapped.extend(cmd);
+        let started = Instant::now();
+        let mut out = self
+            .exec_inner(sandbox, wrapped, stdin, cap, true, timeout + BACKSTOP)
+            .await?;
+        out.timed_out = !out.capped
+            && out.exit_code == Some(137)
+            && started.elapsed() >= Duration::from_secs(secs);
+        Ok(out)
+    }
+
+    /// Runs `cmd` as it is, with no wrapper and no in-sandbox timeout: the raw primitive the
+    /// hands benchmark compares against. `deadline` kills the sandbox.
+    pub async fn exec_raw(
+        &self,
+        sandbox: &Sandbox,
+        cmd: Vec<String>,
+        cap: usize,
+        deadline: Duration,
+    ) -> Result<ExecOutput, SandboxError> {
+        self.exec_inner(sandbox, cmd, None, cap, false, deadline)
+            .await
+    }
+
+    async fn exec_inner(
+        &self,
+        sandbox: &Sandbox,
+        cmd: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        cap: usize,
+        wrapped: bool,
         deadline: Duration,
     ) -> Result<ExecOutput, SandboxError> {
         let exec = self
@@ -397,29 +513,81 @@ impl Sandboxes {
         });
         let _feeder = AbortOnDrop(feeder);
         let mut out = ExecOutput::default();
-        let collect = async {
-            while let Some(chunk) = output.next().await {
-                let (buf, msg) = match chunk {
-                    Ok(LogOutput::StdOut { message }) => (&mut out.stdout, message),
-                    Ok(LogOutput::StdErr { message }) => (&mut out.stderr, message),
-                    Ok(_) => continue,
-                    Err(e) => return Err(e),
-                };
-                let room = cap.saturating_sub(buf.len());
-                buf.extend_from_slice(&msg[..msg.len().min(room)]);
-                out.dropped += msg.len().saturating_sub(room) as u64;
+        let mut header = Header::new(wrapped);
+        let give_up = tokio::time::Instant::now() + deadline;
+        // Reads until the streams end, the cap is reached or the deadline passes.
+        let ended = loop {
+            let chunk = match tokio::time::timeout_at(give_up, output.next()).await {
+                Err(_) => break Ended::Deadline,
+                Ok(None) => break Ended::Eof,
+                Ok(Some(Err(e))) => return Err(self.lost_or(e)),
+                Ok(Some(Ok(c))) => c,
+            };
+            let (buf, msg) = match chunk {
+                LogOutput::StdOut { message } => (&mut out.stdout, message.to_vec()),
+                LogOutput::StdErr { message } => match header.strip(&message) {
+                    Some(rest) => (&mut out.stderr, rest),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let room = cap.saturating_sub(buf.len());
+            buf.extend_from_slice(&msg[..msg.len().min(room)]);
+            if msg.len() > room {
+                out.dropped += (msg.len() - room) as u64;
+                break Ended::Cap;
             }
-            Ok(())
         };
-        match tokio::time::timeout(deadline, collect).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.lost_or(e)),
-            Err(_) => {
+        if !matches!(ended, Ended::Eof) {
+            // Stop the command's whole process group, then give its streams a moment to end;
+            // a group that cannot be stopped costs the sandbox.
+            out.capped = matches!(ended, Ended::Cap);
+            // Docker copies stdout and stderr separately, so a flood on stdout can arrive
+            // before the wrapper's header on stderr: read on (keeping nothing) until it does.
+            let wait = tokio::time::Instant::now() + HEADER_WAIT;
+            while header.pending {
+                match tokio::time::timeout_at(wait, output.next()).await {
+                    Ok(Some(Ok(LogOutput::StdErr { message }))) => {
+                        if let Some(rest) = header.strip(&message) {
+                            out.dropped += rest.len() as u64;
+                        }
+                    }
+                    Ok(Some(Ok(LogOutput::StdOut { message }))) => {
+                        out.dropped += message.len() as u64
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+            // The stream is read on while the kill goes in: the engine (20.10) starts no new
+            // exec in a container while an attached one's output waits unread.
+            let dropped = &mut out.dropped;
+            let drain = async {
+                while let Some(c) = output.next().await {
+                    if let Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) = c {
+                        *dropped += message.len() as u64;
+                    }
+                }
+            };
+            let kill = async {
+                if self.kill_group(sandbox, &exec.id, header.pgid).await {
+                    tokio::time::sleep(DRAIN).await;
+                }
+            };
+            // Drained: the streams ended after the kill, or by themselves while it went in.
+            let drained = tokio::select! {
+                () = drain => true,
+                () = kill => false,
+            };
+            if !drained {
                 self.kill(sandbox).await;
-                return Err(SandboxError::Lost(format!(
-                    "the command outlived its {}s deadline and the sandbox was killed",
-                    deadline.as_secs()
-                )));
+                return Err(SandboxError::Lost(match ended {
+                    Ended::Cap => "the command could not be stopped at its output cap and the sandbox was killed".into(),
+                    _ => format!(
+                        "the command outlived its {}s deadline and the sandbox was killed",
+                        deadline.as_secs()
+                    ),
+                }));
             }
         }
         out.exit_code = self
@@ -432,7 +600,7 @@ impl Sandboxes {
         // container's fate, not an exit code. The daemon marks a killed container stopped a
         // moment after its processes die, so a SIGKILLed (or unreadable) exit is re-checked
         // for up to a second.
-        let checks = if matches!(out.exit_code, None | Some(137)) {
+        let checks = if matches!(out.exit_code, None | Some(137)) && !out.capped {
             10
         } else {
             1
@@ -459,6 +627,52 @@ impl Sandboxes {
             }
         }
         Ok(out)
+    }
+
+    /// SIGKILLs the exec's process group. First from a second exec in the sandbox, as its own
+    /// user; when that cannot start (a fork bomb holds every pid the sandbox may have), from
+    /// the host, by the exec's host pid, when this hand shares the engine's pid namespace and
+    /// the pid is still the sandbox's. True when the kill was delivered.
+    async fn kill_group(&self, sandbox: &Sandbox, exec_id: &str, pgid: Option<u32>) -> bool {
+        if let Some(pgid) = pgid {
+            let cmd = vec![
+                "sh".to_string(),
+                "-c".to_string(),
+                format!("kill -KILL -{pgid} 2>/dev/null || kill -KILL {pgid} 2>/dev/null; exit 0"),
+            ];
+            let inside =
+                Box::pin(self.exec_inner(sandbox, cmd, None, 4096, false, Duration::from_secs(10)))
+                    .await;
+            // It ran (a group already gone counts: the command ended on its own).
+            if matches!(
+                inside,
+                Ok(ExecOutput {
+                    exit_code: Some(_),
+                    ..
+                })
+            ) {
+                return true;
+            }
+        }
+        let Some(pid) = self
+            .docker
+            .inspect_exec(exec_id)
+            .await
+            .ok()
+            .and_then(|i| i.pid)
+            .filter(|p| *p > 1)
+        else {
+            return false;
+        };
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !cgroup.contains(&sandbox.id) {
+            return false;
+        }
+        tokio::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status()
+            .await
+            .is_ok_and(|s| s.success())
     }
 
     fn lost_or(&self, e: bollard::errors::Error) -> SandboxError {

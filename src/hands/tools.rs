@@ -3,7 +3,7 @@
 //! hand never touches the workspace itself. Inputs come from the model and are validated here,
 //! with errors the model can act on.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -16,6 +16,8 @@ pub const OUTPUT_CAP: usize = 1024 * 1024;
 pub const MAX_FILE: usize = 1024 * 1024;
 /// Default and longest `bash` timeouts.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long `read` and `edit` may take to read a file (in the sandbox; then it is stopped).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest timeout a call may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -55,7 +57,12 @@ fn lossy(b: &[u8]) -> String {
 }
 
 fn truncation_note(out: &ExecOutput) -> String {
-    if out.dropped > 0 {
+    if out.capped {
+        format!(
+            "\n[output truncated at {OUTPUT_CAP} bytes per stream: the command was stopped there ({} more bytes seen were not kept); redirect large output to a file and read parts of it]",
+            out.dropped
+        )
+    } else if out.dropped > 0 {
         format!(
             "\n[output truncated: {} more bytes were not kept]",
             out.dropped
@@ -102,23 +109,20 @@ async fn bash(s: &Sandboxes, sb: &Sandbox, input: &Value) -> Result<ToolOutcome,
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_TIMEOUT)
         .clamp(Duration::from_secs(1), MAX_TIMEOUT);
-    // The timeout runs inside the sandbox (it kills the command, not the sandbox); bash when
-    // the image has it, else sh.
-    let script = r#"if command -v bash >/dev/null 2>&1; then exec timeout -s KILL "$1" bash -c "$2"; else exec timeout -s KILL "$1" sh -c "$2"; fi"#;
+    // Bash when the image has it, else sh. `exec` runs it under the sandbox's own timeout, in
+    // its own process group: a timeout kills the command's tree, not the sandbox.
+    let script =
+        r#"if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; else exec sh -c "$1"; fi"#;
     let cmd = vec![
         "sh".into(),
         "-c".into(),
         script.into(),
         "herd".into(),
-        timeout.as_secs().to_string(),
         command.into(),
     ];
-    let started = Instant::now();
-    let out = s
-        .exec(sb, cmd, None, OUTPUT_CAP, timeout + Duration::from_secs(10))
-        .await?;
+    let out = s.exec(sb, cmd, None, OUTPUT_CAP, timeout).await?;
     let code = out.exit_code.unwrap_or(-1);
-    if code == 137 && started.elapsed() >= timeout {
+    if out.timed_out {
         return Ok(ToolOutcome::err(format!(
             "The command timed out after {}s and was killed.\n--- stdout ---\n{}\n--- stderr ---\n{}{}",
             timeout.as_secs(),
@@ -150,9 +154,15 @@ async fn cat(
             vec!["cat".into(), "--".into(), path.into()],
             None,
             cap,
-            Duration::from_secs(30),
+            READ_TIMEOUT,
         )
         .await?;
+    if out.timed_out {
+        return Ok(Err(ToolOutcome::err(format!(
+            "cannot read {path}: it did not finish within {}s (a FIFO, a device or a very slow filesystem?); the read was stopped",
+            READ_TIMEOUT.as_secs()
+        ))));
+    }
     if out.exit_code != Some(0) {
         return Ok(Err(ToolOutcome::err(format!(
             "cannot read {path}: {}",
@@ -359,23 +369,43 @@ async fn glob(s: &Sandboxes, sb: &Sandbox, input: &Value) -> Result<ToolOutcome,
         )));
     }
     let prefix = format!("{}/", root.trim_end_matches('/'));
-    let mut hits: Vec<String> = lossy(&out.stdout)
-        .lines()
+    let listing = lossy(&out.stdout);
+    let mut lines: Vec<&str> = listing.lines().collect();
+    // A file list cut at the cap (or by the timeout) may end in a partial line, and matches
+    // past the cut are unknown: say so rather than answer "no files match".
+    if (out.capped || out.timed_out) && !listing.ends_with('\n') {
+        lines.pop();
+    }
+    let mut hits: Vec<String> = lines
+        .into_iter()
         .map(|l| l.strip_prefix(&prefix).unwrap_or(l).to_string())
         .filter(|l| glob_match(pattern, l))
         .collect();
     hits.sort();
     let total = hits.len();
     hits.truncate(1000);
+    let cut = if out.capped || out.timed_out {
+        format!(
+            "\n[the file list under {root} was cut after {} bytes{}: files past the cut were not searched; give a narrower path]",
+            out.stdout.len(),
+            if out.timed_out {
+                " by the 60s timeout"
+            } else {
+                ""
+            }
+        )
+    } else {
+        String::new()
+    };
     if total == 0 {
-        return Ok(ToolOutcome::ok(format!("no files match {pattern}")));
+        return Ok(ToolOutcome::ok(format!("no files match {pattern}{cut}")));
     }
     let more = if total > hits.len() {
         format!("\n[{} more matches not shown]", total - hits.len())
     } else {
         String::new()
     };
-    Ok(ToolOutcome::ok(format!("{}{more}", hits.join("\n"))))
+    Ok(ToolOutcome::ok(format!("{}{more}{cut}", hits.join("\n"))))
 }
 
 async fn grep(s: &Sandboxes, sb: &Sandbox, input: &Value) -> Result<ToolOutcome, SandboxError> {

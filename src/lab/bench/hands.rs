@@ -218,13 +218,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
 
         let t = Instant::now();
         sandboxes
-            .exec(
-                &sandbox,
-                vec!["true".into()],
-                None,
-                1024,
-                Duration::from_secs(10),
-            )
+            .exec_raw(&sandbox, vec!["true".into()], 1024, Duration::from_secs(10))
             .await?;
         let exec = t.elapsed();
         if i >= warmup {

@@ -280,6 +280,12 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
             "git_remote",
             json!({"action": "push", "repository": "nope"}),
         ),
+        // A branch the resource does not allow (N29): refused before anything is sent.
+        tool_turn(
+            "toolu_release",
+            "git_remote",
+            json!({"action": "push", "repository": "app", "branch": "release"}),
+        ),
         text_turn("done"),
     ];
     let id = scripted_session_with(
@@ -294,6 +300,7 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
             mount_path: None,
             branch: Some("main".into()),
             credential: Some("REPO_TOKEN".into()),
+            push_branches: vec!["main".into(), "herd/*".into()],
         }],
         "work on the repository",
     )
@@ -370,6 +377,13 @@ async fn the_agent_clones_commits_pushes_and_pulls_without_ever_holding_the_toke
     assert!(
         err && bad.contains("no such repository; this session's repositories: app"),
         "{bad}"
+    );
+    let (err, release) = tool_result(&events, "toolu_release");
+    assert!(
+        err && release.contains(
+            "pushing to \"release\" is not allowed for this repository; it allows main, herd/*"
+        ),
+        "{release}"
     );
     {
         let s = seen.lock().unwrap();

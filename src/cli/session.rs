@@ -176,7 +176,7 @@ pub enum SessionCmd {
     },
 }
 
-/// `URL[,credential=NAME][,path=DIR][,branch=B]` as a git resource.
+/// `URL[,credential=NAME][,path=DIR][,branch=B][,push=PATTERN]…` as a git resource.
 fn parse_repo(spec: &str) -> anyhow::Result<herd::event::Resource> {
     let mut parts = spec.split(',');
     let mut r = herd::event::Resource {
@@ -185,13 +185,15 @@ fn parse_repo(spec: &str) -> anyhow::Result<herd::event::Resource> {
         mount_path: None,
         branch: None,
         credential: None,
+        push_branches: Vec::new(),
     };
     for p in parts {
         match p.split_once('=') {
             Some(("credential", v)) => r.credential = Some(v.to_string()),
             Some(("path", v)) => r.mount_path = Some(v.to_string()),
             Some(("branch", v)) => r.branch = Some(v.to_string()),
-            _ => bail!("--repo {spec:?}: unknown part {p:?} (credential=, path=, branch=)"),
+            Some(("push", v)) => r.push_branches.push(v.to_string()),
+            _ => bail!("--repo {spec:?}: unknown part {p:?} (credential=, path=, branch=, push=)"),
         }
     }
     r.check()

@@ -86,6 +86,23 @@ pub struct HandsArgs {
     /// are always allowed, any other image is refused.
     #[arg(long = "allow-image", value_name = "IMAGE")]
     allow_images: Vec<String>,
+    /// A loopback, private or link-local range sandboxes may still reach through
+    /// http_request, the egress proxy and git (repeatable; a LAN package mirror, say):
+    /// 10.1.2.0/24, 127.0.0.1. Without one, every such address is refused after DNS resolution.
+    #[arg(
+        long = "allow-private-range",
+        value_name = "CIDR",
+        env = "HERD_ALLOW_PRIVATE_RANGES",
+        value_delimiter = ','
+    )]
+    allow_private_ranges: Vec<herd::hands::address::Range>,
+    /// herd's git helper image (built by sandbox-images/build).
+    #[arg(long, default_value_t = SandboxConfig::default().git_image)]
+    git_image: String,
+    /// The OCI runtime for sandboxes, as registered with Docker: `runsc` for gVisor, whose
+    /// own kernel stands between a sandbox and the host's (see the README). Default: Docker's.
+    #[arg(long, value_name = "NAME")]
+    runtime: Option<String>,
 }
 
 /// The hand's host name: the flag, else `$HOSTNAME`, else the library's default.
@@ -136,8 +153,11 @@ fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
             memory_bytes: a.memory_mib.max(16) << 20,
             nano_cpus: (a.cpus.clamp(0.01, 1024.0) * 1e9) as i64,
             pids_limit: a.pids.max(8),
+            git_image: a.git_image,
+            runtime: a.runtime,
             ..Default::default()
         },
+        allowed_ranges: a.allow_private_ranges,
         vault_key: herd::credentials::vault::VaultKey::from_env()?,
         blob_quota: a.blob_quota_mib.max(1) << 20,
         allowed_images: hands_defaults()

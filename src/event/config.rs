@@ -128,6 +128,12 @@ pub struct Resource {
     /// The vault credential (kind `git`) that authenticates clone, push and pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The branches `git_remote` may push to: names, or prefixes ending in `*` (`herd/*`).
+    /// Empty: any branch. A prompt-injected model could otherwise push to `main`, or add a
+    /// CI workflow that runs with the repository's secrets (N29); server-side branch
+    /// protection is the other half.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub push_branches: Vec<String>,
 }
 
 /// herd's limits on what one session may use (DESIGN rule 11): each bounds a looping agent.
@@ -309,7 +315,28 @@ impl Resource {
         if let Some(b) = &self.branch {
             check_branch(b)?;
         }
+        for p in &self.push_branches {
+            check_branch(p.strip_suffix('*').unwrap_or(p).trim_end_matches('/'))
+                .map_err(|e| format!("push_branches entry {p:?}: {e}"))?;
+            if p.trim_end_matches('*').contains('*') {
+                return Err(format!(
+                    "push_branches entry {p:?}: only a trailing * is a wildcard"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `git_remote` may push to `branch` (always, when no `push_branches` are set).
+    pub fn may_push(&self, branch: &str) -> bool {
+        self.push_branches.is_empty()
+            || self
+                .push_branches
+                .iter()
+                .any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => branch.starts_with(prefix),
+                    None => p == branch,
+                })
     }
 
     /// Where the resource goes under `/workspace`: its `mount_path`, or the URL's last
@@ -423,6 +450,7 @@ mod tests {
                 mount_path: None,
                 branch: None,
                 credential: None,
+                push_branches: vec![],
             }))
             .contains("must be http(s)")
         );

@@ -19,6 +19,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::egress::Egress;
 use super::job::SessionAccess;
 use super::sandbox::{Sandbox, SandboxError, Sandboxes};
 use super::tools::ToolOutcome;
@@ -88,6 +89,13 @@ fn header(c: &Credential) -> (String, Vec<(String, String)>) {
     (format!("Authorization: Basic {basic}"), forms)
 }
 
+/// The `host:port` of a repository URL, as the egress proxy's rule for the helper.
+fn proxy_target(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let host = u.host_str()?.trim_matches(['[', ']']).to_ascii_lowercase();
+    Some(format!("{host}:{}", u.port_or_known_default()?))
+}
+
 /// Clones, pushes and pulls for a hand.
 #[derive(Clone)]
 pub struct GitRemote {
@@ -145,16 +153,32 @@ impl GitRemote {
     }
 
     /// Runs one script in a fresh helper, the header on stdin; the helper is always removed.
+    /// The helper reaches `url`'s host and port through the egress proxy, and nothing else.
+    #[allow(clippy::too_many_arguments)]
     async fn in_helper(
         &self,
         sandboxes: &Sandboxes,
+        net: &Egress,
         session: &SessionId,
         image: &str,
+        url: &str,
         script: &str,
         args: &[&str],
         header: &str,
     ) -> Result<(bool, String), SandboxError> {
-        let helper: Sandbox = sandboxes.git_helper(session, Some(image)).await?;
+        let Some(target) = proxy_target(url) else {
+            return Ok((false, format!("{url} has no host to reach")));
+        };
+        let helper: Sandbox = sandboxes
+            .git_helper(session, Some(image), net.network(), net.proxy_url())
+            .await?;
+        let Some(ip) = sandboxes.address_on(&helper, net.network()).await else {
+            sandboxes.remove_helper(&helper).await;
+            return Err(SandboxError::Docker(
+                "the git helper has no address on the egress network".into(),
+            ));
+        };
+        net.allow(ip, vec![target]);
         let mut cmd = vec![
             "sh".to_string(),
             "-c".to_string(),
@@ -171,6 +195,7 @@ impl GitRemote {
                 std::time::Duration::from_secs(300),
             )
             .await;
+        net.forget(ip);
         sandboxes.remove_helper(&helper).await;
         let out = out?;
         let text = format!(
@@ -185,6 +210,7 @@ impl GitRemote {
     pub async fn clone_missing(
         &self,
         sandboxes: &Sandboxes,
+        net: &Egress,
         session: &SessionId,
         image: &str,
         access: &SessionAccess,
@@ -210,8 +236,10 @@ impl GitRemote {
             let (ok, text) = self
                 .in_helper(
                     sandboxes,
+                    net,
                     session,
                     image,
+                    &r.url,
                     CLONE,
                     &[&r.url, &dest, &branch],
                     &hdr,
@@ -238,9 +266,11 @@ impl GitRemote {
 
     /// Runs one `git_remote` call. Errors the model can act on are outcomes; a lost sandbox or
     /// Docker failure is returned for the worker to handle.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
         sandboxes: &Sandboxes,
+        net: &Egress,
         sandbox: &Sandbox,
         session: &SessionId,
         image: &str,
@@ -314,12 +344,18 @@ impl GitRemote {
             Err(e) => return Ok(err(e)),
         };
         match input.action.as_str() {
+            "push" if !r.may_push(&branch) => Ok(err(format!(
+                "pushing to {branch:?} is not allowed for this repository; it allows {}. Push your work to an allowed branch (git checkout -b <name>).",
+                r.push_branches.join(", ")
+            ))),
             "push" => {
                 let (ok, text) = self
                     .in_helper(
                         sandboxes,
+                        net,
                         session,
                         image,
+                        &r.url,
                         PUSH,
                         &[&r.url, &repo, &branch],
                         &hdr,
@@ -340,8 +376,10 @@ impl GitRemote {
                 let (ok, text) = self
                     .in_helper(
                         sandboxes,
+                        net,
                         session,
                         image,
+                        &r.url,
                         FETCH,
                         &[&r.url, &name, &branch],
                         &hdr,
@@ -400,6 +438,7 @@ mod tests {
             mount_path: path.map(String::from),
             branch: None,
             credential: None,
+            push_branches: vec![],
         }
     }
 
@@ -428,5 +467,19 @@ mod tests {
             assert!(check_branch(bad).is_err(), "{bad}");
         }
         assert!(check_branch("feature/one-2").is_ok());
+    }
+
+    #[test]
+    fn pushes_go_only_to_allowed_branches() {
+        let mut r = repo("https://h/x.git", None);
+        assert!(r.may_push("main"), "no list: any branch");
+        r.push_branches = vec!["herd/*".into(), "dev".into()];
+        assert!(r.check().is_ok());
+        assert!(r.may_push("herd/fix-1") && r.may_push("dev"));
+        assert!(!r.may_push("main") && !r.may_push("develop") && !r.may_push("herd"));
+        for bad in ["*", "a*b/*", "-x*", "a..b"] {
+            r.push_branches = vec![bad.into()];
+            assert!(r.check().is_err(), "{bad}");
+        }
     }
 }

@@ -9,12 +9,14 @@
 //! redirect could carry a header to another host); the model sees the 3xx and decides.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::address::AddressPolicy;
 use super::job::SessionAccess;
 use super::tools::ToolOutcome;
 use crate::credentials::placeholders;
@@ -101,6 +103,7 @@ struct Input {
 pub struct HttpRequests {
     http: reqwest::Client,
     vault: Option<(Vault, VaultKey)>,
+    policy: AddressPolicy,
 }
 
 impl std::fmt::Debug for HttpRequests {
@@ -118,24 +121,53 @@ fn err(text: impl Into<String>) -> ToolOutcome {
     }
 }
 
-/// True when `host` (lower case) on `port` is covered by an allowed-host entry: `host` (any
-/// port) or `host:port`.
+/// True when `host` (lower case) on `port` is covered by an allowed-host entry: `host:port`,
+/// or `host` alone, which means its web ports, 443 (https) and 80 (http), and no other.
+/// IPv6 addresses match with or without brackets (`[::1]:80`, `::1`).
 pub(crate) fn host_allowed(entries: &[String], host: &str, port: u16) -> bool {
-    let with_port = format!("{host}:{port}");
-    entries.iter().any(|e| *e == host || *e == with_port)
+    let host = host.trim_matches(['[', ']']);
+    entries.iter().any(|e| {
+        let (h, p) = split_entry(e);
+        h == host && p.map_or(matches!(port, 443 | 80), |p| p == port)
+    })
+}
+
+/// An allow-list entry's host (without brackets) and port, if it names one.
+fn split_entry(entry: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (rest, None),
+        };
+    }
+    match entry.split_once(':') {
+        // One colon: host:port. More: a bare IPv6 address.
+        Some((h, p)) if !p.contains(':') => (h, p.parse().ok()),
+        _ => (entry, None),
+    }
 }
 
 impl HttpRequests {
-    /// A tool with the vault store and key (`None`: no secrets can be used on this hand).
-    pub fn new(vault: Option<(Vault, VaultKey)>) -> Result<Self, reqwest::Error> {
+    /// A tool with the vault store and key (`None`: no secrets can be used on this hand),
+    /// connecting only where the address policy allows.
+    pub fn new(
+        vault: Option<(Vault, VaultKey)>,
+        policy: AddressPolicy,
+    ) -> Result<Self, reqwest::Error> {
         crate::tls::install_crypto();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // The hand's HTTP(S)_PROXY must not see requests that carry secrets.
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
+            // Names resolve through the policy: the address connected to is the one checked.
+            .dns_resolver(Arc::new(policy.clone()))
             .build()?;
-        Ok(Self { http, vault })
+        Ok(Self {
+            http,
+            vault,
+            policy,
+        })
     }
 
     /// Runs one call. Every failure is an outcome the model sees; none carries a secret.
@@ -256,6 +288,12 @@ impl HttpRequests {
             return Err(err(format!(
                 "{host}:{port} is not an allowed host for this session (its environment's allowed_hosts, or a credential's hosts in its vaults)"
             )));
+        }
+
+        // Where it really goes: the resolved addresses, checked here for a clear error (the
+        // resolver checks again at connect time, so a name cannot change its answer between).
+        if let Err(why) = self.policy.resolve(&host, port).await {
+            return Err(err(format!("{host}:{port} cannot be reached: {why}")));
         }
 
         // Substitute, send, redact.
@@ -435,16 +473,22 @@ mod tests {
     fn hosts_match_with_or_without_a_port() {
         let entries = vec!["api.example.com".to_string(), "127.0.0.1:8080".to_string()];
         assert!(host_allowed(&entries, "api.example.com", 443));
-        assert!(host_allowed(&entries, "api.example.com", 8443));
+        assert!(host_allowed(&entries, "api.example.com", 80));
+        assert!(!host_allowed(&entries, "api.example.com", 8443));
+        assert!(!host_allowed(&entries, "api.example.com", 22));
         assert!(host_allowed(&entries, "127.0.0.1", 8080));
         assert!(!host_allowed(&entries, "127.0.0.1", 8081));
         assert!(!host_allowed(&entries, "example.com", 443));
         assert!(!host_allowed(&entries, "evil-api.example.com", 443));
+        let v6 = vec!["[::1]:8080".to_string(), "fd00::1".to_string()];
+        assert!(host_allowed(&v6, "::1", 8080) && host_allowed(&v6, "[::1]", 8080));
+        assert!(!host_allowed(&v6, "::1", 80));
+        assert!(host_allowed(&v6, "fd00::1", 443) && !host_allowed(&v6, "fd00::1", 22));
     }
 
     #[tokio::test]
     async fn bad_requests_are_refused_before_anything_is_sent() {
-        let tool = HttpRequests::new(None).unwrap();
+        let tool = HttpRequests::new(None, AddressPolicy::default()).unwrap();
         let access = SessionAccess {
             vault_ids: vec![],
             resources: vec![],

@@ -1,6 +1,9 @@
 //! The hands plane: tool jobs run in ephemeral, hardened Docker sandboxes.
 //!
+//! * [`address`]: which resolved addresses the hand connects to for a sandbox (no loopback,
+//!   metadata or private addresses unless the operator allows a range);
 //! * [`egress`]: the allow-listing proxy for sandboxes with `networking: limited`;
+//! * [`firewall`]: the host rule that leaves an egress bridge only the proxy's port;
 //! * [`git`]: the session's git repositories: cloned at provisioning, pushed and pulled by
 //!   the `git_remote` tool through a helper container, the token never in the sandbox;
 //! * [`http_request`]: the `http_request` tool, run by the hand outside the sandbox with
@@ -13,7 +16,9 @@
 //! * [`tools`]: the built-in toolset (`bash`, `read`, `write`, `edit`, `glob`, `grep`);
 //! * [`worker`]: the job consumer that runs tools and appends their results.
 
+pub mod address;
 pub mod egress;
+pub mod firewall;
 pub mod git;
 pub mod http_request;
 pub mod job;

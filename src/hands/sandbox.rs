@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, ResourcesUlimits};
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, Mount, MountType, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -30,6 +32,8 @@ pub const LABEL_SESSION: &str = "herd.session";
 pub const LABEL_MANAGED: &str = "herd.managed";
 /// Label carrying the hand host that owns the container.
 pub const LABEL_HOST: &str = "herd.host";
+/// Label marking the hand's own helper containers (`git`), never a session's sandbox.
+pub const LABEL_HELPER: &str = "herd.helper";
 
 /// Limits and defaults of sandboxes.
 #[derive(Debug, Clone)]
@@ -46,6 +50,10 @@ pub struct SandboxConfig {
     pub tmpfs_size: String,
     /// The user when the image runs as root (or names none).
     pub fallback_user: String,
+    /// herd's git helper image (`sandbox-images/build git`).
+    pub git_image: String,
+    /// The OCI runtime for sandboxes and helpers (`runsc` for gVisor); `None`: Docker's default.
+    pub runtime: Option<String>,
 }
 
 impl Default for SandboxConfig {
@@ -57,6 +65,8 @@ impl Default for SandboxConfig {
             pids_limit: 128,
             tmpfs_size: "64m".into(),
             fallback_user: "65534:65534".into(),
+            git_image: "herd-git:latest".into(),
+            runtime: None,
         }
     }
 }
@@ -185,9 +195,8 @@ pub struct Sandbox {
 enum Net<'a> {
     /// None at all: every sandbox by default.
     None,
-    /// The host's: only the hand's git helper, which runs no model-written command.
-    Host,
-    /// The hand's internal egress network, through its allow-listing proxy.
+    /// The hand's internal egress network, through its allow-listing proxy (limited sandboxes
+    /// and the git helper; nothing ever gets the host's network).
     Egress { network: &'a str, proxy: &'a str },
 }
 
@@ -197,15 +206,29 @@ fn container_name(host: &str, session: &SessionId) -> String {
     format!("herd-{host}-{session}")
 }
 
+fn helper_name(host: &str, session: &SessionId) -> String {
+    format!("herd-git-{host}-{session}")
+}
+
 fn volume_name(host: &str, session: &SessionId) -> String {
     format!("herd-ws-{host}-{session}")
 }
 
 impl Sandboxes {
-    /// Connects to the local Docker engine.
+    /// Connects to the local Docker engine (and checks that it has the configured runtime).
     pub async fn connect(host: &str, config: SandboxConfig) -> Result<Self, SandboxError> {
         let docker = Docker::connect_with_local_defaults().map_err(docker_err)?;
         docker.ping().await.map_err(docker_err)?;
+        if let Some(runtime) = &config.runtime {
+            let info = docker.info().await.map_err(docker_err)?;
+            let known: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+            if !known.contains(runtime) {
+                return Err(SandboxError::Docker(format!(
+                    "the sandbox runtime {runtime:?} is not registered with this Docker engine (it has {}); install it and add it to /etc/docker/daemon.json (see the README)",
+                    known.join(", ")
+                )));
+            }
+        }
         Ok(Self {
             docker,
             host: host.to_string(),
@@ -307,9 +330,8 @@ impl Sandboxes {
         }
     }
 
-    /// A hardened container body: the session's image and workspace, a read-only root, no
-    /// capabilities, an empty environment, limits; no network unless `host_network` (only the
-    /// hand's own git helper gets that, never a sandbox).
+    /// A hardened container body: the image, the session's workspace, a read-only root, no
+    /// capabilities, an empty environment, limits; no network, or the egress network.
     fn hardened(
         &self,
         session: &SessionId,
@@ -319,7 +341,6 @@ impl Sandboxes {
     ) -> ContainerCreateBody {
         let (mode, env) = match net {
             Net::None => ("none".to_string(), vec![]),
-            Net::Host => ("host".to_string(), vec![]),
             // Only the proxy's address: no secret, nothing of the hand's environment.
             Net::Egress { network, proxy } => (
                 network.to_string(),
@@ -329,8 +350,16 @@ impl Sandboxes {
                     .collect(),
             ),
         };
+        let egress = matches!(net, Net::Egress { .. });
         ContainerCreateBody {
             image: Some(image),
+            // The image's ENTRYPOINT and HEALTHCHECK never run: only herd's own sleep, and the
+            // commands the hand execs.
+            entrypoint: Some(vec![String::new()]),
+            healthcheck: Some(HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..Default::default()
+            }),
             cmd: Some(vec!["sleep".into(), "2147483647".into()]),
             user: Some(user),
             working_dir: Some("/workspace".into()),
@@ -343,6 +372,10 @@ impl Sandboxes {
             network_disabled: Some(mode == "none"),
             host_config: Some(HostConfig {
                 network_mode: Some(mode),
+                // On the egress network Docker's embedded resolver would forward queries out
+                // (CVE-2024-29018 on Docker before 26.0.0/25.0.4/23.0.11): its only upstream is
+                // the sandbox's own loopback, so no name resolves; the proxy resolves names.
+                dns: egress.then(|| vec!["127.0.0.1".to_string()]),
                 memory: Some(self.config.memory_bytes),
                 memory_swap: Some(self.config.memory_bytes),
                 nano_cpus: Some(self.config.nano_cpus),
@@ -367,26 +400,46 @@ impl Sandboxes {
                     hard: Some(1024),
                 }]),
                 init: Some(true),
+                runtime: self.config.runtime.clone(),
                 ..Default::default()
             }),
             ..Default::default()
         }
     }
 
-    /// A short-lived container for the hand's own git network work (clone, push, fetch): the
-    /// session's image, user and workspace volume, the host's network, nothing of the hand's
-    /// environment. It never runs model-written commands: the hand runs fixed scripts in it
-    /// and passes the credential on stdin. Remove it with [`Self::remove_helper`].
+    /// A short-lived container for the hand's own git network work (clone, push, fetch):
+    /// herd's git image (never the session's: its ENTRYPOINT, HEALTHCHECK and git build are
+    /// the tenant's), as the session image's user so the workspace stays the sandbox's, with
+    /// the session's workspace volume and nothing of the hand's environment. Its only network
+    /// is the egress network, where the proxy lets it reach the repository's host and nothing
+    /// else (the caller sets that rule). It never runs model-written commands: the hand runs
+    /// fixed scripts in it and passes the credential on stdin. Remove it with
+    /// [`Self::remove_helper`].
     pub async fn git_helper(
         &self,
         session: &SessionId,
-        image: Option<&str>,
+        session_image: Option<&str>,
+        network: &str,
+        proxy: &str,
     ) -> Result<Sandbox, SandboxError> {
-        let name = format!("herd-git-{}-{session}", self.host);
+        let name = helper_name(&self.host, session);
         self.remove_container(&name).await;
-        let image = image.unwrap_or(&self.config.default_image).to_string();
-        let user = self.image_user(&image).await?;
-        let body = self.hardened(session, image, user, Net::Host);
+        let session_image = session_image.unwrap_or(&self.config.default_image);
+        let user = self.image_user(session_image).await?;
+        // By id: the helper runs the image the hand inspected, not whatever the tag names later.
+        let image = match self.docker.inspect_image(&self.config.git_image).await {
+            Ok(i) => i.id.unwrap_or_else(|| self.config.git_image.clone()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(SandboxError::NoImage(self.config.git_image.clone()));
+            }
+            Err(e) => return Err(docker_err(e)),
+        };
+        let mut body = self.hardened(session, image, user, Net::Egress { network, proxy });
+        if let Some(labels) = body.labels.as_mut() {
+            labels.insert(LABEL_HELPER.to_string(), "git".to_string());
+        }
         self.create_and_start(&name, body).await
     }
 
@@ -703,6 +756,11 @@ impl Sandboxes {
                 ),
             )
             .await;
+    }
+
+    /// Removes a container of this host by id (orphans found by [`Self::list`]).
+    pub async fn remove_container_id(&self, id: &str) {
+        self.remove_container(id).await;
     }
 
     /// Removes a session's sandbox; its workspace volume stays for the next one.

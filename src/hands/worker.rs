@@ -65,6 +65,9 @@ pub struct HandsConfig {
     /// Bytes of large outputs one session may keep in the object store (rule 11); past it,
     /// an output keeps only its head and tail, with a note saying so.
     pub blob_quota: u64,
+    /// Special address ranges (loopback, private, link-local, …) the hand may still connect to
+    /// for sandboxes: `http_request`, the egress proxy and git. Empty: none of them.
+    pub allowed_ranges: Vec<super::address::Range>,
 }
 
 /// The images every deployment allows: herd's own sandbox images.
@@ -86,6 +89,7 @@ impl Default for HandsConfig {
             vault_key: None,
             allowed_images: HERD_IMAGES.iter().map(|s| s.to_string()).collect(),
             blob_quota: 256 << 20,
+            allowed_ranges: Vec::new(),
         }
     }
 }
@@ -163,6 +167,8 @@ pub struct Hands {
     locks: SessionLocks,
     http: super::http_request::HttpRequests,
     git: super::git::GitRemote,
+    /// Where the hand may connect for sandboxes.
+    policy: super::address::AddressPolicy,
     /// The egress network and proxy, created when the first session that asks for limited
     /// networking runs a tool here (most hands never need one, and Docker has few networks).
     egress: tokio::sync::OnceCell<super::egress::Egress>,
@@ -194,10 +200,12 @@ impl Hands {
             )),
             None => None,
         };
+        let policy = super::address::AddressPolicy::new(config.allowed_ranges.clone());
         let git = super::git::GitRemote::new(vault.clone());
-        let http = super::http_request::HttpRequests::new(vault)
+        let http = super::http_request::HttpRequests::new(vault, policy.clone())
             .map_err(|e| HandsError::Tools(e.to_string()))?;
         let hands = Arc::new(Self {
+            policy,
             http,
             git,
             egress: tokio::sync::OnceCell::new(),
@@ -209,12 +217,11 @@ impl Hands {
             locks: SessionLocks::new(4096),
             config,
         });
-        // Sandboxes of this host from an earlier run have no worker any more.
-        for (session, _) in hands.sandboxes.list().await.unwrap_or_default() {
-            if let Ok(id) = SessionId::parse(session) {
-                tracing::info!(session = %id, "Removing an orphaned sandbox.");
-                hands.sandboxes.remove_sandbox(&id).await;
-            }
+        // Sandboxes and git helpers of this host from an earlier run have no worker any more
+        // (removed by container id, so a helper left by a crash mid-push goes too).
+        for (session, container) in hands.sandboxes.list().await.unwrap_or_default() {
+            tracing::info!(%session, %container, "Removing an orphaned container.");
+            hands.sandboxes.remove_container_id(&container).await;
         }
         Ok(hands)
     }
@@ -349,6 +356,21 @@ impl Hands {
     }
 
     /// Runs a built-in tool in the session's sandbox (provisioning it when needed).
+    /// The egress network and proxy (for limited sessions and the git helper), started on
+    /// first use; an error is retried on the next call.
+    async fn egress(&self) -> Result<&super::egress::Egress, SandboxError> {
+        self.egress
+            .get_or_try_init(|| {
+                super::egress::Egress::start(
+                    self.sandboxes.docker(),
+                    &self.config.host,
+                    self.policy.clone(),
+                )
+            })
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "No egress network on this hand."))
+    }
+
     async fn in_sandbox(
         &self,
         session: &SessionId,
@@ -360,16 +382,9 @@ impl Hands {
         let egress = if access.egress {
             // Optional: a host that cannot create the network still runs every session without
             // networking, and tells the ones that ask for it.
-            match self
-                .egress
-                .get_or_try_init(|| {
-                    super::egress::Egress::start(self.sandboxes.docker(), &self.config.host)
-                })
-                .await
-            {
+            match self.egress().await {
                 Ok(e) => Some(e),
                 Err(e) => {
-                    tracing::warn!(error = %e, "No egress network for a session with limited networking.");
                     return Ok(tools::ToolOutcome {
                         text: format!(
                             "This session asks for limited networking, but this hand cannot provide it ({e}); no tool can run here until it can."
@@ -408,11 +423,17 @@ impl Hands {
                 // A fresh sandbox gets the session's repositories (a workspace that survived
                 // a lost sandbox keeps its clones).
                 if sandbox.fresh && !access.resources.is_empty() {
-                    match self
-                        .git
-                        .clone_missing(&self.sandboxes, session, image, access)
-                        .await
-                    {
+                    let cloned = match self.egress().await {
+                        Ok(net) => {
+                            self.git
+                                .clone_missing(&self.sandboxes, net, session, image, access)
+                                .await
+                        }
+                        Err(e) => Ok(Some(format!(
+                            "The session's repositories were not cloned: this hand has no network for its git helper ({e})."
+                        ))),
+                    };
+                    match cloned {
                         Ok(Some(cloned)) => {
                             note = Some(match note {
                                 Some(n) => format!("{n}\n{cloned}"),
@@ -429,16 +450,27 @@ impl Hands {
                     }
                 }
                 let ran = if call.name == super::git::TOOL {
-                    self.git
-                        .run(
-                            &self.sandboxes,
-                            &sandbox,
-                            session,
-                            image,
-                            access,
-                            &call.input,
-                        )
-                        .await
+                    match self.egress().await {
+                        Ok(net) => {
+                            self.git
+                                .run(
+                                    &self.sandboxes,
+                                    net,
+                                    &sandbox,
+                                    session,
+                                    image,
+                                    access,
+                                    &call.input,
+                                )
+                                .await
+                        }
+                        Err(e) => Ok(tools::ToolOutcome {
+                            text: format!(
+                                "git_remote cannot run on this hand: it has no network for its git helper ({e})."
+                            ),
+                            is_error: true,
+                        }),
+                    }
                 } else {
                     tools::run(&self.sandboxes, &sandbox, &call.name, &call.input).await
                 };

@@ -500,6 +500,9 @@ pub fn spawn_hands_process(
 ) -> KillOnDrop {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(["hands", "--host", host, "--image", image])
+        // The tests' servers (git, mock APIs) listen on loopback, which hands refuse unless
+        // the operator allows it.
+        .args(["--allow-private-range", "127.0.0.1/32"])
         .envs(herd_env(url))
         .env("HERD_VAULT_KEY", vault_key)
         .env("HERD_LOG", "debug")

@@ -422,7 +422,9 @@ impl Brain {
                 self.leases.release(l).await;
             }
             let r = self.replay_at_least(id, appended).await?;
-            if harness::decide(&r.state, &r.events, limits) == Decision::Wait {
+            if harness::decide(&r.state, &r.events, limits, time::OffsetDateTime::now_utc())
+                == Decision::Wait
+            {
                 return Ok(());
             }
         }
@@ -470,7 +472,7 @@ impl Brain {
                     "session {id} has no session.created event"
                 ))));
             }
-            match harness::decide(&r.state, &r.events, limits) {
+            match harness::decide(&r.state, &r.events, limits, time::OffsetDateTime::now_utc()) {
                 Decision::Wait => {
                     self.dispatch(&r.state, &r.events).await?;
                     return Ok(());

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::pricing::{Budget, BudgetRefusal};
 use super::{IdError, SessionCreated, check_token};
 
 /// How a tool call may run without asking the user.
@@ -153,6 +154,15 @@ pub struct SessionLimits {
     /// Output tokens over the session's life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u64>,
+    /// Seconds one turn may run, from the event that began it (its `session.status_running`,
+    /// read from the log, so a brain that crashed and replays counts from the same start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_seconds_per_turn: Option<u64>,
+    /// The cost budget (the Managed Agents API's `budget`): the session's list cost is
+    /// checked against it before each model request. Set at creation; an update may raise or
+    /// remove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// Model requests one turn may make when the session sets no limit: a tool loop ends.
@@ -173,9 +183,10 @@ impl SessionLimits {
             "tool_calls" => &mut self.tool_calls,
             "output_tokens_per_turn" => &mut self.output_tokens_per_turn,
             "output_tokens" => &mut self.output_tokens,
+            "wall_seconds_per_turn" => &mut self.wall_seconds_per_turn,
             other => {
                 return Err(ConfigError::Invalid(format!(
-                    "unknown limit {other:?}; expected model_requests_per_turn, model_requests, tool_calls_per_turn, tool_calls, output_tokens_per_turn or output_tokens"
+                    "unknown limit {other:?}; expected model_requests_per_turn, model_requests, tool_calls_per_turn, tool_calls, output_tokens_per_turn, output_tokens or wall_seconds_per_turn (the cost budget has its own flag)"
                 )));
             }
         };
@@ -214,6 +225,14 @@ pub enum ConfigError {
     /// A field has a value herd cannot use.
     #[error("{0}")]
     Invalid(String),
+    /// A budget refused for one of the Managed Agents API's reasons.
+    #[error("{reason}: {detail}")]
+    Budget {
+        /// `budget_create_only`, `budget_not_raised` or `model_not_budgetable`.
+        reason: BudgetRefusal,
+        /// What exactly, for people.
+        detail: String,
+    },
 }
 
 impl SessionCreated {
@@ -266,6 +285,15 @@ impl SessionCreated {
         }
         for r in &self.resources {
             r.check().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(b) = &self.limits.budget {
+            b.check()?;
+            if b.list_prices.is_some() {
+                return bad(
+                    "budget: list_prices is herd's to set, from the deployment's price table"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }

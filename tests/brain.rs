@@ -996,3 +996,292 @@ async fn a_wake_that_fails_for_good_ends_the_turn_cleanly() {
     let report = rig.log().check(&id, true).await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
+
+/// The limit events of a log: (limit, max, used).
+fn limits_reached(events: &[StoredEvent]) -> Vec<(String, u64, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::SessionLimitReached(l) => Some((l.limit.clone(), l.max, l.used)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A price table in which each of the mock model's requests (25 input and 10 output tokens)
+/// costs 12.5 cents, so a budget is spent in a few requests.
+fn dear_prices() -> PriceTable {
+    PriceTable::with_overrides([(
+        "claude-test".to_string(),
+        ListPrices::new("1000", "10000", "0", "0"),
+    )])
+    .unwrap()
+}
+
+/// The cost budget (the Managed Agents API's `max_list_cost`): checked before each model
+/// request at the prices the front door recorded, the session pauses at it (`budget_reached`,
+/// `session.limit_reached` naming `max_list_cost`, `session.usage` with the list cost); a
+/// budget below the spend is refused; raised, a message resumes it. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_pauses_the_session_and_raising_it_resumes() {
+    let rig = Rig::start().await;
+    let hand = fake_hand(&rig).await;
+    rig.model.set_responder(|_| {
+        Reply::tool_use(
+            &format!("toolu_{}", uuid::Uuid::now_v7().simple()),
+            "bash",
+            json!({"command": "spend"}),
+        )
+    });
+    let api = herd::api::Api::open(rig.nats.client.clone(), herd::api::Principal::operator())
+        .await
+        .unwrap()
+        .with_prices(dear_prices());
+    let id = SessionId::generate();
+    api.create(
+        &id,
+        SessionCreated {
+            agent: agent_with(
+                "claude-test",
+                vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+            ),
+            environment: EnvironmentConfig::default(),
+            title: None,
+            metadata: Default::default(),
+            vault_ids: vec![],
+            resources: vec![],
+            limits: SessionLimits {
+                budget: Some(Budget::usd_cents(30)),
+                ..Default::default()
+            },
+        },
+    )
+    .await
+    .unwrap();
+    rig.say(&id, "spend it all").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(stop_reasons(&events), ["budget_reached"]);
+    // 0, 12.5 and 25 cents are under 30: three requests; 37.5 is not.
+    assert_eq!(rig.model.count(), 3);
+    assert_eq!(
+        limits_reached(&events),
+        [("max_list_cost".to_string(), 30, 38)]
+    );
+    let usage = events.iter().rev().find_map(|e| match &e.event.body {
+        EventBody::SessionUsage(u) => Some(u.clone()),
+        _ => None,
+    });
+    let usage = usage.expect("a session.usage before the idle");
+    assert_eq!(usage.list_cost, Some(Money::usd_cents(38)));
+    assert_eq!(usage.budget.as_ref().map(Budget::max_cents), Some(30));
+    let state = api.state(&id).await.unwrap();
+    assert_eq!(state.list_cost, Some(Money::usd_cents(38)));
+
+    // A message alone does not get past the budget.
+    rig.say(&id, "more").await;
+    let events = rig.idle(&id, 2).await;
+    assert_eq!(limits_reached(&events).len(), 2);
+    assert_eq!(rig.model.count(), 3);
+    // Lowering it below the spend is refused, with the reason; adding one where there is none
+    // is too.
+    let low = api
+        .update_budget(&id, Some(Budget::usd_cents(37)))
+        .await
+        .unwrap_err();
+    assert!(low.to_string().starts_with("budget_not_raised:"), "{low}");
+    assert_eq!(low.class(), herd::api::ErrorClass::Invalid);
+    // Raised to 60 cents: two more requests (37.5 and 50 are under it), then it pauses again.
+    api.update_budget(&id, Some(Budget::usd_cents(60)))
+        .await
+        .unwrap();
+    rig.say(&id, "now go on").await;
+    let events = rig.idle(&id, 3).await;
+    assert_eq!(rig.model.count(), 5);
+    assert_eq!(
+        limits_reached(&events).last(),
+        Some(&("max_list_cost".to_string(), 60, 63))
+    );
+    // Removed, for good: the next message runs (here to the per-turn request limit).
+    api.update_budget(&id, None).await.unwrap();
+    let again = api
+        .update_budget(&id, Some(Budget::usd_cents(1_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        again.to_string().starts_with("budget_create_only:"),
+        "{again}"
+    );
+    let mut few = SessionLimits::default();
+    few.set("model_requests_per_turn", 1).unwrap();
+    api.update_limits(&id, few).await.unwrap();
+    rig.say(&id, "no budget now").await;
+    let events = rig.idle(&id, 4).await;
+    hand.abort();
+    assert_eq!(rig.model.count(), 6);
+    assert_eq!(
+        limits_reached(&events).last().map(|l| l.0.as_str()),
+        Some("model_requests_per_turn")
+    );
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+/// Malformed budgets, and budgets herd cannot count, are refused before the session exists,
+/// each with what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_budgets_are_refused_with_clear_errors() {
+    let t = TestNats::start().await;
+    let api = herd::api::Api::open(t.client.clone(), herd::api::Principal::operator())
+        .await
+        .unwrap();
+    let create = |model: &str, budget: Budget| {
+        let api = api.clone();
+        let model = model.to_string();
+        async move {
+            let id = SessionId::generate();
+            let r = api
+                .create(
+                    &id,
+                    SessionCreated {
+                        agent: AgentConfig::new(model),
+                        environment: EnvironmentConfig::default(),
+                        title: None,
+                        metadata: Default::default(),
+                        vault_ids: vec![],
+                        resources: vec![],
+                        limits: SessionLimits {
+                            budget: Some(budget),
+                            ..Default::default()
+                        },
+                    },
+                )
+                .await;
+            (id, r)
+        }
+    };
+    let with = |f: &dyn Fn(&mut Budget)| {
+        let mut b = Budget::usd_cents(100);
+        f(&mut b);
+        b
+    };
+    let cases: Vec<(Budget, &str)> = vec![
+        (
+            with(&|b| b.kind = "soft".into()),
+            "only budget type is \"limit\"",
+        ),
+        (
+            with(&|b| b.max_list_cost.currency = "EUR".into()),
+            "the only currency is \"USD\"",
+        ),
+        (
+            with(&|b| b.max_list_cost.amount = "1.50".into()),
+            "not a whole number of US cents",
+        ),
+        (
+            with(&|b| b.max_list_cost.amount = "-5".into()),
+            "not a whole number of US cents",
+        ),
+        (
+            with(&|b| b.max_list_cost.amount = "".into()),
+            "not a whole number of US cents",
+        ),
+        (
+            with(&|b| b.list_prices = Some(ListPrices::new("0", "0", "0", "0"))),
+            "list_prices is herd's to set",
+        ),
+    ];
+    for (budget, want) in cases {
+        let (id, r) = create("claude-sonnet-4-5", budget.clone()).await;
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains(want), "{budget:?}: {e}");
+        assert_eq!(e.class(), herd::api::ErrorClass::Invalid);
+        assert_eq!(t.log.last_sequence(&id).await.unwrap(), 0, "nothing stored");
+    }
+    let (_, r) = create("llama3:8b", Budget::usd_cents(100)).await;
+    let e = r.unwrap_err().to_string();
+    assert!(e.starts_with("model_not_budgetable:"), "{e}");
+    // A well-formed one on a priced model is taken, with the model's prices recorded.
+    let (id, r) = create("claude-haiku-4-5-20251001", Budget::usd_cents(0)).await;
+    r.unwrap();
+    let state = api.state(&id).await.unwrap();
+    let budget = state.limits.budget.unwrap();
+    assert_eq!(budget.list_prices.unwrap().output, "5");
+    assert_eq!(state.list_cost, Some(Money::usd_cents(0)));
+}
+
+/// A turn's wall time is bounded: counted from the event that began the turn, it pauses the
+/// session (`wall_seconds_per_turn`, `budget_reached`) before the next model request; raised,
+/// a message resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_pauses_at_its_wall_time_and_resumes_when_raised() {
+    let rig = Rig::start().await;
+    let hand = fake_hand(&rig).await;
+    rig.model.set_delay(Duration::from_millis(300));
+    rig.model.set_responder(|_| {
+        Reply::tool_use(
+            &format!("toolu_{}", uuid::Uuid::now_v7().simple()),
+            "bash",
+            json!({"command": "slow"}),
+        )
+    });
+    let mut limits = SessionLimits::default();
+    limits.set("wall_seconds_per_turn", 2).unwrap();
+    let id = SessionId::generate();
+    rig.log()
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent: agent_with(
+                    "claude-test",
+                    vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+                ),
+                environment: EnvironmentConfig::default(),
+                title: None,
+                metadata: Default::default(),
+                vault_ids: vec![],
+                resources: vec![],
+                limits,
+            }),
+        )
+        .await
+        .unwrap();
+    rig.say(&id, "take your time").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(stop_reasons(&events), ["budget_reached"]);
+    let reached = limits_reached(&events);
+    assert_eq!(reached.len(), 1);
+    let (name, max, used) = &reached[0];
+    assert_eq!((name.as_str(), *max), ("wall_seconds_per_turn", 2));
+    assert!(*used >= 2, "used {used}");
+    // The pause came after 2 s of turn, not before, and not much after (one request).
+    let at = |ty: &str| {
+        events
+            .iter()
+            .find(|e| e.event.type_name() == ty)
+            .unwrap()
+            .event
+            .processed_at
+    };
+    let took = at("session.limit_reached") - at("session.status_running");
+    assert!(
+        took >= time::Duration::seconds(2) && took < time::Duration::seconds(5),
+        "{took}"
+    );
+    let requests = rig.model.count();
+    assert!((2..=8).contains(&requests), "{requests} requests");
+    // Raised, and the model done looping: the next message ends its turn normally.
+    let mut raised = SessionLimits::default();
+    raised.set("wall_seconds_per_turn", 600).unwrap();
+    let api = herd::api::Api::open(rig.nats.client.clone(), herd::api::Principal::operator())
+        .await
+        .unwrap();
+    api.update_limits(&id, raised).await.unwrap();
+    rig.model.set_delay(Duration::ZERO);
+    rig.model.set_responder(|_| Reply::text("done"));
+    rig.say(&id, "wrap up").await;
+    let events = rig.idle(&id, 2).await;
+    hand.abort();
+    assert_eq!(stop_reasons(&events), ["budget_reached", "end_turn"]);
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}

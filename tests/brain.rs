@@ -1285,3 +1285,229 @@ async fn a_turn_pauses_at_its_wall_time_and_resumes_when_raised() {
     let report = rig.log().check(&id, true).await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
+
+/// A brain that sweeps for stuck sessions every 300 ms, after 1 s of quiet.
+fn sweeping(model: &MockModel) -> BrainConfig {
+    BrainConfig {
+        sweep_every: Duration::from_millis(300),
+        sweep_grace: Duration::from_secs(1),
+        ..brain_config(model)
+    }
+}
+
+/// A rig whose `brains` brains all sweep fast.
+async fn sweeping_rig(brains: usize) -> Rig {
+    let nats = TestNats::start().await;
+    let model = MockModel::start().await.unwrap();
+    let mut rig = Rig {
+        nats,
+        model,
+        brains: vec![],
+    };
+    for _ in 0..brains {
+        let cfg = sweeping(&rig.model);
+        rig.add_brain_with(cfg).await;
+    }
+    rig
+}
+
+/// A session with bash, always allowed, on the mock model.
+async fn bash_session(rig: &Rig) -> SessionId {
+    rig.session(agent_with(
+        "claude-test",
+        vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+    ))
+    .await
+}
+
+/// No session stays running with nothing in flight: a tool job a hand refuses (dead-letters)
+/// leaves its call without a job; the brains' sweep wakes the session again, and when that
+/// brings nothing either, ends the turn within a few sweep periods: a `session.error`
+/// (`turn_stalled`) for the client, an error result for the model, idle with
+/// `retries_exhausted`. Two brains sweep at once and the turn still ends exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_job_ends_its_turn_with_an_error_within_the_sweep_period() {
+    let rig = sweeping_rig(2).await;
+    let id = bash_session(&rig).await;
+    rig.model.push([Reply::tool_use(
+        "toolu_poison",
+        "bash",
+        json!({"command": "true"}),
+    )]);
+    rig.model
+        .set_responder(|_| Reply::text("should not be asked"));
+    // A hand that refuses every job: dead letter, then terminate (the work queue drops it).
+    let js = async_nats::jetstream::new(rig.nats.client.clone());
+    let consumer = js
+        .get_stream("HERD_TOOLS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("refusing-hand".into()),
+            filter_subject: "herd.tools.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let refusing = {
+        let (js, refused) = (js.clone(), refused.clone());
+        tokio::spawn(async move {
+            let mut msgs = consumer.messages().await.unwrap();
+            while let Some(Ok(m)) = msgs.next().await {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Herd-Error", "this hand refuses every job");
+                js.publish_with_headers(
+                    herd::bus::subjects::DEAD_LETTER_TOOL,
+                    h,
+                    m.payload.clone(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+                m.ack_with(async_nats::jetstream::AckKind::Term)
+                    .await
+                    .unwrap();
+                refused.lock().unwrap().push(Instant::now());
+            }
+        })
+    };
+    rig.say(&id, "run it").await;
+    let events = rig.idle(&id, 1).await;
+    let ended = Instant::now();
+    refusing.abort();
+    assert_eq!(stop_reasons(&events), ["retries_exhausted"]);
+    let first_refusal = refused.lock().unwrap()[0];
+    let took = ended - first_refusal;
+    // Quiet for the grace period, woken again, quiet for another: about 2 s, well within 6.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    let stalled: Vec<&SessionError> = events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::SessionError(x) if x.error.kind == "turn_stalled" => Some(x),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stalled.len(),
+        1,
+        "the turn ends once, whichever brain swept"
+    );
+    assert_eq!(
+        stalled[0].retry_status.as_ref().map(|r| r.kind.as_str()),
+        Some("exhausted")
+    );
+    let (is_error, text) = tool_result(&events, "toolu_poison");
+    assert!(is_error && text.contains("dead-lettered"), "{text}");
+    assert_eq!(
+        rig.model.count(),
+        1,
+        "the stalled call was not answered by the model"
+    );
+    let dead = js.get_stream("HERD_DEADLETTER").await.unwrap();
+    assert!(
+        dead.get_last_raw_message_by_subject(herd::bus::subjects::DEAD_LETTER_TOOL)
+            .await
+            .is_ok()
+    );
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    // The session goes on: the model sees the error result at the next message.
+    rig.model.set_responder(|body| {
+        let seen = request_texts(body);
+        Reply::text(if seen.contains("herd gave up on this turn") {
+            "I saw the error"
+        } else {
+            "no error seen"
+        })
+    });
+    rig.say(&id, "what happened?").await;
+    let events = rig.idle(&id, 2).await;
+    assert_eq!(
+        texts(&events).last().map(String::as_str),
+        Some("I saw the error")
+    );
+}
+
+/// A lost wake is re-dispatched: a tool result that lands without its wake (a hand that died
+/// between the two) leaves the session running with nothing in flight; the sweep wakes it and
+/// the turn continues to its normal end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_wake_is_redispatched_by_the_sweep() {
+    let rig = sweeping_rig(1).await;
+    let id = bash_session(&rig).await;
+    rig.model.push([
+        Reply::tool_use("toolu_lost", "bash", json!({"command": "true"})),
+        Reply::text("finished"),
+    ]);
+    // A hand that appends the result and acknowledges the job, but never wakes the session.
+    let js = async_nats::jetstream::new(rig.nats.client.clone());
+    let consumer = js
+        .get_stream("HERD_TOOLS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("forgetful-hand".into()),
+            filter_subject: "herd.tools.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = rig.nats.second_log().await;
+    let forgetful = tokio::spawn(async move {
+        let mut msgs = consumer.messages().await.unwrap();
+        while let Some(Ok(m)) = msgs.next().await {
+            let job: herd::bus::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
+            // Long enough for the brain to have finished its wake: nothing else will look.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let result = Event::with_id(
+                herd::bus::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
+                AgentToolResult {
+                    tool_use_id: job.tool_use_id.clone(),
+                    content: vec![ContentBlock::text("ok")],
+                    is_error: false,
+                    output_ref: None,
+                },
+            );
+            log.append_fact(&job.session_id, &result).await.unwrap();
+            m.ack().await.unwrap();
+        }
+    });
+    rig.say(&id, "run it").await;
+    let events = rig.idle(&id, 1).await;
+    forgetful.abort();
+    assert_eq!(stop_reasons(&events), ["end_turn"]);
+    assert_eq!(rig.model.count(), 2);
+    assert_eq!(texts(&events).last().map(String::as_str), Some("finished"));
+    // The second request started only after the sweep's grace period of quiet.
+    let result_at = events
+        .iter()
+        .find(|e| e.event.type_name() == "agent.tool_result")
+        .unwrap()
+        .event
+        .processed_at;
+    let next_start = events
+        .iter()
+        .filter(|e| e.event.type_name() == "span.model_request_start")
+        .nth(1)
+        .unwrap()
+        .event
+        .processed_at;
+    let waited = next_start - result_at;
+    assert!(
+        waited >= time::Duration::seconds(1) && waited < time::Duration::seconds(5),
+        "{waited}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(&e.event.body, EventBody::SessionError(_))),
+        "re-dispatched, not given up"
+    );
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}

@@ -9,8 +9,10 @@
 //! request `span.model_request_start`, the model's output (`agent.thinking`, `agent.message`,
 //! `agent.tool_use`, …) and `span.model_request_end`; it ends with `session.usage` and
 //! `session.status_idle` whose `stop_reason` is `end_turn`, `requires_action` (custom tools or
-//! confirmations pending; `event_ids` lists the tool_use ids awaiting an answer) or
-//! `retries_exhausted`.
+//! confirmations pending; `event_ids` lists the tool_use ids awaiting an answer),
+//! `retries_exhausted`, or `budget_reached` (one of the session's limits — its cost budget,
+//! the wall time of a turn, a count of requests, calls or tokens — stopped it before the next
+//! model request, with a `session.limit_reached` naming it).
 
 use std::collections::BTreeMap;
 

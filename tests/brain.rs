@@ -1380,6 +1380,7 @@ async fn a_dead_lettered_job_ends_its_turn_with_an_error_within_the_sweep_period
     assert_eq!(stop_reasons(&events), ["retries_exhausted"]);
     let first_refusal = refused.lock().unwrap()[0];
     let took = ended - first_refusal;
+    eprintln!("the stalled turn ended {took:?} after its job was refused (grace 1 s, sweep 0.3 s)");
     // Quiet for the grace period, woken again, quiet for another: about 2 s, well within 6.
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(6),
@@ -1498,6 +1499,9 @@ async fn a_lost_wake_is_redispatched_by_the_sweep() {
         .event
         .processed_at;
     let waited = next_start - result_at;
+    eprintln!(
+        "re-dispatched {waited} after the result that lost its wake (grace 1 s, sweep 0.3 s)"
+    );
     assert!(
         waited >= time::Duration::seconds(1) && waited < time::Duration::seconds(5),
         "{waited}"

@@ -355,7 +355,8 @@ payload!(
         #[serde(default, skip_serializing_if = "Option::is_none")] title: Option<String>,
         /// New metadata (replaces the old).
         #[serde(default, skip_serializing_if = "Option::is_none")] metadata: Option<BTreeMap<String, String>>,
-        /// New limits (replace the old whole).
+        /// New limits (replace the old whole, the budget among them: the front door carries
+        /// the budget over when only the other limits change).
         #[serde(default, skip_serializing_if = "Option::is_none")] limits: Option<SessionLimits>,
     }
 );

@@ -154,8 +154,10 @@ pub struct SessionLimits {
     /// Output tokens over the session's life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u64>,
-    /// Seconds one turn may run, from the event that began it (its `session.status_running`,
-    /// read from the log, so a brain that crashed and replays counts from the same start).
+    /// Seconds one turn may run, from the event that began it: the first
+    /// `session.status_running` since the session's last idle, read from the log, so a brain
+    /// that crashed and replays counts from the same start (like the other per-turn limits, a
+    /// turn parked on the user with `requires_action` starts counting again when it resumes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_seconds_per_turn: Option<u64>,
     /// The cost budget (the Managed Agents API's `budget`): the session's list cost is

@@ -440,6 +440,46 @@ mod tests {
     }
 
     #[test]
+    fn the_list_cost_is_counted_at_the_budgets_prices_else_the_models_built_in_one() {
+        let end = |i, o| SpanModelRequestEnd {
+            model_request_start_id: None,
+            model_usage: Usage {
+                input_tokens: i,
+                output_tokens: o,
+                ..Default::default()
+            },
+            is_error: false,
+        };
+        // A model herd has no price for, and no budget: no list cost.
+        let s = Given::new().then(created()).then(end(1_000_000, 0)).state();
+        assert_eq!(s.list_cost, None);
+        // A built-in model: $3 per million input tokens.
+        let mut sonnet = created();
+        sonnet.agent.model = "claude-sonnet-4-5".into();
+        let g = Given::new().then(sonnet).then(end(1_000_000, 0));
+        assert_eq!(g.state().list_cost, Some(Money::usd_cents(300)));
+        assert_eq!(g.state().spent_nano_usd(), Some(3_000_000_000));
+        // A budget's recorded prices win over the built-in ones, from the update on.
+        let dear = SessionLimits {
+            budget: Some(Budget {
+                list_prices: Some(ListPrices::new("10", "0", "0", "0")),
+                ..Budget::usd_cents(5_000)
+            }),
+            ..Default::default()
+        };
+        let s = g
+            .then(SessionUpdated {
+                title: None,
+                metadata: None,
+                limits: Some(dear),
+            })
+            .then(end(1, 0))
+            .state();
+        // 1,000,001 tokens at $10 per million: $10.00001, rounded up to the cent.
+        assert_eq!(s.list_cost, Some(Money::usd_cents(1_001)));
+    }
+
+    #[test]
     fn a_repeated_event_id_is_one_event() {
         let mut s = Given::new().then(created()).state();
         let end = StoredEvent {

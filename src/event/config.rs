@@ -133,8 +133,11 @@ pub struct Resource {
 
 /// herd's limits on what one session may use (DESIGN rule 11): each bounds a looping agent.
 /// Unset means the deployment's default (a per-turn cap on model requests; nothing else).
+///
+/// Unknown fields are ignored, not refused: the limits are part of `session.created` and
+/// `session.updated`, and a reader must meet a field added by a newer herd (as
+/// `wall_seconds_per_turn` and `budget` were) without failing to read the whole event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionLimits {
     /// Model requests in one turn (default [`DEFAULT_MODEL_REQUESTS_PER_TURN`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,6 +420,15 @@ mod tests {
         c.environment.allowed_hosts = vec![" Example.COM:8443 ".into()];
         c.validate().unwrap();
         assert_eq!(c.environment.allowed_hosts, ["example.com:8443"]);
+    }
+
+    #[test]
+    fn limits_from_a_newer_herd_still_read() {
+        let l: SessionLimits = serde_json::from_value(serde_json::json!({
+            "tool_calls": 3, "wall_seconds_per_turn": 60, "a_limit_from_the_future": 1
+        }))
+        .unwrap();
+        assert_eq!((l.tool_calls, l.wall_seconds_per_turn), (Some(3), Some(60)));
     }
 
     #[test]

@@ -190,8 +190,14 @@ pub fn permissions(role: Role) -> Permissions {
                 "herd.tools.>",
                 "herd.deadletter.wake",
                 "$KV.herd-leases.>",
+                // The sweep re-dispatches a stalled session with a wake (rule 11: no session
+                // stuck running). A brain may append user events already, so a wake it
+                // publishes can do nothing it could not.
+                "herd.wake.*",
             ]));
             publish.extend(take_work("HERD_WAKE", "brain"));
+            // The sweep checks for queued wakes.
+            publish.extend(read_bucket("HERD_WAKE"));
             publish.extend(read_bucket("KV_herd-leases"));
             publish.extend(read_bucket("KV_herd-hands"));
             publish.extend(read_bucket("HERD_TOOLS"));

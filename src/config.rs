@@ -106,6 +106,44 @@ pub struct FileConfig {
     /// The `[models]` table: overrides the providers' environment variables for brains.
     #[serde(default)]
     pub models: ModelsConfig,
+    /// The `[prices."<model>"]` tables: list prices (US dollars per million tokens) that add
+    /// models to herd's built-in price table or replace its prices, for the front doors that
+    /// create sessions with a budget.
+    #[serde(default)]
+    pub prices: std::collections::BTreeMap<String, PriceConfig>,
+}
+
+/// One model's list prices in the config file, US dollars per million tokens as strings
+/// (`input = "3"`, `cache_read = "0.30"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// Input tokens.
+    pub input: String,
+    /// Output tokens.
+    pub output: String,
+    /// Tokens written to the prompt cache.
+    pub cache_creation: String,
+    /// Tokens read from the prompt cache.
+    pub cache_read: String,
+}
+
+impl FileConfig {
+    /// herd's built-in price table with the file's `[prices]` applied; an error names a
+    /// malformed price.
+    pub fn price_table(&self) -> Result<crate::event::PriceTable, crate::event::ConfigError> {
+        crate::event::PriceTable::with_overrides(self.prices.iter().map(|(m, p)| {
+            (
+                m.clone(),
+                crate::event::ListPrices::new(
+                    &p.input,
+                    &p.output,
+                    &p.cache_creation,
+                    &p.cache_read,
+                ),
+            )
+        }))
+    }
 }
 
 /// Model API settings in the config file; each overrides its environment variable.
@@ -353,5 +391,28 @@ mod tests {
         let err = FileConfig::load(&p).unwrap_err().to_string();
         assert!(err.contains("urll"), "{err}");
         assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn prices_in_the_file_extend_the_built_in_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("herd.toml");
+        std::fs::write(
+            &p,
+            "[prices.\"my-model\"]\ninput = \"2\"\noutput = \"8\"\ncache_creation = \"2.5\"\ncache_read = \"0.2\"\n",
+        )
+        .unwrap();
+        let t = FileConfig::load(&p).unwrap().price_table().unwrap();
+        assert_eq!(t.lookup("my-model").unwrap().output, "8");
+        assert!(t.lookup("claude-sonnet-4-5").is_some(), "built-ins stay");
+        std::fs::write(&p, "[prices.m]\ninput = \"2\"\noutput = \"x\"\ncache_creation = \"0\"\ncache_read = \"0\"\n").unwrap();
+        let err = FileConfig::load(&p)
+            .unwrap()
+            .price_table()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prices of \"m\": output"), "{err}");
+        std::fs::write(&p, "[prices.m]\ninput = \"2\"\n").unwrap();
+        assert!(FileConfig::load(&p).is_err(), "every price is required");
     }
 }

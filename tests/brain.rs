@@ -996,3 +996,531 @@ async fn a_wake_that_fails_for_good_ends_the_turn_cleanly() {
     let report = rig.log().check(&id, true).await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
+
+/// The limit events of a log: (limit, max, used).
+fn limits_reached(events: &[StoredEvent]) -> Vec<(String, u64, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::SessionLimitReached(l) => Some((l.limit.clone(), l.max, l.used)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A price table in which each of the mock model's requests (25 input and 10 output tokens)
+/// costs 12.5 cents, so a budget is spent in a few requests.
+fn dear_prices() -> PriceTable {
+    PriceTable::with_overrides([(
+        "claude-test".to_string(),
+        ListPrices::new("1000", "10000", "0", "0"),
+    )])
+    .unwrap()
+}
+
+/// The cost budget (the Managed Agents API's `max_list_cost`): checked before each model
+/// request at the prices the front door recorded, the session pauses at it (`budget_reached`,
+/// `session.limit_reached` naming `max_list_cost`, `session.usage` with the list cost); a
+/// budget below the spend is refused; raised, a message resumes it. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_pauses_the_session_and_raising_it_resumes() {
+    let rig = Rig::start().await;
+    let hand = fake_hand(&rig).await;
+    rig.model.set_responder(|_| {
+        Reply::tool_use(
+            &format!("toolu_{}", uuid::Uuid::now_v7().simple()),
+            "bash",
+            json!({"command": "spend"}),
+        )
+    });
+    let api = herd::api::Api::open(rig.nats.client.clone(), herd::api::Principal::operator())
+        .await
+        .unwrap()
+        .with_prices(dear_prices());
+    let id = SessionId::generate();
+    api.create(
+        &id,
+        SessionCreated {
+            agent: agent_with(
+                "claude-test",
+                vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+            ),
+            environment: EnvironmentConfig::default(),
+            title: None,
+            metadata: Default::default(),
+            vault_ids: vec![],
+            resources: vec![],
+            limits: SessionLimits {
+                budget: Some(Budget::usd_cents(30)),
+                ..Default::default()
+            },
+        },
+    )
+    .await
+    .unwrap();
+    rig.say(&id, "spend it all").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(stop_reasons(&events), ["budget_reached"]);
+    // 0, 12.5 and 25 cents are under 30: three requests; 37.5 is not.
+    assert_eq!(rig.model.count(), 3);
+    assert_eq!(
+        limits_reached(&events),
+        [("max_list_cost".to_string(), 30, 38)]
+    );
+    let usage = events.iter().rev().find_map(|e| match &e.event.body {
+        EventBody::SessionUsage(u) => Some(u.clone()),
+        _ => None,
+    });
+    let usage = usage.expect("a session.usage before the idle");
+    assert_eq!(usage.list_cost, Some(Money::usd_cents(38)));
+    assert_eq!(usage.budget.as_ref().map(Budget::max_cents), Some(30));
+    let state = api.state(&id).await.unwrap();
+    assert_eq!(state.list_cost, Some(Money::usd_cents(38)));
+
+    // A message alone does not get past the budget.
+    rig.say(&id, "more").await;
+    let events = rig.idle(&id, 2).await;
+    assert_eq!(limits_reached(&events).len(), 2);
+    assert_eq!(rig.model.count(), 3);
+    // Lowering it below the spend is refused, with the reason; adding one where there is none
+    // is too.
+    let low = api
+        .update_budget(&id, Some(Budget::usd_cents(37)))
+        .await
+        .unwrap_err();
+    assert!(low.to_string().starts_with("budget_not_raised:"), "{low}");
+    assert_eq!(low.class(), herd::api::ErrorClass::Invalid);
+    // Raised to 60 cents: two more requests (37.5 and 50 are under it), then it pauses again.
+    api.update_budget(&id, Some(Budget::usd_cents(60)))
+        .await
+        .unwrap();
+    rig.say(&id, "now go on").await;
+    let events = rig.idle(&id, 3).await;
+    assert_eq!(rig.model.count(), 5);
+    assert_eq!(
+        limits_reached(&events).last(),
+        Some(&("max_list_cost".to_string(), 60, 63))
+    );
+    // Removed, for good: the next message runs (here to the per-turn request limit).
+    api.update_budget(&id, None).await.unwrap();
+    let again = api
+        .update_budget(&id, Some(Budget::usd_cents(1_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        again.to_string().starts_with("budget_create_only:"),
+        "{again}"
+    );
+    let mut few = SessionLimits::default();
+    few.set("model_requests_per_turn", 1).unwrap();
+    api.update_limits(&id, few).await.unwrap();
+    rig.say(&id, "no budget now").await;
+    let events = rig.idle(&id, 4).await;
+    hand.abort();
+    assert_eq!(rig.model.count(), 6);
+    assert_eq!(
+        limits_reached(&events).last().map(|l| l.0.as_str()),
+        Some("model_requests_per_turn")
+    );
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+/// Malformed budgets, and budgets herd cannot count, are refused before the session exists,
+/// each with what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_budgets_are_refused_with_clear_errors() {
+    let t = TestNats::start().await;
+    let api = herd::api::Api::open(t.client.clone(), herd::api::Principal::operator())
+        .await
+        .unwrap();
+    let create = |model: &str, budget: Budget| {
+        let api = api.clone();
+        let model = model.to_string();
+        async move {
+            let id = SessionId::generate();
+            let r = api
+                .create(
+                    &id,
+                    SessionCreated {
+                        agent: AgentConfig::new(model),
+                        environment: EnvironmentConfig::default(),
+                        title: None,
+                        metadata: Default::default(),
+                        vault_ids: vec![],
+                        resources: vec![],
+                        limits: SessionLimits {
+                            budget: Some(budget),
+                            ..Default::default()
+                        },
+                    },
+                )
+                .await;
+            (id, r)
+        }
+    };
+    let with = |f: &dyn Fn(&mut Budget)| {
+        let mut b = Budget::usd_cents(100);
+        f(&mut b);
+        b
+    };
+    let cases: Vec<(Budget, &str)> = vec![
+        (
+            with(&|b| b.kind = "soft".into()),
+            "only budget type is \"limit\"",
+        ),
+        (
+            with(&|b| b.max_list_cost.currency = "EUR".into()),
+            "the only currency is \"USD\"",
+        ),
+        (
+            with(&|b| b.max_list_cost.amount = "1.50".into()),
+            "not a whole number of US cents",
+        ),
+        (
+            with(&|b| b.max_list_cost.amount = "-5".into()),
+            "not a whole number of US cents",
+        ),
+        (
+            with(&|b| b.max_list_cost.amount = "".into()),
+            "not a whole number of US cents",
+        ),
+        (
+            with(&|b| b.list_prices = Some(ListPrices::new("0", "0", "0", "0"))),
+            "list_prices is herd's to set",
+        ),
+    ];
+    for (budget, want) in cases {
+        let (id, r) = create("claude-sonnet-4-5", budget.clone()).await;
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains(want), "{budget:?}: {e}");
+        assert_eq!(e.class(), herd::api::ErrorClass::Invalid);
+        assert_eq!(t.log.last_sequence(&id).await.unwrap(), 0, "nothing stored");
+    }
+    let (_, r) = create("llama3:8b", Budget::usd_cents(100)).await;
+    let e = r.unwrap_err().to_string();
+    assert!(e.starts_with("model_not_budgetable:"), "{e}");
+    // A well-formed one on a priced model is taken, with the model's prices recorded.
+    let (id, r) = create("claude-haiku-4-5-20251001", Budget::usd_cents(0)).await;
+    r.unwrap();
+    let state = api.state(&id).await.unwrap();
+    let budget = state.limits.budget.unwrap();
+    assert_eq!(budget.list_prices.unwrap().output, "5");
+    assert_eq!(state.list_cost, Some(Money::usd_cents(0)));
+}
+
+/// A turn's wall time is bounded: counted from the event that began the turn, it pauses the
+/// session (`wall_seconds_per_turn`, `budget_reached`) before the next model request; raised,
+/// a message resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_pauses_at_its_wall_time_and_resumes_when_raised() {
+    let rig = Rig::start().await;
+    let hand = fake_hand(&rig).await;
+    rig.model.set_delay(Duration::from_millis(300));
+    rig.model.set_responder(|_| {
+        Reply::tool_use(
+            &format!("toolu_{}", uuid::Uuid::now_v7().simple()),
+            "bash",
+            json!({"command": "slow"}),
+        )
+    });
+    let mut limits = SessionLimits::default();
+    limits.set("wall_seconds_per_turn", 2).unwrap();
+    let id = SessionId::generate();
+    rig.log()
+        .create(
+            &id,
+            &Event::new(SessionCreated {
+                agent: agent_with(
+                    "claude-test",
+                    vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+                ),
+                environment: EnvironmentConfig::default(),
+                title: None,
+                metadata: Default::default(),
+                vault_ids: vec![],
+                resources: vec![],
+                limits,
+            }),
+        )
+        .await
+        .unwrap();
+    rig.say(&id, "take your time").await;
+    let events = rig.idle(&id, 1).await;
+    assert_eq!(stop_reasons(&events), ["budget_reached"]);
+    let reached = limits_reached(&events);
+    assert_eq!(reached.len(), 1);
+    let (name, max, used) = &reached[0];
+    assert_eq!((name.as_str(), *max), ("wall_seconds_per_turn", 2));
+    assert!(*used >= 2, "used {used}");
+    // The pause came after 2 s of turn, not before, and not much after (one request).
+    let at = |ty: &str| {
+        events
+            .iter()
+            .find(|e| e.event.type_name() == ty)
+            .unwrap()
+            .event
+            .processed_at
+    };
+    let took = at("session.limit_reached") - at("session.status_running");
+    assert!(
+        took >= time::Duration::seconds(2) && took < time::Duration::seconds(5),
+        "{took}"
+    );
+    let requests = rig.model.count();
+    assert!((2..=8).contains(&requests), "{requests} requests");
+    // Raised, and the model done looping: the next message ends its turn normally.
+    let mut raised = SessionLimits::default();
+    raised.set("wall_seconds_per_turn", 600).unwrap();
+    let api = herd::api::Api::open(rig.nats.client.clone(), herd::api::Principal::operator())
+        .await
+        .unwrap();
+    api.update_limits(&id, raised).await.unwrap();
+    rig.model.set_delay(Duration::ZERO);
+    rig.model.set_responder(|_| Reply::text("done"));
+    rig.say(&id, "wrap up").await;
+    let events = rig.idle(&id, 2).await;
+    hand.abort();
+    assert_eq!(stop_reasons(&events), ["budget_reached", "end_turn"]);
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+/// A brain that sweeps for stuck sessions every 300 ms, after 1 s of quiet.
+fn sweeping(model: &MockModel) -> BrainConfig {
+    BrainConfig {
+        sweep_every: Duration::from_millis(300),
+        sweep_grace: Duration::from_secs(1),
+        ..brain_config(model)
+    }
+}
+
+/// A rig whose `brains` brains all sweep fast.
+async fn sweeping_rig(brains: usize) -> Rig {
+    let nats = TestNats::start().await;
+    let model = MockModel::start().await.unwrap();
+    let mut rig = Rig {
+        nats,
+        model,
+        brains: vec![],
+    };
+    for _ in 0..brains {
+        let cfg = sweeping(&rig.model);
+        rig.add_brain_with(cfg).await;
+    }
+    rig
+}
+
+/// A session with bash, always allowed, on the mock model.
+async fn bash_session(rig: &Rig) -> SessionId {
+    rig.session(agent_with(
+        "claude-test",
+        vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+    ))
+    .await
+}
+
+/// No session stays running with nothing in flight: a tool job a hand refuses (dead-letters)
+/// leaves its call without a job; the brains' sweep wakes the session again, and when that
+/// brings nothing either, ends the turn within a few sweep periods: a `session.error`
+/// (`turn_stalled`) for the client, an error result for the model, idle with
+/// `retries_exhausted`. Two brains sweep at once and the turn still ends exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_job_ends_its_turn_with_an_error_within_the_sweep_period() {
+    let rig = sweeping_rig(2).await;
+    let id = bash_session(&rig).await;
+    rig.model.push([Reply::tool_use(
+        "toolu_poison",
+        "bash",
+        json!({"command": "true"}),
+    )]);
+    rig.model
+        .set_responder(|_| Reply::text("should not be asked"));
+    // A hand that refuses every job: dead letter, then terminate (the work queue drops it).
+    let js = async_nats::jetstream::new(rig.nats.client.clone());
+    let consumer = js
+        .get_stream("HERD_TOOLS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("refusing-hand".into()),
+            filter_subject: "herd.tools.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let refusing = {
+        let (js, refused) = (js.clone(), refused.clone());
+        tokio::spawn(async move {
+            let mut msgs = consumer.messages().await.unwrap();
+            while let Some(Ok(m)) = msgs.next().await {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Herd-Error", "this hand refuses every job");
+                js.publish_with_headers(
+                    herd::bus::subjects::DEAD_LETTER_TOOL,
+                    h,
+                    m.payload.clone(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+                m.ack_with(async_nats::jetstream::AckKind::Term)
+                    .await
+                    .unwrap();
+                refused.lock().unwrap().push(Instant::now());
+            }
+        })
+    };
+    rig.say(&id, "run it").await;
+    let events = rig.idle(&id, 1).await;
+    let ended = Instant::now();
+    refusing.abort();
+    assert_eq!(stop_reasons(&events), ["retries_exhausted"]);
+    let first_refusal = refused.lock().unwrap()[0];
+    let took = ended - first_refusal;
+    eprintln!("the stalled turn ended {took:?} after its job was refused (grace 1 s, sweep 0.3 s)");
+    // Quiet for the grace period, woken again, quiet for another: about 2 s after the last
+    // event (the call), well within 6 s of the refusal.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let at = |ty: &str| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e.event.type_name() == ty)
+            .unwrap()
+            .event
+            .processed_at
+    };
+    let quiet = at("session.status_idle") - at("agent.tool_use");
+    assert!(quiet >= time::Duration::seconds(2), "ended after {quiet}");
+    let stalled: Vec<&SessionError> = events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::SessionError(x) if x.error.kind == "turn_stalled" => Some(x),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stalled.len(),
+        1,
+        "the turn ends once, whichever brain swept"
+    );
+    assert_eq!(
+        stalled[0].retry_status.as_ref().map(|r| r.kind.as_str()),
+        Some("exhausted")
+    );
+    let (is_error, text) = tool_result(&events, "toolu_poison");
+    assert!(is_error && text.contains("dead-lettered"), "{text}");
+    assert_eq!(
+        rig.model.count(),
+        1,
+        "the stalled call was not answered by the model"
+    );
+    let dead = js.get_stream("HERD_DEADLETTER").await.unwrap();
+    assert!(
+        dead.get_last_raw_message_by_subject(herd::bus::subjects::DEAD_LETTER_TOOL)
+            .await
+            .is_ok()
+    );
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    // The session goes on: the model sees the error result at the next message.
+    rig.model.set_responder(|body| {
+        let seen = request_texts(body);
+        Reply::text(if seen.contains("herd gave up on this turn") {
+            "I saw the error"
+        } else {
+            "no error seen"
+        })
+    });
+    rig.say(&id, "what happened?").await;
+    let events = rig.idle(&id, 2).await;
+    assert_eq!(
+        texts(&events).last().map(String::as_str),
+        Some("I saw the error")
+    );
+}
+
+/// A lost wake is re-dispatched: a tool result that lands without its wake (a hand that died
+/// between the two) leaves the session running with nothing in flight; the sweep wakes it and
+/// the turn continues to its normal end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_wake_is_redispatched_by_the_sweep() {
+    let rig = sweeping_rig(1).await;
+    let id = bash_session(&rig).await;
+    rig.model.push([
+        Reply::tool_use("toolu_lost", "bash", json!({"command": "true"})),
+        Reply::text("finished"),
+    ]);
+    // A hand that appends the result and acknowledges the job, but never wakes the session.
+    let js = async_nats::jetstream::new(rig.nats.client.clone());
+    let consumer = js
+        .get_stream("HERD_TOOLS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("forgetful-hand".into()),
+            filter_subject: "herd.tools.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = rig.nats.second_log().await;
+    let forgetful = tokio::spawn(async move {
+        let mut msgs = consumer.messages().await.unwrap();
+        while let Some(Ok(m)) = msgs.next().await {
+            let job: herd::bus::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
+            // Long enough for the brain to have finished its wake: nothing else will look.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let result = Event::with_id(
+                herd::bus::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
+                AgentToolResult {
+                    tool_use_id: job.tool_use_id.clone(),
+                    content: vec![ContentBlock::text("ok")],
+                    is_error: false,
+                    output_ref: None,
+                },
+            );
+            log.append_fact(&job.session_id, &result).await.unwrap();
+            m.ack().await.unwrap();
+        }
+    });
+    rig.say(&id, "run it").await;
+    let events = rig.idle(&id, 1).await;
+    forgetful.abort();
+    assert_eq!(stop_reasons(&events), ["end_turn"]);
+    assert_eq!(rig.model.count(), 2);
+    assert_eq!(texts(&events).last().map(String::as_str), Some("finished"));
+    // The second request started only after the sweep's grace period of quiet.
+    let result_at = events
+        .iter()
+        .find(|e| e.event.type_name() == "agent.tool_result")
+        .unwrap()
+        .event
+        .processed_at;
+    let next_start = events
+        .iter()
+        .filter(|e| e.event.type_name() == "span.model_request_start")
+        .nth(1)
+        .unwrap()
+        .event
+        .processed_at;
+    let waited = next_start - result_at;
+    eprintln!(
+        "re-dispatched {waited} after the result that lost its wake (grace 1 s, sweep 0.3 s)"
+    );
+    assert!(
+        waited >= time::Duration::seconds(1) && waited < time::Duration::seconds(5),
+        "{waited}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(&e.event.body, EventBody::SessionError(_))),
+        "re-dispatched, not given up"
+    );
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}

@@ -249,6 +249,77 @@ async fn mistakes_get_clear_errors() {
         "does not exist",
     );
     herd.fails(&["session", "update", "s1"], 2, "--limit");
+    herd.fails(
+        &["session", "create", "--budget-usd-cents", "1.5"],
+        1,
+        "max_list_cost.amount \"1.5\" is not a whole number of US cents",
+    );
+    herd.fails(
+        &[
+            "session",
+            "create",
+            "--model",
+            "gpt-4o",
+            "--budget-usd-cents",
+            "100",
+        ],
+        1,
+        "model_not_budgetable",
+    );
+    herd.fails(
+        &["session", "update", "s1", "--budget-usd-cents", "100"],
+        1,
+        "budget_create_only",
+    );
+    herd.fails(
+        &[
+            "session",
+            "update",
+            "s1",
+            "--budget-usd-cents",
+            "5",
+            "--no-budget",
+        ],
+        2,
+        "cannot be used with",
+    );
+    // A budget on the default model (priced), shown, raised and removed.
+    herd.ok(&[
+        "session",
+        "create",
+        "--id",
+        "b1",
+        "--budget-usd-cents",
+        "250",
+    ]);
+    let shown = herd.ok(&["session", "show", "b1"]);
+    assert!(shown.contains("budget       $2.50"), "{shown}");
+    assert!(shown.contains("list cost    $0.00"), "{shown}");
+    herd.fails(
+        &["session", "update", "b1", "--budget-usd-cents", "x"],
+        1,
+        "not a whole number of US cents",
+    );
+    herd.ok(&["session", "update", "b1", "--budget-usd-cents", "300"]);
+    assert!(
+        herd.ok(&["session", "show", "b1"])
+            .contains("budget       $3.00")
+    );
+    herd.ok(&[
+        "session",
+        "update",
+        "b1",
+        "--limit",
+        "wall_seconds_per_turn=30",
+    ]);
+    let shown = herd.ok(&["session", "show", "b1"]);
+    assert!(
+        shown.contains("budget       $3.00"),
+        "a limit update keeps the budget: {shown}"
+    );
+    assert!(shown.contains("wall_seconds_per_turn=30"), "{shown}");
+    herd.ok(&["session", "update", "b1", "--no-budget"]);
+    assert!(!herd.ok(&["session", "show", "b1"]).contains("budget "));
     herd.fails(&["auth", "rotate", "root"], 1, "unknown role \"root\"");
     herd.fails(
         &["session", "create", "--allow-host", "https://x.com"],

@@ -346,6 +346,12 @@ async fn each_role_may_do_only_its_own_work() {
         },
         Case {
             role: Role::Brain,
+            what: "publish a wake (the sweep's re-dispatch)",
+            subject: subjects::wake(&s),
+            allowed: true,
+        },
+        Case {
+            role: Role::Brain,
             what: "append a session.created",
             subject: on("session.created"),
             allowed: false,

@@ -14,8 +14,9 @@ use async_nats::jetstream;
 
 use crate::bus::BusError;
 use crate::event::{
-    ConfigError, ContentBlock, Event, EventId, Record, SessionCreated, SessionId,
-    UserCustomToolResult, UserInterrupt, UserMessage, UserToolConfirmation,
+    Budget, ConfigError, ContentBlock, Event, EventId, PriceTable, Record, SessionCreated,
+    SessionId, SessionLimits, UserCustomToolResult, UserInterrupt, UserMessage,
+    UserToolConfirmation,
 };
 use crate::session::{LogError, SessionLog, SessionState, Slice};
 
@@ -82,12 +83,13 @@ pub struct Sent {
 }
 
 /// The front door's library: a log and a JetStream context to wake sessions with, acting for
-/// one principal.
+/// one principal, with the deployment's price table for budgets.
 #[derive(Clone)]
 pub struct Api {
     log: SessionLog,
     js: jetstream::Context,
     principal: Principal,
+    prices: std::sync::Arc<PriceTable>,
 }
 
 impl Api {
@@ -98,7 +100,15 @@ impl Api {
             log: SessionLog::open(client).await?,
             js,
             principal,
+            prices: Default::default(),
         })
+    }
+
+    /// Prices budgets with `prices` (herd's built-in table and the operator's `[prices]`)
+    /// instead of the built-in table alone.
+    pub fn with_prices(mut self, prices: PriceTable) -> Self {
+        self.prices = std::sync::Arc::new(prices);
+        self
     }
 
     /// The session log, for reads the use cases do not wrap.
@@ -114,6 +124,9 @@ impl Api {
         mut created: SessionCreated,
     ) -> Result<Event, ApiError> {
         created.validate()?;
+        if let Some(budget) = &mut created.limits.budget {
+            self.prices.price_new_budget(&created.agent.model, budget)?;
+        }
         self.principal.may_use_vaults(&created.vault_ids)?;
         let event = Event::new(created);
         self.log.create(id, &event).await?;
@@ -229,14 +242,49 @@ impl Api {
     }
 
     /// Replaces a session's limits (a `session.updated`), for instance to raise one that
-    /// paused it; the next message resumes the session. Operator and gateway only.
+    /// paused it; the next message resumes the session. The budget is kept: it changes only
+    /// through [`Api::update_budget`]. Operator and gateway only.
     pub async fn update_limits(
         &self,
         id: &SessionId,
-        limits: crate::event::SessionLimits,
+        limits: SessionLimits,
+    ) -> Result<(Event, Sent), ApiError> {
+        self.update(id, Some(limits), None).await
+    }
+
+    /// Raises a session's budget, or removes it (`None`, for good): the Managed Agents API's
+    /// `budget` in a session update. A session without a budget cannot get one
+    /// (`budget_create_only`), and a budget below what the session has spent is refused
+    /// (`budget_not_raised`). The next message resumes a session the budget paused.
+    pub async fn update_budget(
+        &self,
+        id: &SessionId,
+        budget: Option<Budget>,
+    ) -> Result<(Event, Sent), ApiError> {
+        self.update(id, None, Some(budget)).await
+    }
+
+    /// Appends the `session.updated` that sets new limits (the budget kept unless `budget`
+    /// changes it), after the rules of each.
+    pub async fn update(
+        &self,
+        id: &SessionId,
+        limits: Option<SessionLimits>,
+        budget: Option<Option<Budget>>,
     ) -> Result<(Event, Sent), ApiError> {
         if !self.principal.may_instruct {
             return Err(Refusal::Instruct(self.principal.name.clone()).into());
+        }
+        if limits.is_none() && budget.is_none() {
+            return Err(
+                ConfigError::Invalid("nothing to update: give limits or a budget".into()).into(),
+            );
+        }
+        if limits.as_ref().is_some_and(|l| l.budget.is_some()) {
+            return Err(ConfigError::Invalid(
+                "the budget is not replaced with the limits: update it on its own".into(),
+            )
+            .into());
         }
         let state = self.log.load_state(id).await?;
         if state.event_count == 0 {
@@ -245,10 +293,23 @@ impl Api {
         if state.status == crate::session::Status::Terminated {
             return Err(Refusal::Terminated(id.clone()).into());
         }
+        let mut new = limits.unwrap_or_else(|| state.limits.clone());
+        new.budget = match budget {
+            None => state.limits.budget.clone(),
+            Some(b) => {
+                let model = state.config.as_ref().map_or("", |c| c.agent.model.as_str());
+                self.prices.update_budget(
+                    model,
+                    state.limits.budget.as_ref(),
+                    b,
+                    state.spent_nano_usd().unwrap_or(0),
+                )?
+            }
+        };
         let event = Event::new(crate::event::SessionUpdated {
             title: None,
             metadata: None,
-            limits: Some(limits),
+            limits: Some(new),
         });
         let a = self.log.append_fact(id, &event).await?;
         Ok((

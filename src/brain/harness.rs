@@ -9,8 +9,10 @@
 //! request `span.model_request_start`, the model's output (`agent.thinking`, `agent.message`,
 //! `agent.tool_use`, …) and `span.model_request_end`; it ends with `session.usage` and
 //! `session.status_idle` whose `stop_reason` is `end_turn`, `requires_action` (custom tools or
-//! confirmations pending; `event_ids` lists the tool_use ids awaiting an answer) or
-//! `retries_exhausted`.
+//! confirmations pending; `event_ids` lists the tool_use ids awaiting an answer),
+//! `retries_exhausted`, or `budget_reached` (one of the session's limits — its cost budget,
+//! the wall time of a turn, a count of requests, calls or tokens — stopped it before the next
+//! model request, with a `session.limit_reached` naming it).
 
 use std::collections::BTreeMap;
 
@@ -151,6 +153,9 @@ struct Scan {
     turn_output_tokens: u64,
     /// The last `session.status_running`.
     running_at: u64,
+    /// When the turn in progress began: the time of its first `session.status_running` since
+    /// the last idle (a retry's or a confirmation's later ones continue the same turn).
+    turn_started: Option<OffsetDateTime>,
     /// The last `session.status_idle`'s stop reason kind and the tool_use ids it named.
     last_idle: Option<(String, Vec<String>)>,
     /// The newest input the model has not necessarily seen (user messages, results).
@@ -190,7 +195,10 @@ fn scan(events: &[StoredEvent]) -> Scan {
             {
                 s.failed_in_a_row += 1;
             }
-            EventBody::SessionStatusRunning(_) => s.running_at = e.seq,
+            EventBody::SessionStatusRunning(_) => {
+                s.running_at = e.seq;
+                s.turn_started.get_or_insert(e.event.processed_at);
+            }
             EventBody::SessionStatusIdle(i) => {
                 if i.stop_reason.kind == "retries_exhausted" {
                     s.exhausted_at = e.seq;
@@ -202,6 +210,7 @@ fn scan(events: &[StoredEvent]) -> Scan {
                 s.turn_requests = 0;
                 s.turn_tool_calls = 0;
                 s.turn_output_tokens = 0;
+                s.turn_started = None;
                 s.last_idle = Some((i.stop_reason.kind.clone(), i.stop_reason.event_ids.clone()));
             }
             EventBody::UserMessage(_)
@@ -233,9 +242,15 @@ fn scan(events: &[StoredEvent]) -> Scan {
     s
 }
 
-fn idle(stop: &str, ids: Vec<String>, usage: Usage) -> [Planned; 2] {
+/// The two events that end a turn: the session's usage (with its list cost and budget, as the
+/// Managed Agents API's `session.usage`), then the idle. `usage` is the session's total.
+fn idle(state: &SessionState, stop: &str, ids: Vec<String>, usage: Usage) -> [Planned; 2] {
     [
-        Planned::new(SessionUsage { usage }),
+        Planned::new(SessionUsage {
+            usage,
+            list_cost: state.cost_of(usage).map(Money::from_nano_usd),
+            budget: state.limits.budget.clone(),
+        }),
         Planned::new(SessionStatusIdle {
             stop_reason: StopReason {
                 kind: stop.into(),
@@ -245,8 +260,14 @@ fn idle(stop: &str, ids: Vec<String>, usage: Usage) -> [Planned; 2] {
     ]
 }
 
-/// Decides what a session needs next. `events` is the whole log, `state` its fold.
-pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> Decision {
+/// Decides what a session needs next. `events` is the whole log, `state` its fold, `now` the
+/// time (for the wall-time limit of a turn).
+pub fn decide(
+    state: &SessionState,
+    events: &[StoredEvent],
+    limits: Limits,
+    now: OffsetDateTime,
+) -> Decision {
     let Some(config) = &state.config else {
         return Decision::Wait;
     };
@@ -274,7 +295,7 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
                 ));
             }
         }
-        step.extend(idle("end_turn", vec![], state.usage));
+        step.extend(idle(state, "end_turn", vec![], state.usage));
         return Decision::Append(step);
     }
 
@@ -314,7 +335,7 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
         return if already {
             Decision::Wait
         } else {
-            Decision::Append(idle("requires_action", awaiting, state.usage).to_vec())
+            Decision::Append(idle(state, "requires_action", awaiting, state.usage).to_vec())
         };
     }
 
@@ -354,12 +375,12 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
                     retry_in_ms: None,
                 }),
             }));
-            step.extend(idle("retries_exhausted", vec![], state.usage));
+            step.extend(idle(state, "retries_exhausted", vec![], state.usage));
             return Decision::Append(step);
         }
         // A limit reached pauses the session before the next request (rule 11): the turn ends
         // with budget_reached and an event naming the limit; nothing is killed or lost.
-        if let Some((limit, max, used)) = limit_reached(state, &s) {
+        if let Some((limit, max, used)) = limit_reached(state, &s, now) {
             let mut step = Vec::new();
             if state.status != Status::Running {
                 step.push(Planned::new(SessionStatusRunning {}));
@@ -370,7 +391,7 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
                 max,
                 used,
             }));
-            step.extend(idle("budget_reached", vec![], state.usage));
+            step.extend(idle(state, "budget_reached", vec![], state.usage));
             return Decision::Append(step);
         }
         let request = context::build(config, events);
@@ -412,7 +433,7 @@ pub fn decide(state: &SessionState, events: &[StoredEvent], limits: Limits) -> D
 
     // Nothing left: a running turn that somehow lacks its end is closed.
     if state.status == Status::Running {
-        return Decision::Append(idle("end_turn", vec![], state.usage).to_vec());
+        return Decision::Append(idle(state, "end_turn", vec![], state.usage).to_vec());
     }
     Decision::Wait
 }
@@ -444,16 +465,53 @@ pub fn give_up_step(
             ));
         }
     }
-    step.extend(idle("retries_exhausted", vec![], state.usage));
+    step.extend(idle(state, "retries_exhausted", vec![], state.usage));
+    Some(step)
+}
+
+/// The step that ends a turn the brains' sweep found stalled (running, with nothing in flight
+/// after a re-dispatch): like [`give_up_step`], with a `session.error` (`turn_stalled`,
+/// `exhausted`) saying why, for the client; the model sees the pending calls' error results.
+pub fn stalled_step(
+    state: &SessionState,
+    events: &[StoredEvent],
+    why: &str,
+) -> Option<Vec<Planned>> {
+    let mut step = give_up_step(state, events, why)?;
+    let after_span = usize::from(matches!(
+        step.first().map(|p| &p.body),
+        Some(EventBody::SpanModelRequestEnd(_))
+    ));
+    step.insert(
+        after_span,
+        Planned::new(SessionError {
+            error: ErrorInfo {
+                kind: "turn_stalled".into(),
+                message: why.into(),
+            },
+            retry_status: Some(RetryStatus {
+                kind: "exhausted".into(),
+                attempt: None,
+                retry_in_ms: None,
+            }),
+        }),
+    );
     Some(step)
 }
 
 /// The first of the session's limits that its use has reached: its name, value and the use.
 /// Per-turn counts run from the session's last idle; an unset per-turn request limit is
-/// [`DEFAULT_MODEL_REQUESTS_PER_TURN`], so a tool loop always ends.
-fn limit_reached(state: &SessionState, s: &Scan) -> Option<(&'static str, u64, u64)> {
+/// [`DEFAULT_MODEL_REQUESTS_PER_TURN`], so a tool loop always ends. The wall time of a turn
+/// runs from its first `session.status_running` to `now`; the budget compares the list cost
+/// of the session's tokens with `max_list_cost` (a budget herd cannot price is reached: it
+/// fails closed).
+fn limit_reached(
+    state: &SessionState,
+    s: &Scan,
+    now: OffsetDateTime,
+) -> Option<(&'static str, u64, u64)> {
     let l = &state.limits;
-    [
+    let counted = [
         (
             "model_requests_per_turn",
             Some(
@@ -477,7 +535,33 @@ fn limit_reached(state: &SessionState, s: &Scan) -> Option<(&'static str, u64, u
         ("output_tokens", l.output_tokens, state.usage.output_tokens),
     ]
     .into_iter()
-    .find_map(|(name, max, used)| max.filter(|m| used >= *m).map(|m| (name, m, used)))
+    .find_map(|(name, max, used)| max.filter(|m| used >= *m).map(|m| (name, m, used)));
+    counted
+        .or_else(|| wall_time_reached(l.wall_seconds_per_turn, s.turn_started, now))
+        .or_else(|| budget_reached(state))
+}
+
+/// The wall-time limit of a turn: reached once `max` seconds have passed since `started`
+/// (the turn's first `session.status_running`, read from the log). A turn that has not begun
+/// has used no time. Pure: `now` is given.
+pub fn wall_time_reached(
+    max: Option<u64>,
+    started: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Option<(&'static str, u64, u64)> {
+    let (max, started) = (max?, started?);
+    let used = (now - started).whole_seconds().max(0) as u64;
+    (used >= max).then_some(("wall_seconds_per_turn", max, used))
+}
+
+/// The budget: reached when the list cost of the session's tokens is at or past
+/// `max_list_cost` (exactly, in nano-dollars; reported in cents, rounded up).
+fn budget_reached(state: &SessionState) -> Option<(&'static str, u64, u64)> {
+    let budget = state.limits.budget.as_ref()?;
+    let max = budget.max_cents();
+    let spent = state.spent_nano_usd();
+    let reached = spent.is_none_or(|n| n >= max as u128 * NANO_USD_PER_CENT);
+    reached.then(|| ("max_list_cost", max, spent.map(cents_ceil).unwrap_or(0)))
 }
 
 /// The step that records a model response (step B), and the tool jobs it dispatches.
@@ -582,9 +666,9 @@ pub fn response_step(
     let mut total = state.usage;
     total += response.usage;
     if !awaiting.is_empty() {
-        step.extend(idle("requires_action", awaiting, total));
+        step.extend(idle(state, "requires_action", awaiting, total));
     } else if sandbox_calls == 0 && errors.is_empty() {
-        step.extend(idle("end_turn", vec![], total));
+        step.extend(idle(state, "end_turn", vec![], total));
     }
     step
 }
@@ -633,7 +717,7 @@ pub fn final_failure_step(
             }),
         }),
     ];
-    step.extend(idle("retries_exhausted", vec![], state.usage));
+    step.extend(idle(state, "retries_exhausted", vec![], state.usage));
     step
 }
 
@@ -821,7 +905,12 @@ mod tests {
         }
         fn decide(&self) -> Decision {
             let state = SessionState::fold(SessionId::parse("s").unwrap(), &self.0);
-            decide(&state, &self.0, Limits::default())
+            decide(
+                &state,
+                &self.0,
+                Limits::default(),
+                OffsetDateTime::now_utc(),
+            )
         }
         fn appends(&self) -> Vec<String> {
             match self.decide() {
@@ -1296,6 +1385,8 @@ mod tests {
             })
             .and(SessionUsage {
                 usage: Usage::default(),
+                list_cost: None,
+                budget: None,
             })
             .and(idle("budget_reached", &[]));
         assert_eq!(g.decide(), Decision::Wait, "paused until something changes");
@@ -1354,5 +1445,175 @@ mod tests {
         };
         assert!(matches!(&step[0].body,
             EventBody::SessionLimitReached(l) if l.limit == "output_tokens_per_turn" && l.used == 9));
+    }
+
+    fn budgeted(cents: u64) -> SessionLimits {
+        SessionLimits {
+            budget: Some(Budget {
+                list_prices: Some(ListPrices::new("1000", "10000", "0", "0")),
+                ..Budget::usd_cents(cents)
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// One model round of 25 input and 10 output tokens: 12.5 cents at the test's prices.
+    fn priced_round(g: Given, id: &str) -> Given {
+        g.and(start())
+            .and(AgentToolUse {
+                tool_use_id: id.into(),
+                name: "bash".into(),
+                input: json!({}),
+                evaluated_permission: Some(EvaluatedPermission::Allow),
+            })
+            .and(SpanModelRequestEnd {
+                model_request_start_id: None,
+                model_usage: Usage {
+                    input_tokens: 25,
+                    output_tokens: 10,
+                    ..Default::default()
+                },
+                is_error: false,
+            })
+            .and(AgentToolResult {
+                tool_use_id: id.into(),
+                content: vec![ContentBlock::text("ok")],
+                is_error: false,
+                output_ref: None,
+            })
+    }
+
+    #[test]
+    fn the_budget_is_checked_before_each_request_and_a_raise_resumes() {
+        let g = Given::session(vec![bash(PermissionPolicy::AlwaysAllow)])
+            .and(limits(budgeted(30)))
+            .and(user("spend"))
+            .and(SessionStatusRunning {});
+        // 25 cents spent: under 30, the next request goes out.
+        let g = priced_round(priced_round(g, "t1"), "t2");
+        assert!(matches!(g.decide(), Decision::CallModel { .. }));
+        // 37.5 cents: at the budget, the turn pauses before the request.
+        let g = priced_round(g, "t3");
+        let Decision::Append(step) = g.decide() else {
+            panic!("expected a pause")
+        };
+        assert!(matches!(&step[0].body,
+            EventBody::SessionLimitReached(l) if l.limit == "max_list_cost" && l.max == 30 && l.used == 38));
+        // session.usage carries the list cost and echoes the budget.
+        assert!(matches!(&step[1].body,
+            EventBody::SessionUsage(u) if u.list_cost == Some(Money::usd_cents(38))
+                && u.budget.as_ref().is_some_and(|b| b.max_cents() == 30)));
+        assert_eq!(stop_reason(&step).as_deref(), Some("budget_reached"));
+        let g = g
+            .and(SessionLimitReached {
+                limit: "max_list_cost".into(),
+                max: 30,
+                used: 38,
+            })
+            .and(idle("budget_reached", &[]));
+        assert_eq!(g.decide(), Decision::Wait);
+        // A message alone pauses again; raised, the next message runs.
+        let again = g.clone().and(user("more"));
+        assert!(matches!(again.decide(), Decision::Append(s)
+            if matches!(&s[1].body, EventBody::SessionLimitReached(l) if l.limit == "max_list_cost")));
+        let raised = g.and(limits(budgeted(100))).and(user("more"));
+        assert!(matches!(raised.decide(), Decision::CallModel { .. }));
+        // Removed: nothing stops it.
+        let removed = again.and(limits(SessionLimits::default()));
+        assert!(matches!(removed.decide(), Decision::CallModel { .. }));
+    }
+
+    #[test]
+    fn a_budget_herd_cannot_price_fails_closed() {
+        let g = Given::session(vec![])
+            .and(limits(SessionLimits {
+                budget: Some(Budget::usd_cents(1_000)),
+                ..Default::default()
+            }))
+            .and(user("hi"));
+        let Decision::Append(step) = g.decide() else {
+            panic!("expected a pause")
+        };
+        assert!(matches!(&step[1].body,
+            EventBody::SessionLimitReached(l) if l.limit == "max_list_cost" && l.used == 0));
+    }
+
+    #[test]
+    fn wall_time_counts_from_the_turns_first_running_event() {
+        use time::Duration as D;
+        let t0 = OffsetDateTime::now_utc();
+        assert_eq!(
+            wall_time_reached(Some(60), Some(t0), t0 + D::seconds(59)),
+            None
+        );
+        assert_eq!(
+            wall_time_reached(Some(60), Some(t0), t0 + D::seconds(61)),
+            Some(("wall_seconds_per_turn", 60, 61))
+        );
+        assert_eq!(wall_time_reached(Some(60), None, t0 + D::hours(2)), None);
+        assert_eq!(wall_time_reached(None, Some(t0), t0 + D::hours(2)), None);
+
+        let mut g = Given::session(vec![bash(PermissionPolicy::AlwaysAllow)])
+            .and(limits(SessionLimits {
+                wall_seconds_per_turn: Some(60),
+                ..Default::default()
+            }))
+            .and(user("work"))
+            .and(SessionStatusRunning {});
+        let began = g.0.len() - 1;
+        g.0[began].event.processed_at = t0 - D::seconds(100);
+        // A retry's later running event continues the same turn: it does not restart the clock.
+        let g = round(g, "t1").and(SessionStatusRunning {});
+        let at = |now| {
+            let state = SessionState::fold(SessionId::parse("s").unwrap(), &g.0);
+            decide(&state, &g.0, Limits::default(), now)
+        };
+        assert!(matches!(
+            at(t0 - D::seconds(50)),
+            Decision::CallModel { .. }
+        ));
+        let Decision::Append(step) = at(t0) else {
+            panic!("expected a pause")
+        };
+        assert!(matches!(&step[0].body,
+            EventBody::SessionLimitReached(l) if l.limit == "wall_seconds_per_turn" && l.max == 60 && l.used == 100));
+        // A new turn starts the clock again.
+        let g2 = g.clone().and(idle("budget_reached", &[])).and(user("next"));
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &g2.0);
+        assert!(matches!(
+            decide(&state, &g2.0, Limits::default(), t0),
+            Decision::CallModel { .. }
+        ));
+    }
+
+    #[test]
+    fn a_stalled_turn_ends_with_an_error_the_client_and_the_model_see() {
+        let g = Given::session(vec![bash(PermissionPolicy::AlwaysAllow)])
+            .and(user("go"))
+            .and(SessionStatusRunning {})
+            .and(start())
+            .and(call("t1", EvaluatedPermission::Allow))
+            .and(end(false));
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &g.0);
+        let step = stalled_step(&state, &g.0, "its tool job was dead-lettered").unwrap();
+        let kinds: Vec<&str> = step.iter().map(|p| p.body.type_name()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "session.error",
+                "agent.tool_result",
+                "session.usage",
+                "session.status_idle"
+            ]
+        );
+        assert!(matches!(&step[0].body, EventBody::SessionError(e)
+            if e.error.kind == "turn_stalled" && e.retry_status.as_ref().is_some_and(|r| r.kind == "exhausted")));
+        assert!(matches!(&step[1].body, EventBody::AgentToolResult(r)
+            if r.is_error && content_text(&r.content).contains("dead-lettered")));
+        assert_eq!(stop_reason(&step).as_deref(), Some("retries_exhausted"));
+        // An idle session has no turn to end.
+        let idle_g = g.and(idle("end_turn", &[]));
+        let state = SessionState::fold(SessionId::parse("s").unwrap(), &idle_g.0);
+        assert_eq!(stalled_step(&state, &idle_g.0, "x"), None);
     }
 }

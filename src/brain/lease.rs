@@ -135,6 +135,20 @@ impl Leases {
         }
     }
 
+    /// Whether some brain (this one included) holds the session's lease now: its key's last
+    /// entry is a write, not a release or an expiry.
+    pub async fn held(&self, session: &SessionId) -> Result<bool, LeaseError> {
+        let entry = self
+            .store
+            .entry(Self::key(session))
+            .await
+            .map_err(|e| LeaseError {
+                op: "read",
+                detail: e.to_string(),
+            })?;
+        Ok(entry.is_some_and(|e| e.operation == kv::Operation::Put))
+    }
+
     /// Gives a lease back (if still ours).
     pub async fn release(&self, lease: Lease) {
         if let Err(e) = self

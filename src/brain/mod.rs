@@ -6,13 +6,15 @@
 //! * [`provider`]: the model APIs (Anthropic, OpenAI-compatible, scripted);
 //! * [`worker`]: the effects around them: the consumer loop, appends, heartbeats, tool jobs;
 //! * [`cache`]: replayed sessions kept between wakes;
-//! * [`lease`]: one brain at a time per session, to waste no model calls.
+//! * [`lease`]: one brain at a time per session, to waste no model calls;
+//! * [`sweep`]: the pure decision of whether a session is stuck running, and what to do.
 
 pub mod cache;
 pub mod context;
 pub mod harness;
 pub mod lease;
 pub mod provider;
+pub mod sweep;
 pub mod worker;
 
-pub use worker::{Brain, BrainConfig, BrainError};
+pub use worker::{Brain, BrainConfig, BrainError, Sweep, SweepError, SweepReport};

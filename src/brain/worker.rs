@@ -24,6 +24,7 @@ use super::cache::{SessionCache, replay};
 use super::harness::{self, AfterModel, Decision, Limits, Planned};
 use super::lease::{Lease, Leases};
 use super::provider::{ProviderSettings, Providers};
+use super::sweep::{self, Dispatched, InFlight, Verdict};
 use crate::bus::routing::{self, Router};
 use crate::bus::wake::{Wake, WakeError};
 use crate::bus::work_queue::{self, ConsumerSpec, Delivery};
@@ -59,6 +60,12 @@ pub struct BrainConfig {
     pub model_retry_max: Duration,
     /// Model API keys, URLs and timeouts.
     pub providers: ProviderSettings,
+    /// How often the brain sweeps for sessions stuck running with nothing in flight
+    /// ([`super::sweep`]); zero turns the sweep off.
+    pub sweep_every: Duration,
+    /// How long a session in a turn may be quiet with nothing in flight before the sweep
+    /// re-dispatches it, and how long after that before it ends the turn.
+    pub sweep_grace: Duration,
 }
 
 impl Default for BrainConfig {
@@ -78,6 +85,10 @@ impl Default for BrainConfig {
             // No keys: a default never reads the environment (the command line does, with
             // `ProviderSettings::from_env`).
             providers: ProviderSettings::default(),
+            sweep_every: Duration::from_secs(10),
+            // Longer than anything in flight goes unseen: a wake waits in HERD_WAKE until its
+            // ack, a job in HERD_TOOLS until its result, a model call holds the lease.
+            sweep_grace: Duration::from_secs(30),
         }
     }
 }
@@ -122,6 +133,8 @@ pub struct Brain {
     router: Router,
     /// `HERD_TOOLS`, looked up once: dispatch checks it for queued jobs on every step.
     tools: jetstream::stream::Stream,
+    /// `HERD_WAKE`, looked up once: the sweep checks it for queued wakes.
+    wakes: jetstream::stream::Stream,
     config: BrainConfig,
 }
 
@@ -172,8 +185,12 @@ impl Brain {
         let tools = js.get_stream(subjects::TOOLS_STREAM).await.map_err(|e| {
             BusError::nats(format!("stream {} is missing", subjects::TOOLS_STREAM), e)
         })?;
+        let wakes = js.get_stream(subjects::WAKE_STREAM).await.map_err(|e| {
+            BusError::nats(format!("stream {} is missing", subjects::WAKE_STREAM), e)
+        })?;
         Ok(Arc::new(Self {
             tools,
+            wakes,
             router,
             leases,
             log,
@@ -195,6 +212,8 @@ impl Brain {
             .await
             .map_err(BrainError::Consumer)?;
         tracing::info!(name = %self.config.name, "Brain is taking wakes.");
+        let _sweep = (!self.config.sweep_every.is_zero())
+            .then(|| crate::tasks::AbortOnDrop(tokio::spawn(self.clone().sweep_loop())));
         work_queue::run(vec![pull], self.config.concurrency, shutdown, |msg| {
             let me = self.clone();
             async move { me.handle(msg).await }
@@ -304,6 +323,116 @@ impl Brain {
         };
         if let Some(step) = harness::give_up_step(&r.state, &r.events, why) {
             let _ = self.append(id, r.state.last_seq, step).await;
+        }
+    }
+
+    /// Sweeps every `sweep_every` until the brain stops (the task is aborted).
+    async fn sweep_loop(self: Arc<Self>) {
+        let mut sweep = Sweep::default();
+        let mut tick = tokio::time::interval(self.config.sweep_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.sweep_once(&mut sweep).await {
+                tracing::warn!(error = %e, "A sweep for stuck sessions failed; the next one retries.");
+            }
+        }
+    }
+
+    /// One sweep ([`super::sweep`]): brings the set of sessions in a turn up to date from the
+    /// log's status events, then, for each one quiet for longer than the grace period, probes
+    /// what is in flight and acts on the verdict: a wake, or the step that ends the turn.
+    /// Returns what it did, for tests and logs.
+    pub async fn sweep_once(&self, sweep: &mut Sweep) -> Result<SweepReport, SweepError> {
+        let (changes, next) = self.log.status_changes(sweep.next).await?;
+        sweep.next = next;
+        for (id, in_turn) in changes {
+            if in_turn {
+                sweep.in_turn.insert(id);
+            } else {
+                sweep.dispatched.remove(&id);
+                sweep.in_turn.remove(&id);
+            }
+        }
+        let grace = self.config.sweep_grace;
+        let mut report = SweepReport::default();
+        let candidates: Vec<SessionId> = sweep.in_turn.iter().cloned().collect();
+        for id in candidates {
+            let now = time::OffsetDateTime::now_utc();
+            let Some((_, last_at)) = self.log.last_event_at(&id).await? else {
+                sweep.in_turn.remove(&id);
+                continue;
+            };
+            if now - last_at < grace {
+                continue;
+            }
+            let r = replay(&self.cache, &self.log, &id).await?;
+            if !sweep::quiet_in_turn(&r.state, last_at, now, grace) {
+                sweep.in_turn.remove(&id);
+                sweep.dispatched.remove(&id);
+                continue;
+            }
+            let in_flight = self.in_flight(&id, &r.state).await;
+            let dispatched = sweep.dispatched.get(&id).copied();
+            match sweep::assess(&r.state, last_at, now, grace, in_flight, dispatched) {
+                Verdict::Fine => {}
+                Verdict::Redispatch => {
+                    tracing::warn!(session = %id, "A session in a turn has had nothing in flight for a while; waking it again.");
+                    crate::bus::wake::publish(&self.js, &id, r.state.last_seq)
+                        .await
+                        .map_err(|e| SweepError::Wake(e.to_string()))?;
+                    sweep.dispatched.insert(
+                        id.clone(),
+                        Dispatched {
+                            at_seq: r.state.last_seq,
+                            at: now,
+                        },
+                    );
+                    report.redispatched.push(id);
+                }
+                Verdict::GiveUp(why) => {
+                    sweep.dispatched.remove(&id);
+                    let Some(step) = harness::stalled_step(&r.state, &r.events, &why) else {
+                        continue;
+                    };
+                    match self.append(&id, r.state.last_seq, step).await {
+                        Ok(_) => {
+                            tracing::warn!(session = %id, why, "Ended a stalled turn.");
+                            report.ended.push(id);
+                        }
+                        // Someone moved the session meanwhile: it is not stalled after all.
+                        Err(LogError::Conflict { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// What is in flight for a session: its lease held, a wake queued, a job of a pending
+    /// call queued. A probe that fails counts as in flight: the sweep never ends a turn on a
+    /// read it could not make.
+    async fn in_flight(&self, id: &SessionId, state: &crate::session::SessionState) -> InFlight {
+        let lease_held = self.leases.held(id).await.unwrap_or(true);
+        let wake_queued = work_queue::holds(&self.wakes, &subjects::wake(id)).await
+            || work_queue::holds(&self.wakes, &subjects::tool_wake(id)).await;
+        let mut job_queued = false;
+        for (call, t) in &state.pending_tools {
+            if t.kind == crate::session::ToolKind::Custom {
+                continue;
+            }
+            if work_queue::holds(&self.tools, &subjects::pool_job(id, call)).await
+                || work_queue::holds(&self.tools, &subjects::any_host_job(id, call)).await
+            {
+                job_queued = true;
+                break;
+            }
+        }
+        InFlight {
+            lease_held,
+            wake_queued,
+            job_queued,
         }
     }
 
@@ -422,7 +551,9 @@ impl Brain {
                 self.leases.release(l).await;
             }
             let r = self.replay_at_least(id, appended).await?;
-            if harness::decide(&r.state, &r.events, limits) == Decision::Wait {
+            if harness::decide(&r.state, &r.events, limits, time::OffsetDateTime::now_utc())
+                == Decision::Wait
+            {
                 return Ok(());
             }
         }
@@ -470,7 +601,7 @@ impl Brain {
                     "session {id} has no session.created event"
                 ))));
             }
-            match harness::decide(&r.state, &r.events, limits) {
+            match harness::decide(&r.state, &r.events, limits, time::OffsetDateTime::now_utc()) {
                 Decision::Wait => {
                     self.dispatch(&r.state, &r.events).await?;
                     return Ok(());
@@ -666,6 +797,36 @@ impl Brain {
         }
         Ok(())
     }
+}
+
+/// What a brain's sweep remembers between runs: where it stopped reading status events, the
+/// sessions in a turn, and its own re-dispatches. Memory only, rebuilt from the log at start
+/// (DESIGN rule 1): a restarted brain re-dispatches a stalled session once more, harmlessly.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    next: u64,
+    in_turn: std::collections::BTreeSet<SessionId>,
+    dispatched: std::collections::HashMap<SessionId, Dispatched>,
+}
+
+/// Why a sweep stopped early (the next one starts again).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// Reading or appending to the log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A wake could not be published.
+    #[error("publishing a wake failed: {0}")]
+    Wake(String),
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Sessions woken again.
+    pub redispatched: Vec<SessionId>,
+    /// Sessions whose stalled turn was ended.
+    pub ended: Vec<SessionId>,
 }
 
 /// Gives planned events their ids and times.

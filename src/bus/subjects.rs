@@ -59,6 +59,10 @@ pub fn all_sessions_of_type(event_type: &str) -> String {
 /// The filter matching every session event.
 pub const ALL_SESSIONS: &str = "herd.session.*.>";
 
+/// The filter matching every session's `session.*` events (its status changes among them),
+/// which the brains' sweep reads to know which sessions are in a turn.
+pub const ALL_SESSION_LIFECYCLE: &str = "herd.session.*.session.*";
+
 const WAKE_PREFIX: &str = "herd.wake.";
 
 /// The wake subject of a session.

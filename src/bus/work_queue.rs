@@ -181,6 +181,18 @@ impl Delivery {
     }
 }
 
+/// Whether a work queue holds a message on `filter`: waiting, or taken and not yet
+/// acknowledged (a work queue keeps a message until its ack). `true` when the server cannot
+/// say (a leader election): a caller that gives up on work it finds missing must never do so
+/// on a failed read.
+pub async fn holds(stream: &jetstream::stream::Stream, filter: &str) -> bool {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
+    match stream.get_last_raw_message_by_subject(filter).await {
+        Ok(_) => true,
+        Err(e) => e.kind() != K::NoMessageFound,
+    }
+}
+
 /// Pulls from `consumers` (their messages merged into one stream, opened again after errors)
 /// and runs `handle` on each message, at most `concurrency` at once, until `shutdown`
 /// resolves; see [`pull_loop`].

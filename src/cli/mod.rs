@@ -54,6 +54,8 @@ pub struct Global {
     pub(crate) stream_replicas: u8,
 }
 
+// Parsed once per process; boxing the session command's flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Create or update herd's streams, KV buckets and object store (idempotent).
@@ -184,8 +186,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Auth { cmd } => auth::run(cmd),
         Cmd::Session { cmd } => {
+            let prices = match file_config(&cli.global)? {
+                Some(f) => f.price_table()?,
+                None => Default::default(),
+            };
             let client = connect(&cli.global).await?;
-            session::run(client, cmd).await
+            session::run(client, cmd, prices).await
         }
         Cmd::Up { brain, image } => workers::up(&cli.global, brain, image).await,
         Cmd::Brain(a) => workers::brain(&cli.global, a).await,

@@ -237,6 +237,36 @@ fn state_lines(s: &SessionState) -> String {
         s.usage.cache_creation_input_tokens,
         s.usage.cache_read_input_tokens
     ));
+    if let Some(cost) = &s.list_cost {
+        let cents: u64 = cost.amount.parse().unwrap_or(0);
+        t.push_str(&format!(
+            "list cost    {} (at list prices, rounded up to the cent)\n",
+            herd::event::format_usd(cents)
+        ));
+    }
+    if let Some(b) = &s.limits.budget {
+        t.push_str(&format!(
+            "budget       {} (max_list_cost {} US cents)\n",
+            herd::event::format_usd(b.max_cents()),
+            one_line(&b.max_list_cost.amount)
+        ));
+    }
+    let l = &s.limits;
+    let set: Vec<String> = [
+        ("model_requests_per_turn", l.model_requests_per_turn),
+        ("model_requests", l.model_requests),
+        ("tool_calls_per_turn", l.tool_calls_per_turn),
+        ("tool_calls", l.tool_calls),
+        ("output_tokens_per_turn", l.output_tokens_per_turn),
+        ("output_tokens", l.output_tokens),
+        ("wall_seconds_per_turn", l.wall_seconds_per_turn),
+    ]
+    .into_iter()
+    .filter_map(|(n, v)| v.map(|v| format!("{n}={v}")))
+    .collect();
+    if !set.is_empty() {
+        t.push_str(&format!("limits       {}\n", set.join(", ")));
+    }
     for (id, p) in &s.pending_tools {
         t.push_str(&format!(
             "pending      {id} {} ({:?}, #{}){}\n",

@@ -74,19 +74,34 @@ pub enum SessionCmd {
         #[arg(long, value_parser = ["none", "limited"])]
         networking: Option<String>,
         /// A limit (repeatable): model_requests_per_turn, model_requests, tool_calls_per_turn,
-        /// tool_calls, output_tokens_per_turn or output_tokens, as NAME=N. Reaching one pauses
-        /// the session (stop_reason budget_reached) until it is raised or a new turn starts.
+        /// tool_calls, output_tokens_per_turn, output_tokens or wall_seconds_per_turn, as
+        /// NAME=N. Reaching one pauses the session (stop_reason budget_reached) until it is
+        /// raised or a new turn starts.
         #[arg(long = "limit", value_name = "NAME=N")]
         limits: Vec<String>,
+        /// The cost budget, in US cents at the model's list price (the Managed Agents API's
+        /// max_list_cost): checked before each model request; at it the session pauses
+        /// (budget_reached). Only models with a list price (built in, or [prices] in herd.toml).
+        #[arg(long, value_name = "CENTS")]
+        budget_usd_cents: Option<String>,
     },
-    /// Replace a session's limits (e.g. raise the one that paused it); send a message to
-    /// resume it.
+    /// Replace a session's limits, raise or remove its budget (e.g. the one that paused it);
+    /// send a message to resume it.
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["limits", "budget_usd_cents", "no_budget"])))]
     Update {
         /// The session.
         id: String,
-        /// A limit (repeatable), NAME=N; the limits given replace the session's whole set.
-        #[arg(long = "limit", value_name = "NAME=N", required = true)]
+        /// A limit (repeatable), NAME=N; the limits given replace the session's whole set
+        /// (the budget is kept).
+        #[arg(long = "limit", value_name = "NAME=N")]
         limits: Vec<String>,
+        /// A new budget in US cents: at least what the session has spent; only a session
+        /// created with a budget has one to raise.
+        #[arg(long, value_name = "CENTS", conflicts_with = "no_budget")]
+        budget_usd_cents: Option<String>,
+        /// Remove the budget, for good.
+        #[arg(long)]
+        no_budget: bool,
     },
     /// Append a user message to a session and wake it.
     Send {
@@ -274,8 +289,22 @@ fn print_sent(event: &Event, sent: Sent) {
     println!("{} at sequence {}{note}", event.id, sent.seq);
 }
 
-pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<()> {
-    let api = Api::open(client, Principal::operator()).await?;
+/// A `--budget-usd-cents` value as a budget (its amount checked by the library, with the
+/// library's message).
+fn budget(cents: &str) -> herd::event::Budget {
+    let mut b = herd::event::Budget::usd_cents(0);
+    b.max_list_cost.amount = cents.to_string();
+    b
+}
+
+pub async fn run(
+    client: async_nats::Client,
+    cmd: SessionCmd,
+    prices: herd::event::PriceTable,
+) -> anyhow::Result<()> {
+    let api = Api::open(client, Principal::operator())
+        .await?
+        .with_prices(prices);
     let log = api.log();
     match cmd {
         SessionCmd::Create {
@@ -293,8 +322,10 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
             repos,
             networking,
             limits,
+            budget_usd_cents,
         } => {
-            let limits = parse_limits(&limits)?;
+            let mut limits = parse_limits(&limits)?;
+            limits.budget = budget_usd_cents.as_deref().map(budget);
             let resources = repos
                 .iter()
                 .map(|r| parse_repo(r))
@@ -374,10 +405,21 @@ pub async fn run(client: async_nats::Client, cmd: SessionCmd) -> anyhow::Result<
                 wait_for_idle(log, &id, sent.seq + 1, timeout_secs).await?;
             }
         }
-        SessionCmd::Update { id, limits } => {
-            let (event, sent) = api
-                .update_limits(&parse_session(&id)?, parse_limits(&limits)?)
-                .await?;
+        SessionCmd::Update {
+            id,
+            limits,
+            budget_usd_cents,
+            no_budget,
+        } => {
+            let limits = (!limits.is_empty())
+                .then(|| parse_limits(&limits))
+                .transpose()?;
+            let budget = match (budget_usd_cents, no_budget) {
+                (Some(c), _) => Some(Some(budget(&c))),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let (event, sent) = api.update(&parse_session(&id)?, limits, budget).await?;
             print_sent(&event, sent);
         }
         SessionCmd::Interrupt { id } => {

@@ -47,6 +47,13 @@ pub struct BrainArgs {
     /// Longest model request, in seconds.
     #[arg(long, default_value_t = Timeouts::default().total.as_secs())]
     model_timeout_secs: u64,
+    /// Seconds between sweeps for sessions stuck running with nothing in flight (0: no sweep).
+    #[arg(long, default_value_t = brain_defaults().sweep_every.as_secs())]
+    sweep_secs: u64,
+    /// Seconds a session in a turn may be quiet with nothing in flight before the sweep wakes
+    /// it again, and then before it ends the turn with an error.
+    #[arg(long, default_value_t = brain_defaults().sweep_grace.as_secs())]
+    sweep_grace_secs: u64,
 }
 
 #[derive(Args)]
@@ -136,6 +143,8 @@ pub fn brain_config(g: &Global, a: &BrainArgs) -> anyhow::Result<BrainConfig> {
         cache_sessions: a.cache_sessions,
         max_model_attempts: a.max_model_attempts.max(1),
         providers,
+        sweep_every: Duration::from_secs(a.sweep_secs),
+        sweep_grace: Duration::from_secs(a.sweep_grace_secs.max(1)),
         ..brain_defaults()
     })
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::config::{AgentConfig, EnvironmentConfig, Resource, SessionLimits};
+use super::pricing::{Budget, Money};
 
 /// One block of message content, kept as the JSON object it arrived as.
 ///
@@ -340,6 +341,11 @@ payload!(
     SessionUsage {
         /// The running total.
         #[serde(flatten)] usage: Usage,
+        /// What those tokens cost at the model's list price (cents, rounded up), when herd
+        /// knows the price.
+        #[serde(default, skip_serializing_if = "Option::is_none")] list_cost: Option<Money>,
+        /// The session's budget, echoed (as the Managed Agents API's `session.usage` does).
+        #[serde(default, skip_serializing_if = "Option::is_none")] budget: Option<Budget>,
     }
 );
 payload!(
@@ -349,7 +355,8 @@ payload!(
         #[serde(default, skip_serializing_if = "Option::is_none")] title: Option<String>,
         /// New metadata (replaces the old).
         #[serde(default, skip_serializing_if = "Option::is_none")] metadata: Option<BTreeMap<String, String>>,
-        /// New limits (replace the old whole).
+        /// New limits (replace the old whole, the budget among them: the front door carries
+        /// the budget over when only the other limits change).
         #[serde(default, skip_serializing_if = "Option::is_none")] limits: Option<SessionLimits>,
     }
 );
@@ -359,11 +366,13 @@ payload!(
     /// `session.updated`) or, for a per-turn limit, a new message starts a new turn.
     SessionLimitReached {
         /// Which limit: `model_requests_per_turn`, `model_requests`, `tool_calls_per_turn`,
-        /// `tool_calls`, `output_tokens_per_turn` or `output_tokens`.
+        /// `tool_calls`, `output_tokens_per_turn`, `output_tokens`, `wall_seconds_per_turn`, or
+        /// `max_list_cost` (the budget).
         limit: String,
-        /// Its value.
+        /// Its value (for `max_list_cost`, US cents).
         max: u64,
-        /// What the session (or the turn) has used.
+        /// What the session (or the turn) has used (for `max_list_cost`, US cents rounded up;
+        /// for `wall_seconds_per_turn`, whole seconds since the turn began).
         used: u64,
     }
 );

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::pricing::{Budget, BudgetRefusal};
 use super::{IdError, SessionCreated, check_token};
 
 /// How a tool call may run without asking the user.
@@ -138,8 +139,11 @@ pub struct Resource {
 
 /// herd's limits on what one session may use (DESIGN rule 11): each bounds a looping agent.
 /// Unset means the deployment's default (a per-turn cap on model requests; nothing else).
+///
+/// Unknown fields are ignored, not refused: the limits are part of `session.created` and
+/// `session.updated`, and a reader must meet a field added by a newer herd (as
+/// `wall_seconds_per_turn` and `budget` were) without failing to read the whole event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionLimits {
     /// Model requests in one turn (default [`DEFAULT_MODEL_REQUESTS_PER_TURN`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +163,17 @@ pub struct SessionLimits {
     /// Output tokens over the session's life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u64>,
+    /// Seconds one turn may run, from the event that began it: the first
+    /// `session.status_running` since the session's last idle, read from the log, so a brain
+    /// that crashed and replays counts from the same start (like the other per-turn limits, a
+    /// turn parked on the user with `requires_action` starts counting again when it resumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_seconds_per_turn: Option<u64>,
+    /// The cost budget (the Managed Agents API's `budget`): the session's list cost is
+    /// checked against it before each model request. Set at creation; an update may raise or
+    /// remove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// Model requests one turn may make when the session sets no limit: a tool loop ends.
@@ -179,9 +194,10 @@ impl SessionLimits {
             "tool_calls" => &mut self.tool_calls,
             "output_tokens_per_turn" => &mut self.output_tokens_per_turn,
             "output_tokens" => &mut self.output_tokens,
+            "wall_seconds_per_turn" => &mut self.wall_seconds_per_turn,
             other => {
                 return Err(ConfigError::Invalid(format!(
-                    "unknown limit {other:?}; expected model_requests_per_turn, model_requests, tool_calls_per_turn, tool_calls, output_tokens_per_turn or output_tokens"
+                    "unknown limit {other:?}; expected model_requests_per_turn, model_requests, tool_calls_per_turn, tool_calls, output_tokens_per_turn, output_tokens or wall_seconds_per_turn (the cost budget has its own flag)"
                 )));
             }
         };
@@ -220,6 +236,14 @@ pub enum ConfigError {
     /// A field has a value herd cannot use.
     #[error("{0}")]
     Invalid(String),
+    /// A budget refused for one of the Managed Agents API's reasons.
+    #[error("{reason}: {detail}")]
+    Budget {
+        /// `budget_create_only`, `budget_not_raised` or `model_not_budgetable`.
+        reason: BudgetRefusal,
+        /// What exactly, for people.
+        detail: String,
+    },
 }
 
 impl SessionCreated {
@@ -272,6 +296,15 @@ impl SessionCreated {
         }
         for r in &self.resources {
             r.check().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(b) = &self.limits.budget {
+            b.check()?;
+            if b.list_prices.is_some() {
+                return bad(
+                    "budget: list_prices is herd's to set, from the deployment's price table"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }
@@ -414,6 +447,15 @@ mod tests {
         c.environment.allowed_hosts = vec![" Example.COM:8443 ".into()];
         c.validate().unwrap();
         assert_eq!(c.environment.allowed_hosts, ["example.com:8443"]);
+    }
+
+    #[test]
+    fn limits_from_a_newer_herd_still_read() {
+        let l: SessionLimits = serde_json::from_value(serde_json::json!({
+            "tool_calls": 3, "wall_seconds_per_turn": 60, "a_limit_from_the_future": 1
+        }))
+        .unwrap();
+        assert_eq!((l.tool_calls, l.wall_seconds_per_turn), (Some(3), Some(60)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod body;
 mod codec;
 mod config;
 mod ids;
+mod pricing;
 
 pub use body::*;
 pub use codec::{
@@ -16,6 +17,7 @@ pub use codec::{
 };
 pub use config::*;
 pub use ids::{EventId, IdError, MAX_ID_LEN, SessionId, check_token};
+pub use pricing::*;
 
 use time::OffsetDateTime;
 

@@ -636,6 +636,8 @@ mod tests {
         fn idle(self, kind: &str, ids: &[&str]) -> Self {
             self.with(SessionUsage {
                 usage: Usage::default(),
+                list_cost: None,
+                budget: None,
             })
             .with(SessionStatusIdle {
                 stop_reason: StopReason {
@@ -718,6 +720,8 @@ mod tests {
         // Usage without its idle.
         let log = Log::new().ask().answer("a").end_span().with(SessionUsage {
             usage: Usage::default(),
+            list_cost: None,
+            budget: None,
         });
         assert_eq!(log.rules(false), vec![Rule::BrokenStep]);
     }

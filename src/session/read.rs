@@ -81,6 +81,24 @@ fn header_u64(m: &async_nats::Message, name: &str) -> Option<u64> {
 impl SessionLog {
     /// Fetches up to `max` messages on `filter` from sequence `from` on.
     async fn direct_batch(&self, filter: &str, from: u64, max: usize) -> Result<Batch, Failure> {
+        let (records, pending) = self
+            .direct_batch_with(filter, from, max, |subject, seq, payload| {
+                to_record(subject, seq, payload)
+            })
+            .await?;
+        Ok(Batch { records, pending })
+    }
+
+    /// Fetches up to `max` messages on `filter` from sequence `from` on, each made into what
+    /// `read` makes of its subject, sequence and payload; with the count of matching messages
+    /// left after them.
+    async fn direct_batch_with<T>(
+        &self,
+        filter: &str,
+        from: u64,
+        max: usize,
+        read: impl Fn(&str, u64, &[u8]) -> T,
+    ) -> Result<(Vec<(u64, T)>, u64), Failure> {
         let inbox = self.client.new_inbox();
         let mut sub = self
             .client
@@ -111,15 +129,9 @@ impl SessionLog {
             if let Some(status) = msg.status {
                 return match status.as_u16() {
                     // end of batch
-                    204 => Ok(Batch {
-                        records,
-                        pending: header_u64(&msg, "Nats-Num-Pending").unwrap_or(0),
-                    }),
+                    204 => Ok((records, header_u64(&msg, "Nats-Num-Pending").unwrap_or(0))),
                     // nothing (more) matches
-                    404 => Ok(Batch {
-                        records,
-                        pending: 0,
-                    }),
+                    404 => Ok((records, 0)),
                     503 => Err(Failure::Transient(
                         "no responders for the read (leader election, or the stream is missing)"
                             .into(),
@@ -139,7 +151,7 @@ impl SessionLog {
                 .and_then(|h| h.get("Nats-Subject"))
                 .map(|v| v.as_str().to_string())
                 .unwrap_or_default();
-            records.push((seq, to_record(&subject, seq, &msg.payload)));
+            records.push((seq, read(&subject, seq, &msg.payload)));
         }
     }
 
@@ -307,6 +319,73 @@ impl SessionLog {
                 (id, n)
             })
             .collect())
+    }
+
+    /// The status changes of every session from stream sequence `from` on, in order: each
+    /// `session.status_*` event's session and whether it puts the session in a turn (running,
+    /// rescheduled) or out of one (idle, terminated); with the sequence to read from next
+    /// time. Payloads are not decoded: the subject says it all. The brains' sweep keeps its
+    /// set of sessions in a turn with this, reading only what is new each time.
+    pub async fn status_changes(
+        &self,
+        from: u64,
+    ) -> Result<(Vec<(SessionId, bool)>, u64), LogError> {
+        let mut out = Vec::new();
+        let mut next = from.max(1);
+        loop {
+            let (batch, pending) = self
+                .retry
+                .run("read status changes", |_| {
+                    self.direct_batch_with(
+                        subjects::ALL_SESSION_LIFECYCLE,
+                        next,
+                        READ_BATCH,
+                        |subject, _, _| {
+                            subjects::parse_session_subject(subject).and_then(|(id, t)| match t {
+                                "session.status_running" | "session.status_rescheduled" => {
+                                    Some((id, true))
+                                }
+                                "session.status_idle" | "session.status_terminated" => {
+                                    Some((id, false))
+                                }
+                                _ => None,
+                            })
+                        },
+                    )
+                })
+                .await?;
+            let got = batch.len();
+            for (seq, change) in batch {
+                next = next.max(seq + 1);
+                out.extend(change);
+            }
+            if pending == 0 || got == 0 {
+                return Ok((out, next));
+            }
+        }
+    }
+
+    /// The sequence of a session's last event and when the server stored it (`None` for a
+    /// session without events). One leader read, so the sweep can tell a quiet session from
+    /// an active one without replaying it.
+    pub async fn last_event_at(
+        &self,
+        session: &SessionId,
+    ) -> Result<Option<(u64, time::OffsetDateTime)>, LogError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
+        let filter = subjects::session_filter(session);
+        self.retry
+            .run("last event", |_| async {
+                match self.stream.get_last_raw_message_by_subject(&filter).await {
+                    Ok(m) => Ok(Some((m.sequence, m.time))),
+                    Err(e) => match e.kind() {
+                        K::NoMessageFound => Ok(None),
+                        K::InvalidSubject => Err(Failure::Final(LogError::Invalid(e.to_string()))),
+                        _ => Err(Failure::Transient(e.to_string())),
+                    },
+                }
+            })
+            .await
     }
 
     /// Checks one session's log against the invariants of [`super::check`].

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use crate::event::{
-    EvaluatedPermission, EventBody, EventId, Record, SessionCreated, SessionId, SessionLimits,
-    StopReason, StoredEvent, Usage,
+    EvaluatedPermission, EventBody, EventId, Money, PriceTable, Rates, Record, SessionCreated,
+    SessionId, SessionLimits, StopReason, StoredEvent, Usage,
 };
 
 /// What a session is doing, as in the Managed Agents API.
@@ -91,6 +91,12 @@ pub struct SessionState {
     pub model_requests: u64,
     /// Tool calls the model made (built-in, custom and MCP).
     pub tool_calls: u64,
+    /// What `usage` costs at the model's list price (cents, rounded up): at the prices its
+    /// budget records, else at herd's built-in price of its model; `None` when neither is known.
+    pub list_cost: Option<Money>,
+    /// The prices `list_cost` is counted at.
+    #[serde(skip)]
+    rates: Option<Rates>,
     /// Events folded so far, by type and id: a repeated event (an append that landed twice,
     /// after the duplicate window) is one event, and its copy changes nothing. The type is part
     /// of the key, so an event of another type planted under a real event's id never hides it.
@@ -118,6 +124,8 @@ impl SessionState {
             limits: SessionLimits::default(),
             model_requests: 0,
             tool_calls: 0,
+            list_cost: None,
+            rates: None,
             seen: HashSet::new(),
         }
     }
@@ -178,6 +186,7 @@ impl SessionState {
                 self.metadata = c.metadata.clone();
                 self.limits = c.limits.clone();
                 self.config = Some(c.clone());
+                self.reprice();
             }
             EventBody::SpanModelRequestStart(_) => self.model_requests += 1,
             EventBody::SessionUpdated(u) => {
@@ -189,6 +198,7 @@ impl SessionState {
                 }
                 if let Some(l) = &u.limits {
                     self.limits = l.clone();
+                    self.reprice();
                 }
             }
             EventBody::SessionStatusRunning(_) => self.set_status(Status::Running, None),
@@ -201,7 +211,10 @@ impl SessionState {
                 self.terminated_reason = Some(t.reason.clone());
             }
             EventBody::SessionError(err) => self.last_error = Some(err.error.message.clone()),
-            EventBody::SpanModelRequestEnd(end) => self.usage += end.model_usage,
+            EventBody::SpanModelRequestEnd(end) => {
+                self.usage += end.model_usage;
+                self.list_cost = self.cost_of(self.usage).map(Money::from_nano_usd);
+            }
             EventBody::AgentToolUse(t) => {
                 self.tool_calls += 1;
                 self.pending_tools.insert(
@@ -243,6 +256,31 @@ impl SessionState {
             _ => {}
         }
         true
+    }
+
+    /// What `usage` costs at the session's list prices, in nano-dollars; `None` when herd
+    /// knows no price for it.
+    pub fn cost_of(&self, usage: Usage) -> Option<u128> {
+        self.rates.map(|r| r.cost(&usage))
+    }
+
+    /// What the session has spent so far at list prices, in nano-dollars.
+    pub fn spent_nano_usd(&self) -> Option<u128> {
+        self.cost_of(self.usage)
+    }
+
+    /// The prices after the configuration or the budget changed: the budget's recorded
+    /// prices, else the built-in price of the model.
+    fn reprice(&mut self) {
+        self.rates = match self.limits.budget.as_ref().and_then(|b| b.rates()) {
+            Some(r) => Some(r),
+            None => self.config.as_ref().and_then(|c| {
+                PriceTable::default()
+                    .lookup(&c.agent.model)
+                    .and_then(|p| p.rates().ok())
+            }),
+        };
+        self.list_cost = self.spent_nano_usd().map(Money::from_nano_usd);
     }
 
     /// A terminated session stays terminated; later status events do not revive it.
@@ -399,6 +437,46 @@ mod tests {
             .then(end(5, 1))
             .state();
         assert_eq!((s.usage.input_tokens, s.usage.output_tokens), (15, 3));
+    }
+
+    #[test]
+    fn the_list_cost_is_counted_at_the_budgets_prices_else_the_models_built_in_one() {
+        let end = |i, o| SpanModelRequestEnd {
+            model_request_start_id: None,
+            model_usage: Usage {
+                input_tokens: i,
+                output_tokens: o,
+                ..Default::default()
+            },
+            is_error: false,
+        };
+        // A model herd has no price for, and no budget: no list cost.
+        let s = Given::new().then(created()).then(end(1_000_000, 0)).state();
+        assert_eq!(s.list_cost, None);
+        // A built-in model: $3 per million input tokens.
+        let mut sonnet = created();
+        sonnet.agent.model = "claude-sonnet-4-5".into();
+        let g = Given::new().then(sonnet).then(end(1_000_000, 0));
+        assert_eq!(g.state().list_cost, Some(Money::usd_cents(300)));
+        assert_eq!(g.state().spent_nano_usd(), Some(3_000_000_000));
+        // A budget's recorded prices win over the built-in ones, from the update on.
+        let dear = SessionLimits {
+            budget: Some(Budget {
+                list_prices: Some(ListPrices::new("10", "0", "0", "0")),
+                ..Budget::usd_cents(5_000)
+            }),
+            ..Default::default()
+        };
+        let s = g
+            .then(SessionUpdated {
+                title: None,
+                metadata: None,
+                limits: Some(dear),
+            })
+            .then(end(1, 0))
+            .state();
+        // 1,000,001 tokens at $10 per million: $10.00001, rounded up to the cent.
+        assert_eq!(s.list_cost, Some(Money::usd_cents(1_001)));
     }
 
     #[test]

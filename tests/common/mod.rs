@@ -143,6 +143,16 @@ pub async fn new_session(log: &SessionLog) -> (SessionId, u64) {
     (id, a.last_seq)
 }
 
+/// A budget of `cents` with the built-in prices of claude-sonnet-4-5 recorded in it, as the
+/// front door records them.
+pub fn priced_budget(cents: u64) -> Budget {
+    let mut b = Budget::usd_cents(cents);
+    PriceTable::default()
+        .price_new_budget("claude-sonnet-4-5", &mut b)
+        .unwrap();
+    b
+}
+
 /// One event of every type herd knows, with every field filled.
 pub fn one_of_each() -> Vec<Event> {
     let usage = Usage {
@@ -256,12 +266,19 @@ pub fn one_of_each() -> Vec<Event> {
             }),
         }
         .into(),
-        SessionUsage { usage }.into(),
+        SessionUsage {
+            usage,
+            list_cost: Some(Money::usd_cents(12)),
+            budget: Some(priced_budget(500)),
+        }
+        .into(),
         SessionUpdated {
             title: Some("new".into()),
             metadata: Some(BTreeMap::from([("a".to_string(), "b".to_string())])),
             limits: Some(SessionLimits {
                 model_requests: Some(10),
+                wall_seconds_per_turn: Some(600),
+                budget: Some(priced_budget(500)),
                 ..Default::default()
             }),
         }

@@ -107,6 +107,8 @@ fn turn(i: usize) -> Vec<EventBody> {
         .into(),
         SessionUsage {
             usage: Usage::default(),
+            list_cost: None,
+            budget: None,
         }
         .into(),
         SessionStatusIdle {

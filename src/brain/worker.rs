@@ -254,7 +254,7 @@ impl Brain {
                 }
             })
         };
-        let result = self.run_wake(&wake, &lease).await;
+        let result = self.run_wake(&msg, &wake, &lease).await;
         drop(heartbeat);
         if let Some(l) = lease.lock().await.take() {
             self.leases.release(l).await;
@@ -486,6 +486,7 @@ impl Brain {
     /// away (the lease was held) is never left unanswered.
     async fn run_wake(
         &self,
+        msg: &Delivery,
         wake: &Wake,
         lease: &tokio::sync::Mutex<Option<Lease>>,
     ) -> Result<(), HandleError> {
@@ -528,9 +529,14 @@ impl Brain {
                 });
             }
         }
-        // One wake per session at a time in this process.
+        // One wake per session at a time in this process. A wake queued behind its session's
+        // running one waits without a slot, so 64 wakes of one session never hold a brain's
+        // 64 slots (N18); when its turn comes it usually finds nothing left to do.
         let lock = self.locks.get(id);
-        let _guard = lock.lock().await;
+        let _guard = match lock.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) => msg.without_slot(lock.lock_owned()).await,
+        };
         let limits = Limits {
             max_model_attempts: self.config.max_model_attempts,
             compact: true,

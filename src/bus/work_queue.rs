@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::BusError;
 use crate::tasks::AbortOnDrop;
@@ -79,6 +79,12 @@ pub fn redelivery_delay(delivered: i64) -> Duration {
     Duration::from_millis(250 * (1 << delivered.clamp(0, 6)))
 }
 
+/// A worker's concurrency slot, held by the delivery it was taken for.
+struct Slot {
+    permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    permits: Arc<Semaphore>,
+}
+
 /// One message taken off a work queue.
 pub struct Delivery {
     msg: jetstream::Message,
@@ -86,10 +92,11 @@ pub struct Delivery {
     pub delivered: i64,
     /// Its sequence in the work-queue stream (stable across redeliveries).
     pub stream_seq: u64,
+    slot: Option<Slot>,
 }
 
 impl Delivery {
-    /// Wraps a pulled message.
+    /// Wraps a pulled message (holding no slot).
     pub fn new(msg: jetstream::Message) -> Self {
         let (delivered, stream_seq) = msg
             .info()
@@ -99,7 +106,24 @@ impl Delivery {
             msg,
             delivered,
             stream_seq,
+            slot: None,
         }
+    }
+
+    /// Gives the worker's concurrency slot back while `wait` runs, then takes one again
+    /// (waiting for it like any new delivery). For waits only another handler can end, such
+    /// as a session's lock: eight calls of one session queued behind its running one hold no
+    /// slot, so another session's work still starts at once (N18).
+    pub async fn without_slot<T>(&self, wait: impl Future<Output = T>) -> T {
+        let Some(slot) = &self.slot else {
+            return wait.await;
+        };
+        drop(slot.permit.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let out = wait.await;
+        if let Ok(p) = slot.permits.clone().acquire_owned().await {
+            *slot.permit.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+        }
+        out
     }
 
     /// The message.
@@ -228,7 +252,15 @@ where
             merged.ok_or_else(|| BusError::nats("opening a pull", "no consumers"))
         }
     };
-    pull_loop(open, concurrency, shutdown, |m| handle(Delivery::new(m))).await
+    pull_loop(open, concurrency, shutdown, |m, permit, permits| {
+        let mut d = Delivery::new(m);
+        d.slot = Some(Slot {
+            permit: std::sync::Mutex::new(Some(permit)),
+            permits,
+        });
+        handle(d)
+    })
+    .await
 }
 
 /// The idle heartbeat asked of pull requests. A pull whose consumer moved (a nats node died)
@@ -256,7 +288,7 @@ where
     E: std::fmt::Display,
     O: FnMut() -> OFut,
     OFut: Future<Output = Result<S, BusError>>,
-    F: Fn(jetstream::Message) -> Fut,
+    F: Fn(jetstream::Message, OwnedSemaphorePermit, Arc<Semaphore>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let concurrency = concurrency.max(1);
@@ -274,11 +306,8 @@ where
         };
         match msg {
             Some(Ok(m)) => {
-                let work = handle(m);
-                tokio::spawn(async move {
-                    work.await;
-                    drop(permit);
-                });
+                // The handler holds the slot (and frees it when done, or while it waits).
+                tokio::spawn(handle(m, permit, permits.clone()));
             }
             failed => {
                 match failed {
@@ -312,7 +341,8 @@ where
     Ok(())
 }
 
-/// Waits for every handler in progress.
+/// Waits for every handler in progress (one waiting without its slot is not waited for: its
+/// message is redelivered after `ack_wait`).
 async fn drain(permits: &Semaphore, concurrency: usize) {
     let _ = permits.acquire_many(concurrency as u32).await;
 }

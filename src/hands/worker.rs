@@ -335,7 +335,7 @@ impl Hands {
         };
         let heartbeat = msg.keep_alive(self.config.ack_wait / 3, || async {});
         let last_try = msg.delivered >= self.config.max_deliver;
-        let result = self.run_job(&job, last_try).await;
+        let result = self.run_job(&msg, &job, last_try).await;
         drop(heartbeat);
         match result {
             Ok(()) => {
@@ -569,7 +569,7 @@ impl Hands {
         }))
     }
 
-    async fn run_job(&self, job: &ToolJob, last_try: bool) -> Result<(), JobError> {
+    async fn run_job(&self, msg: &Delivery, job: &ToolJob, last_try: bool) -> Result<(), JobError> {
         let session = &job.session_id;
         // What the log says about this call: it must exist, and may already be answered.
         let records = self.read_from_call(job).await?;
@@ -585,8 +585,12 @@ impl Hands {
             }
         };
         // One tool at a time per session on this host: calls of one turn share a workspace.
+        // A call queued behind its session's running one waits without a slot (N18).
         let lock = self.locks.get(session);
-        let _guard = lock.lock().await;
+        let _guard = match lock.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) => msg.without_slot(lock.lock_owned()).await,
+        };
         self.last_used
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -36,6 +36,8 @@ pub enum Reply {
     CutStream,
     /// Headers never come; the connection stays open for this long.
     Hang(Duration),
+    /// This reply, after this long (a slow model call for one session only).
+    Delayed(Duration, Box<Reply>),
 }
 
 impl Reply {
@@ -294,8 +296,14 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let mut reply = reply;
+    while let Reply::Delayed(d, inner) = reply {
+        tokio::time::sleep(d).await;
+        reply = *inner;
+    }
     let openai = path.ends_with("/chat/completions");
     match reply {
+        Reply::Delayed(..) => unreachable!("unwrapped above"),
         Reply::Hang(d) => {
             tokio::time::sleep(d).await;
             Ok(())

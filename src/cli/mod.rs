@@ -11,6 +11,7 @@ mod bench;
 mod chaos;
 mod check;
 mod decode;
+mod gc;
 mod output;
 mod session;
 mod status;
@@ -96,6 +97,9 @@ enum Cmd {
     },
     /// How full herd's store is: each stream and bucket against its bound, and the account.
     Status(status::StatusArgs),
+    /// Remove workspace volumes left on this Docker engine: no container, and a session gone
+    /// from the log or idle longer than --idle-days.
+    Gc(gc::GcArgs),
     /// Verify the session logs' invariants: unique ids, whole brain steps, every tool call
     /// answered exactly once, legal status order. Exit 1 on any violation.
     Check(check::CheckArgs),
@@ -199,6 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Vault { cmd } => vault::run(connect(&cli.global).await?, cmd).await,
         Cmd::Check(a) => check::run(connect(&cli.global).await?, a).await,
         Cmd::Status(a) => status::run(connect(&cli.global).await?, a).await,
+        Cmd::Gc(a) => gc::run(connect(&cli.global).await?, a).await,
         Cmd::Chaos(a) => chaos::run(a).await,
         Cmd::Decode { pretty } => decode::decode(pretty),
         Cmd::Bench { cmd } => bench::run(cmd).await,

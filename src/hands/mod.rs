@@ -14,7 +14,8 @@
 //! * [`registry`]: this hand in the registry of live hands (the read side is `bus::routing`);
 //! * [`sandbox`]: provisioning and running commands in a session's container;
 //! * [`tools`]: the built-in toolset (`bash`, `read`, `write`, `edit`, `glob`, `grep`);
-//! * [`worker`]: the job consumer that runs tools and appends their results.
+//! * [`worker`]: the job consumer that runs tools and appends their results;
+//! * [`workspace`]: the workspace quota's decisions (when to measure, what to refuse).
 
 pub mod address;
 pub mod egress;
@@ -27,5 +28,6 @@ pub mod registry;
 pub mod sandbox;
 pub mod tools;
 pub mod worker;
+pub mod workspace;
 
 pub use worker::{Hands, HandsConfig, HandsError};

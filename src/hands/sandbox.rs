@@ -782,6 +782,58 @@ impl Sandboxes {
             .await;
     }
 
+    /// herd's workspace volumes on this engine (of this host, or of every host): name, and
+    /// whether a container uses it.
+    pub async fn workspace_volumes(
+        &self,
+        every_host: bool,
+    ) -> Result<Vec<(String, bool)>, SandboxError> {
+        let prefix = if every_host {
+            "herd-ws-".to_string()
+        } else {
+            format!("herd-ws-{}-", self.host)
+        };
+        let filters = HashMap::from([("name".to_string(), vec![prefix.clone()])]);
+        let volumes = self
+            .docker
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err)?
+            .volumes
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for v in volumes {
+            if !v.name.starts_with(&prefix) {
+                continue;
+            }
+            let users = HashMap::from([("volume".to_string(), vec![v.name.clone()])]);
+            let attached = self
+                .docker
+                .list_containers(Some(
+                    ListContainersOptionsBuilder::default()
+                        .all(true)
+                        .filters(&users)
+                        .build(),
+                ))
+                .await
+                .map_err(docker_err)?;
+            out.push((v.name, !attached.is_empty()));
+        }
+        Ok(out)
+    }
+
+    /// Removes a volume (Docker refuses while a container uses it).
+    pub async fn remove_volume(&self, name: &str) -> Result<(), SandboxError> {
+        self.docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+            .map_err(docker_err)
+    }
+
     /// The sessions whose sandboxes this host runs (from the labels).
     pub async fn list(&self) -> Result<Vec<(String, String)>, SandboxError> {
         let filters = HashMap::from([(

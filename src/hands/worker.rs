@@ -24,7 +24,7 @@ use async_nats::jetstream;
 use super::job::{self, JobFate, SessionAccess};
 use super::outputs::{self, BlobError};
 use super::registry::{Registry, check_host};
-use super::sandbox::{SandboxConfig, SandboxError, Sandboxes};
+use super::sandbox::{Sandbox, SandboxConfig, SandboxError, Sandboxes};
 use super::tools;
 use crate::bus::jobs::{ToolJob, result_event_id};
 use crate::bus::work_queue::{self, ConsumerSpec, Delivery};
@@ -68,6 +68,10 @@ pub struct HandsConfig {
     /// Special address ranges (loopback, private, link-local, …) the hand may still connect to
     /// for sandboxes: `http_request`, the egress proxy and git. Empty: none of them.
     pub allowed_ranges: Vec<super::address::Range>,
+    /// Bytes one session's `/workspace` may hold (measured; see [`super::workspace`]).
+    pub workspace_quota: u64,
+    /// How often a workspace is measured (at most once per this, after a tool call).
+    pub workspace_check_every: Duration,
 }
 
 /// The images every deployment allows: herd's own sandbox images.
@@ -90,6 +94,8 @@ impl Default for HandsConfig {
             allowed_images: HERD_IMAGES.iter().map(|s| s.to_string()).collect(),
             blob_quota: 256 << 20,
             allowed_ranges: Vec::new(),
+            workspace_quota: 10 << 30,
+            workspace_check_every: Duration::from_secs(30),
         }
     }
 }
@@ -169,6 +175,8 @@ pub struct Hands {
     git: super::git::GitRemote,
     /// Where the hand may connect for sandboxes.
     policy: super::address::AddressPolicy,
+    /// The last measure of each session's workspace.
+    workspaces: Mutex<HashMap<SessionId, super::workspace::Measure>>,
     /// The egress network and proxy, created when the first session that asks for limited
     /// networking runs a tool here (most hands never need one, and Docker has few networks).
     egress: tokio::sync::OnceCell<super::egress::Egress>,
@@ -206,6 +214,7 @@ impl Hands {
             .map_err(|e| HandsError::Tools(e.to_string()))?;
         let hands = Arc::new(Self {
             policy,
+            workspaces: Mutex::new(HashMap::new()),
             http,
             git,
             egress: tokio::sync::OnceCell::new(),
@@ -449,7 +458,20 @@ impl Hands {
                         }
                     }
                 }
-                let ran = if call.name == super::git::TOOL {
+                let measured = self
+                    .workspaces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(session)
+                    .copied();
+                let quota = self.config.workspace_quota;
+                let ran = if let Some(why) = super::workspace::refusal(measured, quota, &call.name)
+                {
+                    Ok(tools::ToolOutcome {
+                        text: why,
+                        is_error: true,
+                    })
+                } else if call.name == super::git::TOOL {
                     match self.egress().await {
                         Ok(net) => {
                             self.git
@@ -478,6 +500,16 @@ impl Hands {
                     Ok(mut o) => {
                         if let Some(note) = note {
                             o.text = format!("{note}\n\n{}", o.text);
+                        }
+                        if let Some(bytes) = self.measure_workspace(session, &sandbox).await
+                            && bytes > quota
+                        {
+                            o.text = format!(
+                                "{}\n\n[{}: delete files before writing more; tools other than bash are refused until then]",
+                                o.text,
+                                super::workspace::over(bytes, quota)
+                            );
+                            o.is_error = true;
                         }
                         o
                     }
@@ -514,6 +546,47 @@ impl Hands {
             },
         };
         Ok(outcome)
+    }
+
+    /// Measures the session's workspace when a measure is due; the bytes measured, if any.
+    /// A measure that fails (a slow `du`) keeps the last one.
+    async fn measure_workspace(&self, session: &SessionId, sandbox: &Sandbox) -> Option<u64> {
+        let last = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .copied();
+        let (quota, every) = (
+            self.config.workspace_quota,
+            self.config.workspace_check_every,
+        );
+        if !super::workspace::due(last, quota, every, Instant::now()) {
+            return None;
+        }
+        let out = self
+            .sandboxes
+            .exec(
+                sandbox,
+                vec!["du".into(), "-sk".into(), "/workspace".into()],
+                None,
+                4096,
+                Duration::from_secs(20),
+            )
+            .await
+            .ok()?;
+        let bytes = super::workspace::parse_du(&String::from_utf8_lossy(&out.stdout))?;
+        self.workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                session.clone(),
+                super::workspace::Measure {
+                    at: Instant::now(),
+                    bytes,
+                },
+            );
+        Some(bytes)
     }
 
     /// What the session allows the tools: its vaults, allowed hosts and repositories, from

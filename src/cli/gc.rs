@@ -1,0 +1,79 @@
+//! `herd gc`: removes the workspace volumes herd left on this Docker engine. A sandbox's
+//! volume outlives its container on purpose (the next sandbox of the session finds its files),
+//! so volumes are collected here instead: those with no container whose session is gone from
+//! the log, or idle longer than `--idle-days`.
+
+use std::time::Duration;
+
+use clap::Args;
+use herd::event::SessionId;
+use herd::hands::sandbox::{SandboxConfig, Sandboxes};
+use herd::hands::workspace::{self, SessionFate};
+use herd::session::{SessionLog, Status};
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// The hand host whose volumes to collect (default: every host's on this engine).
+    #[arg(long)]
+    host: Option<String>,
+    /// Remove a volume whose session has been idle this many days.
+    #[arg(long, default_value_t = 30)]
+    idle_days: u64,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn run(client: async_nats::Client, a: GcArgs) -> anyhow::Result<()> {
+    let log = SessionLog::open(client).await?;
+    let host = a.host.clone().unwrap_or_else(|| "gc".into());
+    let sandboxes = Sandboxes::connect(&host, SandboxConfig::default()).await?;
+    let idle_for = Duration::from_secs(a.idle_days.saturating_mul(86_400));
+    let volumes = sandboxes.workspace_volumes(a.host.is_none()).await?;
+    let (mut removed, mut kept) = (0usize, 0usize);
+    for (name, in_use) in volumes {
+        let Some((_, session)) = workspace::volume_session(&name) else {
+            continue;
+        };
+        if in_use {
+            kept += 1;
+            continue;
+        }
+        let Ok(session) = SessionId::parse(session) else {
+            continue;
+        };
+        let fate = match log.last_event_at(&session).await? {
+            None => SessionFate::Unknown,
+            Some((_, at)) => {
+                let quiet = (time::OffsetDateTime::now_utc() - at).unsigned_abs();
+                if quiet < idle_for {
+                    SessionFate::Active
+                } else if matches!(
+                    log.load_state(&session).await?.status,
+                    Status::Idle | Status::Terminated
+                ) {
+                    SessionFate::Idle(quiet)
+                } else {
+                    SessionFate::Active
+                }
+            }
+        };
+        match workspace::collect(fate, idle_for) {
+            Some(why) => {
+                if a.dry_run {
+                    println!("would remove {name}: {why}");
+                } else {
+                    sandboxes.remove_volume(&name).await?;
+                    println!("removed {name}: {why}");
+                }
+                removed += 1;
+            }
+            None => kept += 1,
+        }
+    }
+    println!(
+        "{removed} workspace volume(s) {}, {kept} kept",
+        if a.dry_run { "to remove" } else { "removed" }
+    );
+    Ok(())
+}

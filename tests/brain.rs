@@ -1524,3 +1524,80 @@ async fn a_lost_wake_is_redispatched_by_the_sweep() {
     let report = rig.log().check(&id, true).await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_session_ends_its_turn_with_an_error_instead_of_crashing_brains() {
+    let nats = TestNats::start().await;
+    let model = MockModel::start().await.unwrap();
+    let mut rig = Rig {
+        nats,
+        model,
+        brains: vec![],
+    };
+    let cfg = BrainConfig {
+        max_session_bytes: 8 << 20,
+        ..brain_config(&rig.model)
+    };
+    rig.add_brain_with(cfg).await;
+    let id = rig.session(agent()).await;
+    // 10,000 small facts and 24 of 900 KB (about 21 MiB), appended without a wake.
+    let started = Instant::now();
+    for chunk in 0..100 {
+        let appends = (0..100).map(|i| {
+            let log = rig.log().clone();
+            let id = id.clone();
+            async move {
+                log.append_fact(&id, &user(&format!("fact {chunk}-{i}")))
+                    .await
+                    .unwrap()
+            }
+        });
+        futures_util::future::join_all(appends).await;
+    }
+    let big = "x".repeat(900_000);
+    for _ in 0..24 {
+        rig.log().append_fact(&id, &user(&big)).await.unwrap();
+    }
+    eprintln!("appended 10,024 events in {:?}", started.elapsed());
+    let before = rig.log().count(&id).await.unwrap();
+    rig.say(&id, "and now?").await;
+    let events = rig.idle(&id, 1).await;
+    let error = events
+        .iter()
+        .find_map(|e| match &e.event.body {
+            EventBody::SessionError(s) if s.error.kind == "session_too_large" => Some(s),
+            _ => None,
+        })
+        .expect("a session_too_large error");
+    assert!(
+        error
+            .error
+            .message
+            .contains("over this deployment's limit of 8 MiB"),
+        "{}",
+        error.error.message
+    );
+    let idle = events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event.body {
+            EventBody::SessionStatusIdle(i) => Some(i),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(idle.stop_reason.kind, "retries_exhausted");
+    assert_eq!(rig.model.count(), 0, "nothing was sent to the model");
+    // Nothing acknowledged was lost, the log is sound, and the brain still serves others.
+    assert!(rig.log().count(&id).await.unwrap() > before);
+    let report = rig.log().check(&id, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let other = rig.session(agent()).await;
+    rig.say(&other, "hello").await;
+    let events = rig.idle(&other, 1).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event.type_name() == "agent.message"),
+        "the scripted model answered the other session"
+    );
+}

@@ -51,6 +51,9 @@ pub struct BrainConfig {
     pub concurrency: usize,
     /// Sessions kept replayed in memory.
     pub cache_sessions: usize,
+    /// Payload bytes of a session's log past which the brain does not run it (N20): its
+    /// turns end with a `session.error` (`session_too_large`) instead.
+    pub max_session_bytes: u64,
     /// Model requests failing in a row before the turn ends with `retries_exhausted`.
     pub max_model_attempts: u32,
     /// First retry delay of a failed model request (doubled each time, jittered, at least the
@@ -79,6 +82,7 @@ impl Default for BrainConfig {
             backoff: Vec::new(),
             concurrency: 64,
             cache_sessions: 1024,
+            max_session_bytes: 256 << 20,
             max_model_attempts: 5,
             model_retry_base: Duration::from_millis(500),
             model_retry_max: Duration::from_secs(30),
@@ -574,7 +578,7 @@ impl Brain {
         &self,
         id: &SessionId,
         at_least: u64,
-    ) -> Result<super::cache::Replay, HandleError> {
+    ) -> Result<std::sync::Arc<super::cache::Replay>, HandleError> {
         for attempt in 0..50 {
             let r = replay(&self.cache, &self.log, id).await?;
             if r.state.last_seq >= at_least {
@@ -606,6 +610,19 @@ impl Brain {
                 return Err(HandleError::Log(LogError::Invalid(format!(
                     "session {id} has no session.created event"
                 ))));
+            }
+            if r.bytes > self.config.max_session_bytes {
+                let now = time::OffsetDateTime::now_utc();
+                let max = self.config.max_session_bytes;
+                let Some(step) = harness::too_large_step(&r.state, &r.events, r.bytes, max, now)
+                else {
+                    return Ok(());
+                };
+                tracing::warn!(session = %id, bytes = r.bytes, max, "A session over the size limit is not run.");
+                match self.append(id, r.state.last_seq, step).await {
+                    Ok(_) | Err(LogError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
             }
             match harness::decide(&r.state, &r.events, limits, time::OffsetDateTime::now_utc()) {
                 Decision::Wait => {

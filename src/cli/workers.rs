@@ -41,6 +41,10 @@ pub struct BrainArgs {
     /// Sessions kept replayed in memory.
     #[arg(long, default_value_t = brain_defaults().cache_sessions)]
     cache_sessions: usize,
+    /// MiB a session's log may hold and still be run; past it, its turns end with a
+    /// session_too_large error instead of loading it into memory.
+    #[arg(long, default_value_t = brain_defaults().max_session_bytes >> 20)]
+    max_session_mib: u64,
     /// Longest wait for a model's first byte or between two streamed chunks, in seconds.
     #[arg(long, default_value_t = Timeouts::default().idle.as_secs())]
     model_idle_timeout_secs: u64,
@@ -141,6 +145,7 @@ pub fn brain_config(g: &Global, a: &BrainArgs) -> anyhow::Result<BrainConfig> {
             .collect(),
         concurrency: a.concurrency.max(1),
         cache_sessions: a.cache_sessions,
+        max_session_bytes: a.max_session_mib.max(1) << 20,
         max_model_attempts: a.max_model_attempts.max(1),
         providers,
         sweep_every: Duration::from_secs(a.sweep_secs),

@@ -25,6 +25,8 @@ use crate::event::{Event, InvalidRecord, Record, SessionId, StoredEvent, check_t
 
 /// Messages asked for per direct-get request.
 pub const READ_BATCH: usize = 10_000;
+/// The most payload bytes one read batch asks for (N20).
+pub const READ_BATCH_BYTES: usize = 16 << 20;
 
 /// Which part of a session to read. The default is all of it.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +74,8 @@ struct Batch {
     records: Vec<(u64, Option<Record>)>,
     /// Matching messages left after this batch.
     pending: u64,
+    /// Payload bytes in this batch.
+    bytes: u64,
 }
 
 fn header_u64(m: &async_nats::Message, name: &str) -> Option<u64> {
@@ -81,12 +85,18 @@ fn header_u64(m: &async_nats::Message, name: &str) -> Option<u64> {
 impl SessionLog {
     /// Fetches up to `max` messages on `filter` from sequence `from` on.
     async fn direct_batch(&self, filter: &str, from: u64, max: usize) -> Result<Batch, Failure> {
-        let (records, pending) = self
+        let (sized, pending) = self
             .direct_batch_with(filter, from, max, |subject, seq, payload| {
-                to_record(subject, seq, payload)
+                (to_record(subject, seq, payload), payload.len() as u64)
             })
             .await?;
-        Ok(Batch { records, pending })
+        let bytes = sized.iter().map(|(_, (_, n))| n).sum();
+        let records = sized.into_iter().map(|(seq, (r, _))| (seq, r)).collect();
+        Ok(Batch {
+            records,
+            pending,
+            bytes,
+        })
     }
 
     /// Fetches up to `max` messages on `filter` from sequence `from` on, each made into what
@@ -105,7 +115,10 @@ impl SessionLog {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| Failure::Transient(e.to_string()))?;
-        let req = serde_json::json!({ "seq": from, "batch": max, "next_by_subj": filter });
+        // Bounded in bytes too: a batch of 1 MiB events is READ_BATCH_BYTES, not 10 GiB.
+        let req = serde_json::json!({
+            "seq": from, "batch": max, "max_bytes": READ_BATCH_BYTES, "next_by_subj": filter,
+        });
         self.client
             .publish_with_reply(
                 format!("$JS.API.DIRECT.GET.{}", subjects::SESSIONS_STREAM),
@@ -158,6 +171,16 @@ impl SessionLog {
     /// Reads a slice of a session's log, in order. Messages that are not valid events come
     /// back as [`InvalidRecord`]s, in place, so one bad message never hides the rest.
     pub async fn read(&self, session: &SessionId, slice: &Slice) -> Result<Vec<Record>, LogError> {
+        Ok(self.read_sized(session, slice).await?.0)
+    }
+
+    /// [`Self::read`], with the payload bytes it read (every message of the batches, kept or
+    /// not): what a replay of the slice holds in memory, roughly.
+    pub async fn read_sized(
+        &self,
+        session: &SessionId,
+        slice: &Slice,
+    ) -> Result<(Vec<Record>, u64), LogError> {
         for t in &slice.types {
             check_type_name(t).map_err(LogError::Invalid)?;
         }
@@ -177,6 +200,7 @@ impl SessionLog {
             }
         };
         let mut out: VecDeque<Record> = VecDeque::new();
+        let mut bytes = 0u64;
         let mut next = slice.from.unwrap_or(1).max(1);
         'batches: loop {
             let want = match (slice.limit, slice.last) {
@@ -191,6 +215,7 @@ impl SessionLog {
                 .run("read", |_| self.direct_batch(&filter, next, want))
                 .await?;
             let got = batch.records.len();
+            bytes += batch.bytes;
             for (seq, record) in batch.records {
                 next = seq + 1;
                 if slice.to.is_some_and(|to| seq > to) {
@@ -215,12 +240,21 @@ impl SessionLog {
                 break;
             }
         }
-        Ok(out.into())
+        Ok((out.into(), bytes))
     }
 
     /// Reads a whole session, from sequence `from` on.
     pub async fn read_from(&self, session: &SessionId, from: u64) -> Result<Vec<Record>, LogError> {
-        self.read(
+        Ok(self.read_from_sized(session, from).await?.0)
+    }
+
+    /// [`Self::read_from`], with the payload bytes read.
+    pub async fn read_from_sized(
+        &self,
+        session: &SessionId,
+        from: u64,
+    ) -> Result<(Vec<Record>, u64), LogError> {
+        self.read_sized(
             session,
             &Slice {
                 from: Some(from),

@@ -141,3 +141,78 @@ async fn a_workspace_over_its_quota_refuses_writes_until_bash_cleans_it_up() {
     brain.abort();
     hands.abort();
 }
+
+/// herd's sandboxes of one hand host, running or not.
+fn containers_of(host: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=herd.host={host}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_at_its_sandbox_limit_makes_room_by_removing_the_least_recently_used() {
+    ensure_image("busybox");
+    let t = TestNats::start().await;
+    let brain = start_brain(&t, "room-brain").await;
+    let hand_host = host("room");
+    let (hands, sandboxes) = start_hands_with(
+        &t,
+        herd::hands::HandsConfig {
+            host: hand_host.clone(),
+            registry_ttl: Duration::from_secs(10),
+            sandbox: herd::hands::sandbox::SandboxConfig {
+                default_image: "herd-sandbox:busybox".into(),
+                ..Default::default()
+            },
+            max_sandboxes: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let first = scripted_session(
+        &t,
+        &["bash"],
+        vec![
+            tool_turn(
+                "toolu_a",
+                "bash",
+                json!({"command": "echo kept > a.txt; echo one"}),
+            ),
+            text_turn("ok"),
+            tool_turn("toolu_a2", "bash", json!({"command": "cat a.txt"})),
+            text_turn("ok"),
+        ],
+        Some("herd-sandbox:busybox"),
+        "first",
+    )
+    .await;
+    wait_idles(&t, &first, 1).await;
+    assert_eq!(containers_of(&hand_host), 1);
+    let second = scripted_session(
+        &t,
+        &["bash"],
+        vec![
+            tool_turn("toolu_b", "bash", json!({"command": "echo two"})),
+            text_turn("ok"),
+        ],
+        Some("herd-sandbox:busybox"),
+        "second",
+    )
+    .await;
+    let events = wait_idles(&t, &second, 1).await;
+    let (err, out) = tool_result(&events, "toolu_b");
+    assert!(!err && out.contains("two"), "{out}");
+    assert_eq!(containers_of(&hand_host), 1, "the first sandbox made room");
+    // The first session comes back to a fresh sandbox with its files.
+    send(&t, &first, "again").await;
+    let events = wait_idles(&t, &first, 2).await;
+    let (err, out) = tool_result(&events, "toolu_a2");
+    assert!(!err && out.contains("kept"), "{out}");
+    assert_eq!(containers_of(&hand_host), 1);
+    brain.abort();
+    hands.abort();
+    sandboxes.destroy(&first).await;
+    sandboxes.destroy(&second).await;
+}

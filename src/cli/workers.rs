@@ -107,6 +107,14 @@ pub struct HandsArgs {
         value_delimiter = ','
     )]
     allow_private_ranges: Vec<herd::hands::address::Range>,
+    /// MiB one session's /workspace may hold (measured with du; past it, tools other than bash
+    /// are refused until files are deleted).
+    #[arg(long, default_value_t = hands_defaults().workspace_quota >> 20)]
+    workspace_quota_mib: u64,
+    /// Sandboxes this hand runs at once; past it the least recently used idle one is removed
+    /// (its workspace stays).
+    #[arg(long, default_value_t = hands_defaults().max_sandboxes)]
+    max_sandboxes: usize,
     /// herd's git helper image (built by sandbox-images/build).
     #[arg(long, default_value_t = SandboxConfig::default().git_image)]
     git_image: String,
@@ -172,6 +180,8 @@ fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
             ..Default::default()
         },
         allowed_ranges: a.allow_private_ranges,
+        workspace_quota: a.workspace_quota_mib.max(1) << 20,
+        max_sandboxes: a.max_sandboxes.max(1),
         vault_key: herd::credentials::vault::VaultKey::from_env()?,
         blob_quota: a.blob_quota_mib.max(1) << 20,
         allowed_images: hands_defaults()

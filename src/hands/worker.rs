@@ -72,6 +72,10 @@ pub struct HandsConfig {
     pub workspace_quota: u64,
     /// How often a workspace is measured (at most once per this, after a tool call).
     pub workspace_check_every: Duration,
+    /// Sandboxes this hand runs at once (N25: each may use `sandbox.memory_bytes`). Past it,
+    /// the least recently used idle sandbox is removed (its workspace stays); when every one
+    /// is busy, the call waits for a redelivery.
+    pub max_sandboxes: usize,
 }
 
 /// The images every deployment allows: herd's own sandbox images.
@@ -96,6 +100,7 @@ impl Default for HandsConfig {
             allowed_ranges: Vec::new(),
             workspace_quota: 10 << 30,
             workspace_check_every: Duration::from_secs(30),
+            max_sandboxes: 32,
         }
     }
 }
@@ -333,6 +338,41 @@ impl Hands {
         }
     }
 
+    /// Makes room for `session`'s sandbox when this hand is at `max_sandboxes`: removes the
+    /// least recently used sandboxes that no job holds. False when every other one is busy.
+    async fn make_room(&self, session: &SessionId) -> bool {
+        let mut others: Vec<(SessionId, Instant)> = {
+            let used = self.last_used.lock().unwrap_or_else(|p| p.into_inner());
+            used.iter()
+                .filter(|(s, _)| *s != session)
+                .map(|(s, t)| (s.clone(), *t))
+                .collect()
+        };
+        let max = self.config.max_sandboxes.max(1);
+        if others.len() < max {
+            return true;
+        }
+        others.sort_by_key(|(_, t)| *t);
+        let mut excess = others.len() + 1 - max;
+        for (s, _) in others {
+            if excess == 0 {
+                break;
+            }
+            let lock = self.locks.get(&s);
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            tracing::info!(session = %s, max, "Removing the least recently used sandbox to make room.");
+            self.sandboxes.remove_sandbox(&s).await;
+            self.last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&s);
+            excess -= 1;
+        }
+        excess == 0
+    }
+
     async fn handle(&self, msg: Delivery) {
         let job: ToolJob = match serde_json::from_slice(&msg.message().payload) {
             Ok(j) => j,
@@ -405,6 +445,19 @@ impl Hands {
         } else {
             None
         };
+        if !self.make_room(session).await {
+            let why = format!(
+                "this hand runs its limit of {} sandboxes and every one is busy",
+                self.config.max_sandboxes
+            );
+            if !last_try {
+                return Err(JobError::Docker(why));
+            }
+            return Ok(tools::ToolOutcome {
+                text: format!("No sandbox could be provisioned: {why}; try again later."),
+                is_error: true,
+            });
+        }
         let ensured = self
             .sandboxes
             .ensure_with(

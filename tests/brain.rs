@@ -1560,7 +1560,7 @@ async fn a_huge_session_ends_its_turn_with_an_error_instead_of_crashing_brains()
     }
     eprintln!("appended 10,024 events in {:?}", started.elapsed());
     let before = rig.log().count(&id).await.unwrap();
-    rig.say(&id, "and now?").await;
+    send(&rig.nats, &id, "and now?").await;
     let events = rig.idle(&id, 1).await;
     let error = events
         .iter()
@@ -1573,7 +1573,7 @@ async fn a_huge_session_ends_its_turn_with_an_error_instead_of_crashing_brains()
         error
             .error
             .message
-            .contains("over this deployment's limit of 8 MiB"),
+            .contains("more than this deployment's limit of 8 MiB"),
         "{}",
         error.error.message
     );

@@ -60,17 +60,18 @@ def dns(name):
     except Exception as e:
         return "ERR " + str(e)
 import os, urllib.parse
-a, b, c = sys.argv[1], sys.argv[2], sys.argv[3]
+a, b, c, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 gw = urllib.parse.urlparse(os.environ.get("HTTP_PROXY", "http://0.0.0.0:1")).hostname
 print("allowed:", get("http://127.0.0.1:%s/" % a))
 print("denied:", get("http://127.0.0.1:%s/" % b))
 print("direct:", get("http://127.0.0.1:%s/" % a, proxy=False))
 print("outside:", get("http://1.1.1.1/", proxy=False))
 print("host-any:", raw(gw, c))
+print("nats:", raw(gw, n))
 print("dns:", dns("deb.debian.org"))
 "#;
 
-fn probe_script(a: u16, b: u16, c: u16) -> Vec<serde_json::Value> {
+fn probe_script(a: u16, b: u16, c: u16, n: u16) -> Vec<serde_json::Value> {
     vec![
         tool_turn(
             "toolu_w",
@@ -80,7 +81,7 @@ fn probe_script(a: u16, b: u16, c: u16) -> Vec<serde_json::Value> {
         tool_turn(
             "toolu_probe",
             "bash",
-            json!({"command": format!("python3 probe.py {a} {b} {c}; echo; env | grep -i _proxy= || echo 'no proxy env'")}),
+            json!({"command": format!("python3 probe.py {a} {b} {c} {n}; echo; env | grep -i _proxy= || echo 'no proxy env'")}),
         ),
         text_turn("done"),
     ]
@@ -120,7 +121,7 @@ async fn limited_networking_reaches_only_allowed_hosts_and_none_reaches_nothing(
     for networking in [Some("limited"), None] {
         let mut agent = AgentConfig::new("scripted");
         agent.tools = vec![builtin("bash"), builtin("write")];
-        agent.script = probe_script(allowed, denied, any);
+        agent.script = probe_script(allowed, denied, any, t.server.port());
         let id = SessionId::generate();
         t.log
             .create(
@@ -166,6 +167,7 @@ async fn limited_networking_reaches_only_allowed_hosts_and_none_reaches_nothing(
     // resolves inside (N13), though the host resolves it.
     assert!(limited.contains("host-any: ERR"), "{limited}");
     assert!(limited.contains("dns: ERR"), "{limited}");
+    assert!(limited.contains("nats: ERR"), "NATS reached: {limited}");
     eprintln!("the host resolves deb.debian.org: {host_resolves}");
     // Without it: nothing answers, and there is no proxy to ask.
     for line in [
@@ -174,6 +176,7 @@ async fn limited_networking_reaches_only_allowed_hosts_and_none_reaches_nothing(
         "direct: ERR",
         "outside: ERR",
         "host-any: ERR",
+        "nats: ERR",
         "dns: ERR",
         "no proxy env",
     ] {

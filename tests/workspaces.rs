@@ -35,7 +35,7 @@ async fn a_workspace_over_its_quota_refuses_writes_until_bash_cleans_it_up() {
         tool_turn(
             "toolu_fill",
             "bash",
-            json!({"command": "head -c 2000000 /dev/zero > big && echo filled"}),
+            json!({"command": "(while :; do head -c 10000 /dev/zero >> grow; sleep 0.1; done) >/dev/null 2>&1 & head -c 2000000 /dev/zero > big && echo filled"}),
         ),
         tool_turn(
             "toolu_write",
@@ -45,7 +45,7 @@ async fn a_workspace_over_its_quota_refuses_writes_until_bash_cleans_it_up() {
         tool_turn(
             "toolu_clean",
             "bash",
-            json!({"command": "rm big && echo cleaned"}),
+            json!({"command": "rm big; a=$(wc -c < grow); sleep 1; b=$(wc -c < grow); rm grow; echo \"grow $a $b\"; echo cleaned"}),
         ),
         tool_turn(
             "toolu_again",
@@ -77,6 +77,14 @@ async fn a_workspace_over_its_quota_refuses_writes_until_bash_cleans_it_up() {
     );
     let (err, clean) = tool_result(&events, "toolu_clean");
     assert!(!err && clean.contains("cleaned"), "{clean}");
+    // The background writer was stopped with the sandbox: the file no longer grows.
+    let grow: Vec<&str> = clean
+        .lines()
+        .find(|l| l.starts_with("grow "))
+        .unwrap_or_default()
+        .split(' ')
+        .collect();
+    assert!(grow.len() == 3 && grow[1] == grow[2], "{clean}");
     let (err, again) = tool_result(&events, "toolu_again");
     assert!(!err && again.contains("wrote 5 bytes"), "{again}");
     let report = t.log.check(&id, true).await.unwrap();

@@ -50,6 +50,15 @@ impl SessionCache {
         }
     }
 
+    /// The cached replay, left in the cache (concurrent wakes share it).
+    fn peek(&mut self, id: &SessionId) -> Option<Arc<Replay>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (t, r) = self.entries.get_mut(id)?;
+        *t = tick;
+        Some(r.clone())
+    }
+
     fn take(&mut self, id: &SessionId) -> Option<Arc<Replay>> {
         let (_, r) = self.entries.remove(id)?;
         self.bytes -= r.bytes;
@@ -86,17 +95,23 @@ impl SessionCache {
     }
 }
 
-/// Replays a session, reading only what the cache does not hold. The cache lock is not held
-/// across the read; the replay is shared with the cache, copied only when new events arrive
-/// while another wake still holds the old one.
+/// Replays a session, reading only what the cache does not hold, and never more than
+/// `budget` bytes in all: past it the read is abandoned with [`LogError::SessionTooLarge`]. The
+/// cache lock is not held across the read; the replay is shared with the cache, copied only
+/// when new events arrive while another wake still holds the old one.
 pub async fn replay(
     cache: &std::sync::Mutex<SessionCache>,
     log: &SessionLog,
     id: &SessionId,
+    budget: u64,
 ) -> Result<Arc<Replay>, LogError> {
-    let cached = cache.lock().unwrap_or_else(|p| p.into_inner()).take(id);
+    let cached = cache.lock().unwrap_or_else(|p| p.into_inner()).peek(id);
     let from = cached.as_ref().map_or(0, |r| r.state.last_seq) + 1;
-    let (records, bytes) = log.read_from_sized(id, from).await?;
+    let held = cached.as_ref().map_or(0, |r| r.bytes);
+    if held > budget {
+        return Err(LogError::SessionTooLarge { max: budget });
+    }
+    let (records, bytes) = log.read_from_sized(id, from, Some(budget - held)).await?;
     let mut shared = cached.unwrap_or_else(|| {
         Arc::new(Replay {
             events: Vec::new(),

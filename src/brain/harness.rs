@@ -499,21 +499,20 @@ pub fn stalled_step(
     Some(step)
 }
 
-/// The step for a session whose log is over the brain's `max_session_bytes` (N20): it is not
-/// replayed into a context (a few hundred 1 MiB facts would otherwise crash every brain that
-/// tries, one after the other). A turn in progress ends, and input that would start one gets
-/// a turn that ends at once, each with a `session.error` (`session_too_large`) saying what to
-/// do. `None` when there is nothing to answer (idle, no new input, or already said).
+/// The step for a session whose log is over the brain's `max_session_bytes` (N20), decided
+/// from its skeleton (its small events; see `SessionLog::read_skeleton`): it is not replayed
+/// into a context (a few hundred 1 MiB facts would otherwise crash every brain that tries,
+/// one after the other). A turn in progress ends, and input that would start one gets a turn
+/// that ends at once, each with a `session.error` (`session_too_large`) saying what to do.
+/// `None` when there is nothing to answer (idle with no new input).
 pub fn too_large_step(
     state: &SessionState,
     events: &[StoredEvent],
-    bytes: u64,
     max: u64,
-    now: OffsetDateTime,
+    input_pending: bool,
 ) -> Option<Vec<Planned>> {
     let why = format!(
-        "the session's log holds {} MiB, over this deployment's limit of {} MiB per session; start a new session (herd does not replay it into a model context)",
-        bytes.div_ceil(1 << 20),
+        "the session's log holds more than this deployment's limit of {} MiB per session; start a new session (herd does not replay it into a model context)",
         max >> 20
     );
     let error = Planned::new(SessionError {
@@ -537,18 +536,12 @@ pub fn too_large_step(
         return Some(step);
     }
     // Idle: only input that would start a turn is answered.
-    let limits = Limits {
-        max_model_attempts: 1,
-        compact: false,
-    };
-    match decide(state, events, limits, now) {
-        Decision::Wait => None,
-        _ => {
-            let mut step = vec![Planned::new(SessionStatusRunning {}), error];
-            step.extend(idle(state, "retries_exhausted", vec![], state.usage));
-            Some(step)
-        }
+    if !input_pending || state.status == Status::Terminated {
+        return None;
     }
+    let mut step = vec![Planned::new(SessionStatusRunning {}), error];
+    step.extend(idle(state, "retries_exhausted", vec![], state.usage));
+    Some(step)
 }
 
 /// The first of the session's limits that its use has reached: its name, value and the use.

@@ -126,8 +126,42 @@ impl HandleError {
     }
 }
 
+/// The one wake of a session that waits for its lock in this process (dropping it leaves).
+struct Waiter<'a> {
+    waiting: &'a Mutex<std::collections::HashSet<SessionId>>,
+    id: SessionId,
+}
+
+impl<'a> Waiter<'a> {
+    /// Takes the waiting place of `id`; `None` when another wake holds it.
+    fn enter(
+        waiting: &'a Mutex<std::collections::HashSet<SessionId>>,
+        id: &SessionId,
+    ) -> Option<Self> {
+        let fresh = waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        fresh.then(|| Self {
+            waiting,
+            id: id.clone(),
+        })
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// A running brain's shared parts.
 pub struct Brain {
+    /// Sessions with a wake waiting for their lock (at most one each: the others collapse).
+    waiting: Mutex<std::collections::HashSet<SessionId>>,
     log: SessionLog,
     js: jetstream::Context,
     providers: Providers,
@@ -200,6 +234,7 @@ impl Brain {
             log,
             js,
             providers: Providers::new(config.providers.clone()),
+            waiting: Mutex::new(std::collections::HashSet::new()),
             cache: Mutex::new(SessionCache::new(config.cache_sessions)),
             locks: SessionLocks::new(4 * config.cache_sessions.max(64)),
             config,
@@ -322,7 +357,7 @@ impl Brain {
     /// will see, and it goes idle (`retries_exhausted`). Conditional like every step: if the
     /// session moved meanwhile, someone else is running it and nothing is written.
     async fn give_up_turn(&self, id: &SessionId, why: &str) {
-        let Ok(r) = replay(&self.cache, &self.log, id).await else {
+        let Ok(r) = replay(&self.cache, &self.log, id, self.config.max_session_bytes).await else {
             return;
         };
         if let Some(step) = harness::give_up_step(&r.state, &r.events, why) {
@@ -370,7 +405,7 @@ impl Brain {
             if now - last_at < grace {
                 continue;
             }
-            let r = replay(&self.cache, &self.log, &id).await?;
+            let r = replay(&self.cache, &self.log, &id, self.config.max_session_bytes).await?;
             if !sweep::quiet_in_turn(&r.state, last_at, now, grace) {
                 sweep.in_turn.remove(&id);
                 sweep.dispatched.remove(&id);
@@ -504,7 +539,15 @@ impl Brain {
         if !wake.events.is_empty() {
             // The same admission rule as every front door (api::admit), against the session as
             // it is; an event already in the log (a redelivered wake) is skipped, not refused.
-            let r = self.replay_at_least(id, appended).await?;
+            let r = match self.replay_at_least(id, appended).await {
+                Err(HandleError::Log(LogError::SessionTooLarge { max })) => {
+                    return Err(HandleError::Rejected(format!(
+                        "the session's log holds more than {} MiB, this deployment's limit; its events were not appended (start a new session)",
+                        max >> 20
+                    )));
+                }
+                r => r?,
+            };
             let mut state = r.state.clone();
             for e in &wake.events {
                 if let Some(stored) = r.events.iter().find(|s| s.event.id == e.id) {
@@ -536,10 +579,17 @@ impl Brain {
         // One wake per session at a time in this process. A wake queued behind its session's
         // running one waits without a slot, so 64 wakes of one session never hold a brain's
         // 64 slots (N18); when its turn comes it usually finds nothing left to do.
+        // Wakes collapse: when a wake already waits for this session, this one's events are
+        // in the log and the waiter replays after it gets the lock, so this wake is done.
         let lock = self.locks.get(id);
         let _guard = match lock.clone().try_lock_owned() {
             Ok(g) => g,
-            Err(_) => msg.without_slot(lock.lock_owned()).await,
+            Err(_) => {
+                let Some(_waiting) = Waiter::enter(&self.waiting, id) else {
+                    return Ok(());
+                };
+                msg.without_slot(lock.lock_owned()).await
+            }
         };
         let limits = Limits {
             max_model_attempts: self.config.max_model_attempts,
@@ -560,7 +610,11 @@ impl Brain {
             if let Some(l) = lease.lock().await.take() {
                 self.leases.release(l).await;
             }
-            let r = self.replay_at_least(id, appended).await?;
+            let r = match self.replay_at_least(id, appended).await {
+                // Answered from its skeleton by run_session.
+                Err(HandleError::Log(LogError::SessionTooLarge { .. })) => return Ok(()),
+                r => r?,
+            };
             if harness::decide(&r.state, &r.events, limits, time::OffsetDateTime::now_utc())
                 == Decision::Wait
             {
@@ -569,6 +623,38 @@ impl Brain {
         }
         // Input kept arriving: let the wake come back rather than leave work behind.
         Err(HandleError::LeaseHeld)
+    }
+
+    /// Answers a session too large to replay, from its skeleton (N20).
+    async fn too_large(&self, id: &SessionId) -> Result<(), HandleError> {
+        let max = self.config.max_session_bytes;
+        let (small, kinds) = self.log.read_skeleton(id, 64 << 10).await?;
+        let mut state = crate::session::SessionState::new(id.clone());
+        let mut events = Vec::new();
+        for r in small {
+            if state.apply_record(&r)
+                && let Ok(e) = r
+            {
+                events.push(e);
+            }
+        }
+        let last_seq = kinds.last().map_or(0, |(seq, _)| *seq);
+        let last_idle = kinds
+            .iter()
+            .rev()
+            .find(|(_, t)| t == "session.status_idle")
+            .map_or(0, |(seq, _)| *seq);
+        let input = kinds
+            .iter()
+            .any(|(seq, t)| *seq > last_idle && t.starts_with("user."));
+        let Some(step) = harness::too_large_step(&state, &events, max, input) else {
+            return Ok(());
+        };
+        tracing::warn!(session = %id, max, "A session over the size limit is not run.");
+        match self.append(id, last_seq, step).await {
+            Ok(_) | Err(LogError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Replays a session, making sure the replay reaches `at_least`: a direct get may be
@@ -580,7 +666,7 @@ impl Brain {
         at_least: u64,
     ) -> Result<std::sync::Arc<super::cache::Replay>, HandleError> {
         for attempt in 0..50 {
-            let r = replay(&self.cache, &self.log, id).await?;
+            let r = replay(&self.cache, &self.log, id, self.config.max_session_bytes).await?;
             if r.state.last_seq >= at_least {
                 return Ok(r);
             }
@@ -601,7 +687,12 @@ impl Brain {
             compact: true,
         };
         for _ in 0..MAX_STEPS {
-            let r = self.replay_at_least(id, at_least).await?;
+            let r = match self.replay_at_least(id, at_least).await {
+                Err(HandleError::Log(LogError::SessionTooLarge { .. })) => {
+                    return self.too_large(id).await;
+                }
+                r => r?,
+            };
             if r.state.config.is_none() {
                 if r.state.event_count == 0 {
                     return Err(HandleError::Log(LogError::NotFound(id.clone())));
@@ -610,19 +701,6 @@ impl Brain {
                 return Err(HandleError::Log(LogError::Invalid(format!(
                     "session {id} has no session.created event"
                 ))));
-            }
-            if r.bytes > self.config.max_session_bytes {
-                let now = time::OffsetDateTime::now_utc();
-                let max = self.config.max_session_bytes;
-                let Some(step) = harness::too_large_step(&r.state, &r.events, r.bytes, max, now)
-                else {
-                    return Ok(());
-                };
-                tracing::warn!(session = %id, bytes = r.bytes, max, "A session over the size limit is not run.");
-                match self.append(id, r.state.last_seq, step).await {
-                    Ok(_) | Err(LogError::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
             }
             match harness::decide(&r.state, &r.events, limits, time::OffsetDateTime::now_utc()) {
                 Decision::Wait => {
@@ -744,7 +822,9 @@ impl Brain {
                         // again, which two brains could do to each other forever. Otherwise
                         // decide again.
                         Err(LogError::Conflict { .. }) => {
-                            let r = replay(&self.cache, &self.log, id).await?;
+                            let r =
+                                replay(&self.cache, &self.log, id, self.config.max_session_bytes)
+                                    .await?;
                             if harness::another_request_open(&r.events, &start_id) {
                                 tracing::info!(session = %id, "Another brain took over the turn; standing down.");
                                 return Err(HandleError::LeaseHeld);
@@ -788,7 +868,7 @@ impl Brain {
     }
 
     async fn dispatch_after_step(&self, id: &SessionId) -> Result<(), HandleError> {
-        let r = replay(&self.cache, &self.log, id).await?;
+        let r = replay(&self.cache, &self.log, id, self.config.max_session_bytes).await?;
         self.dispatch(&r.state, &r.events).await
     }
 

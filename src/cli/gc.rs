@@ -30,11 +30,16 @@ pub async fn run(client: async_nats::Client, a: GcArgs) -> anyhow::Result<()> {
     let sandboxes = Sandboxes::connect(&host, SandboxConfig::default()).await?;
     let idle_for = Duration::from_secs(a.idle_days.saturating_mul(86_400));
     let volumes = sandboxes.workspace_volumes(a.host.is_none()).await?;
-    let (mut removed, mut kept) = (0usize, 0usize);
-    for (name, in_use) in volumes {
-        let Some((_, session)) = workspace::volume_session(&name) else {
+    let (mut removed, mut kept, mut failed) = (0usize, 0usize, 0usize);
+    let now = time::OffsetDateTime::now_utc();
+    for (name, in_use, created) in volumes {
+        let Some((host, session)) = workspace::volume_session(&name) else {
             continue;
         };
+        // --host a must not take host a-b's volumes.
+        if a.host.as_deref().is_some_and(|h| h != host) {
+            continue;
+        }
         if in_use {
             kept += 1;
             continue;
@@ -42,7 +47,16 @@ pub async fn run(client: async_nats::Client, a: GcArgs) -> anyhow::Result<()> {
         let Ok(session) = SessionId::parse(session) else {
             continue;
         };
+        // A volume younger than --idle-days stays even when its session is unknown: a gc
+        // pointed at the wrong NATS must not wipe fresh workspaces.
+        let age = created
+            .and_then(|c| {
+                time::OffsetDateTime::parse(&c, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(|c| (now - c).unsigned_abs())
+            .unwrap_or(Duration::ZERO);
         let fate = match log.last_event_at(&session).await? {
+            None if age < idle_for => SessionFate::Active,
             None => SessionFate::Unknown,
             Some((_, at)) => {
                 let quiet = (time::OffsetDateTime::now_utc() - at).unsigned_abs();
@@ -62,11 +76,19 @@ pub async fn run(client: async_nats::Client, a: GcArgs) -> anyhow::Result<()> {
             Some(why) => {
                 if a.dry_run {
                     println!("would remove {name}: {why}");
+                    removed += 1;
                 } else {
-                    sandboxes.remove_volume(&name).await?;
-                    println!("removed {name}: {why}");
+                    match sandboxes.remove_volume(&name).await {
+                        Ok(()) => {
+                            println!("removed {name}: {why}");
+                            removed += 1;
+                        }
+                        Err(e) => {
+                            eprintln!("could not remove {name}: {e}");
+                            failed += 1;
+                        }
+                    }
                 }
-                removed += 1;
             }
             None => kept += 1,
         }
@@ -75,5 +97,6 @@ pub async fn run(client: async_nats::Client, a: GcArgs) -> anyhow::Result<()> {
         "{removed} workspace volume(s) {}, {kept} kept",
         if a.dry_run { "to remove" } else { "removed" }
     );
+    anyhow::ensure!(failed == 0, "{failed} volume(s) could not be removed");
     Ok(())
 }

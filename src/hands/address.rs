@@ -111,7 +111,23 @@ fn special_v4(a: Ipv4Addr) -> Option<&'static str> {
 }
 
 fn special_v6(a: Ipv6Addr) -> Option<&'static str> {
-    let first = a.segments()[0];
+    let seg = a.segments();
+    let first = seg[0];
+    // Forms that carry an IPv4 address (NAT64, 6to4, IPv4-compatible): the embedded address
+    // decides, so 64:ff9b::7f00:1 is loopback too.
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return special_v4(embedded(seg[6], seg[7]));
+    }
+    if seg[..3] == [0x64, 0xff9b, 1] {
+        return Some("a local-use NAT64 address");
+    }
+    if first == 0x2002 {
+        return special_v4(embedded(seg[1], seg[2]));
+    }
+    if seg[..6] == [0; 6] && !a.is_loopback() && !a.is_unspecified() {
+        return Some("an IPv4-compatible address (deprecated)");
+    }
     if a.is_loopback() {
         Some("a loopback address")
     } else if a.is_unspecified() {
@@ -125,6 +141,12 @@ fn special_v6(a: Ipv6Addr) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// True when `ip` is one of this host's own addresses (its public address too, where NATS or
+/// an exporter may listen on every interface): only a local address can be bound.
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((canonical(ip), 0)).is_ok()
 }
 
 /// The operator's address policy: special addresses are refused unless a range allows them.
@@ -143,7 +165,7 @@ impl AddressPolicy {
 
     /// Why `ip` may not be reached, or `None` when it may.
     pub fn refusal(&self, host: &str, ip: IpAddr) -> Option<String> {
-        let kind = special(ip)?;
+        let kind = special(ip).or_else(|| is_local(ip).then_some("an address of this host"))?;
         if self.allowed.iter().any(|r| r.contains(ip)) {
             return None;
         }
@@ -224,7 +246,22 @@ mod tests {
         ] {
             assert!(strict.refusal(a, ip(a)).is_some(), "{a} must be refused");
         }
-        for a in ["1.1.1.1", "203.0.113.80", "2606:4700::1111", "100.128.0.1"] {
+        for a in [
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "::127.0.0.1",
+            "64:ff9b:1::a00:1",
+        ] {
+            assert!(strict.refusal(a, ip(a)).is_some(), "{a} must be refused");
+        }
+        for a in [
+            "1.1.1.1",
+            "203.0.113.80",
+            "2606:4700::1111",
+            "100.128.0.1",
+            "64:ff9b::101:101",
+        ] {
             assert!(strict.refusal(a, ip(a)).is_none(), "{a} is public");
         }
         let lan = AddressPolicy::new(vec!["10.1.2.0/24".parse().unwrap(), "::1".parse().unwrap()]);
@@ -236,6 +273,20 @@ mod tests {
             why.contains("localhost resolves to 127.0.0.1, a loopback"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn this_hosts_own_addresses_are_refused() {
+        assert!(is_local(ip("127.0.0.1")) && !is_local(ip("1.1.1.1")));
+        // The address this host would use outward (no packet is sent for a UDP connect).
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        if s.connect("203.0.113.80:9").is_ok() {
+            let own = s.local_addr().unwrap().ip();
+            let why = AddressPolicy::default()
+                .refusal(&own.to_string(), own)
+                .unwrap();
+            assert!(why.contains(&format!("{own} is ")), "{why}");
+        }
     }
 
     #[test]

@@ -108,14 +108,27 @@ impl Egress {
         policy: AddressPolicy,
     ) -> Result<Self, SandboxError> {
         let network = format!("herd-egress-{host}");
-        let (id, gateway) = match docker
+        let (id, gateway, named_bridge) = match docker
             .inspect_network(
                 &network,
                 None::<bollard::query_parameters::InspectNetworkOptions>,
             )
             .await
         {
-            Ok(n) => (n.id.clone(), gateway_of(&n)),
+            Ok(n) => {
+                // A network of that name made by someone else must still be what herd makes.
+                let icc = n
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get("com.docker.network.bridge.enable_icc"))
+                    .map(String::as_str);
+                if n.internal != Some(true) || icc != Some("false") {
+                    return Err(SandboxError::Docker(format!(
+                        "network {network} exists but is not internal with inter-container traffic off; remove it (docker network rm {network}) and herd recreates it"
+                    )));
+                }
+                (n.id.clone(), gateway_of(&n), bridge_of(&n))
+            }
             Err(_) => {
                 docker
                     .create_network(bollard::models::NetworkCreateRequest {
@@ -140,7 +153,7 @@ impl Egress {
                     )
                     .await
                     .map_err(docker_err)?;
-                (n.id.clone(), gateway_of(&n))
+                (n.id.clone(), gateway_of(&n), bridge_of(&n))
             }
         };
         let gateway = gateway.ok_or_else(|| {
@@ -154,8 +167,19 @@ impl Egress {
             .local_addr()
             .map_err(|e| SandboxError::Docker(e.to_string()))?
             .port();
-        // Docker names a network's bridge br-<the first 12 characters of its id>.
-        let bridge = format!("br-{}", id.get(..12).unwrap_or(&id));
+        // Docker names a network's bridge br-<the first 12 characters of its id>, unless the
+        // network names its own; the rule must name an interface that exists, or it would
+        // match nothing and close nothing.
+        let bridge = named_bridge.unwrap_or_else(|| format!("br-{}", id.get(..12).unwrap_or(&id)));
+        if !std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists()
+        {
+            return Err(SandboxError::Docker(format!(
+                "the egress network's bridge {bridge} is not an interface in this network namespace (is the hand in a container?)"
+            )));
+        }
+        super::firewall::Firewall::sweep_stale().await;
         let firewall = super::firewall::Firewall::close(&bridge, gateway, port)
             .await
             .map_err(|e| {
@@ -187,7 +211,12 @@ impl Egress {
                             )),
                             None,
                         ),
-                        None => (Ok(Vec::new()), None),
+                        // Not a sandbox of this hand (a stale address, or the host itself):
+                        // answered at once, so it holds nothing.
+                        None => (
+                            Err("this address is not a sandbox of this hand".to_string()),
+                            None,
+                        ),
                     }
                 };
                 let policy = policy.clone();
@@ -195,6 +224,9 @@ impl Egress {
                     let _slot = slot;
                     let result = match allowed {
                         Ok(allowed) => serve(conn, &allowed, &policy).await,
+                        Err(why) if why.starts_with("this address") => {
+                            refuse(&mut conn, "403 Forbidden", &why).await
+                        }
                         Err(why) => refuse(&mut conn, "429 Too Many Requests", &why).await,
                     };
                     if let Err(e) = result {
@@ -251,6 +283,13 @@ impl Egress {
     }
 }
 
+fn bridge_of(n: &bollard::models::NetworkInspect) -> Option<String> {
+    n.options
+        .as_ref()?
+        .get("com.docker.network.bridge.name")
+        .cloned()
+}
+
 fn gateway_of(n: &bollard::models::NetworkInspect) -> Option<IpAddr> {
     n.ipam
         .as_ref()?
@@ -297,18 +336,39 @@ fn target(head: &str) -> Result<(String, u16, Option<String>), String> {
         None => host.clone(),
     };
     out += &format!("Host: {host_header}\r\nConnection: close\r\n");
-    for line in head.lines().skip(1) {
-        let lower = line.to_ascii_lowercase();
-        if line.is_empty()
-            || lower.starts_with("proxy-")
-            || lower.starts_with("host:")
-            || lower.starts_with("connection:")
-            || lower.starts_with("keep-alive:")
+    let mut lengths = 0;
+    for line in head.split("\r\n").skip(1) {
+        if line.is_empty() {
+            continue;
+        }
+        // Only plain `Name: value` lines: a folded line, a bare CR or LF, or a name with
+        // space before its colon is read differently by different servers (smuggling).
+        let (name, _) = line
+            .split_once(':')
+            .ok_or_else(|| format!("malformed header line {line:?}"))?;
+        if line.starts_with([' ', '\t'])
+            || line.contains(['\r', '\n'])
+            || name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return Err(format!("malformed header line {line:?}"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with("proxy-")
+            || matches!(lower.as_str(), "host" | "connection" | "keep-alive")
         {
             continue;
         }
-        if lower.starts_with("transfer-encoding:") {
+        if lower == "transfer-encoding" {
             return Err("chunked request bodies are not forwarded; send a Content-Length".into());
+        }
+        if lower == "content-length" {
+            lengths += 1;
+            if lengths > 1 {
+                return Err("more than one Content-Length".into());
+            }
         }
         out += line;
         out += "\r\n";
@@ -479,7 +539,11 @@ async fn pump_one(
                 return Ok(());
             }
             Ok(Ok(n)) => {
-                w.write_all(&buf[..n]).await?;
+                // A peer that stops reading holds the tunnel no longer than the idle timeout.
+                match tokio::time::timeout(idle, w.write_all(&buf[..n])).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(()),
+                }
                 *last.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
             }
             Ok(Err(e)) => return Err(e),
@@ -513,5 +577,15 @@ mod tests {
         assert!(target("GET /relative HTTP/1.1\r\n\r\n").is_err());
         assert!(target("GET ftp://x/ HTTP/1.1\r\n\r\n").is_err());
         assert!(target("CONNECT nohostport HTTP/1.1\r\n\r\n").is_err());
+        // Smuggling shapes are refused, not forwarded.
+        for bad in [
+            "GET http://x/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 50\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nX-A: 1\nContent-Length: 5\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nno colon\r\n\r\n",
+        ] {
+            assert!(target(bad).is_err(), "{bad:?}");
+        }
     }
 }

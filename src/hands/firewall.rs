@@ -57,6 +57,39 @@ async fn run(tool: &str, args: &[&str]) -> Result<bool, FirewallError> {
     })
 }
 
+/// Loads `rules` with `iptables-restore --noflush` (other chains are left as they are).
+async fn restore(rules: &str) -> Result<(), FirewallError> {
+    use tokio::io::AsyncWriteExt;
+    let fail = |why: String| FirewallError::Iptables {
+        args: "iptables-restore --noflush".into(),
+        why,
+    };
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(rules.as_bytes())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
 /// The chain's name for a bridge (iptables allows 28 characters).
 fn chain_for(bridge: &str) -> String {
     let mut c = format!("HERD-{bridge}");
@@ -71,19 +104,12 @@ impl Firewall {
         let chain = chain_for(bridge);
         let port = port.to_string();
         let gw = gateway.to_string();
-        // A new chain, or the old one emptied.
-        if run("iptables", &["-n", "-L", &chain]).await.is_err() {
-            run("iptables", &["-N", &chain]).await?;
-        }
-        run("iptables", &["-F", &chain]).await?;
-        run(
-            "iptables",
-            &[
-                "-A", &chain, "-p", "tcp", "-d", &gw, "--dport", &port, "-j", "ACCEPT",
-            ],
-        )
-        .await?;
-        run("iptables", &["-A", &chain, "-j", "DROP"]).await?;
+        // The chain's rules in one atomic commit (a restarted hand replaces its old rules with
+        // no moment in which the chain is empty and lets everything through).
+        let rules = format!(
+            "*filter\n:{chain} - [0:0]\n-A {chain} -p tcp -d {gw} --dport {port} -j ACCEPT\n-A {chain} -j DROP\nCOMMIT\n"
+        );
+        restore(&rules).await?;
         let jump = ["INPUT", "-i", bridge, "-j", chain.as_str()];
         if !run("iptables", &[&["-C"], &jump[..]].concat()).await? {
             run(
@@ -106,6 +132,41 @@ impl Firewall {
             chain,
             bridge: bridge.to_string(),
         })
+    }
+
+    /// Removes the rules of bridges that no longer exist (a hand that died, a network removed
+    /// by hand): a rule naming a missing interface matches nothing, but they pile up.
+    pub async fn sweep_stale() {
+        let Ok(out) = Command::new("iptables")
+            .args(["-w", "-S", "INPUT"])
+            .output()
+            .await
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (Some(i), Some(j)) = (
+                words.iter().position(|w| *w == "-i"),
+                words.iter().position(|w| *w == "-j"),
+            ) else {
+                continue;
+            };
+            let (Some(bridge), Some(chain)) = (words.get(i + 1), words.get(j + 1)) else {
+                continue;
+            };
+            if !chain.starts_with("HERD-br-")
+                || std::path::Path::new("/sys/class/net").join(bridge).exists()
+            {
+                continue;
+            }
+            Self {
+                chain: chain.to_string(),
+                bridge: bridge.to_string(),
+            }
+            .open()
+            .await;
+        }
     }
 
     /// Takes the rule away (when the bridge itself is removed).

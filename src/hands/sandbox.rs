@@ -401,6 +401,12 @@ impl Sandboxes {
                 }]),
                 init: Some(true),
                 runtime: self.config.runtime.clone(),
+                // No IPv6 at all: before Docker 26 an IPv4-only network still gives containers
+                // link-local IPv6 addresses, which inter-container isolation does not cover.
+                sysctls: Some(HashMap::from([(
+                    "net.ipv6.conf.all.disable_ipv6".to_string(),
+                    "1".to_string(),
+                )])),
                 ..Default::default()
             }),
             ..Default::default()
@@ -782,12 +788,12 @@ impl Sandboxes {
             .await;
     }
 
-    /// herd's workspace volumes on this engine (of this host, or of every host): name, and
-    /// whether a container uses it.
+    /// herd's workspace volumes on this engine (of this host, or of every host): name,
+    /// whether a container uses it, and when it was created (as Docker says, RFC 3339).
     pub async fn workspace_volumes(
         &self,
         every_host: bool,
-    ) -> Result<Vec<(String, bool)>, SandboxError> {
+    ) -> Result<Vec<(String, bool, Option<String>)>, SandboxError> {
         let prefix = if every_host {
             "herd-ws-".to_string()
         } else {
@@ -821,9 +827,21 @@ impl Sandboxes {
                 ))
                 .await
                 .map_err(docker_err)?;
-            out.push((v.name, !attached.is_empty()));
+            out.push((v.name, !attached.is_empty(), v.created_at));
         }
         Ok(out)
+    }
+
+    /// Where the session's workspace volume lives on this host, when this process can see it
+    /// (a hand on the host, not in a container).
+    pub async fn workspace_mountpoint(&self, session: &SessionId) -> Option<std::path::PathBuf> {
+        let v = self
+            .docker
+            .inspect_volume(&volume_name(&self.host, session))
+            .await
+            .ok()?;
+        let path = std::path::PathBuf::from(v.mountpoint);
+        path.is_dir().then_some(path)
     }
 
     /// Removes a volume (Docker refuses while a container uses it).

@@ -557,8 +557,11 @@ impl Hands {
                         if let Some(bytes) = self.measure_workspace(session, &sandbox).await
                             && bytes > quota
                         {
+                            // Its processes stop too (a background writer would go on): the
+                            // next call gets a fresh sandbox over the same files to clean up.
+                            self.sandboxes.remove_sandbox(session).await;
                             o.text = format!(
-                                "{}\n\n[{}: delete files before writing more; tools other than bash are refused until then]",
+                                "{}\n\n[{}: the sandbox's processes were stopped (files are kept); delete files with bash before writing more; tools other than bash are refused until then]",
                                 o.text,
                                 super::workspace::over(bytes, quota)
                             );
@@ -617,18 +620,38 @@ impl Hands {
         if !super::workspace::due(last, quota, every, Instant::now()) {
             return None;
         }
-        let out = self
-            .sandboxes
-            .exec(
-                sandbox,
-                vec!["du".into(), "-sk".into(), "/workspace".into()],
-                None,
-                4096,
-                Duration::from_secs(20),
-            )
-            .await
-            .ok()?;
-        let bytes = super::workspace::parse_du(&String::from_utf8_lossy(&out.stdout))?;
+        // From the host when the volume is visible here (nothing in the sandbox can hide a
+        // file from root's du), else from inside the sandbox. A measure that fails or takes
+        // over 20 s counts as over the quota: it fails closed.
+        let measured = match self.sandboxes.workspace_mountpoint(session).await {
+            Some(path) => {
+                let du = tokio::process::Command::new("du")
+                    .arg("-skx")
+                    .arg(&path)
+                    .kill_on_drop(true)
+                    .output();
+                match tokio::time::timeout(Duration::from_secs(20), du).await {
+                    Ok(Ok(o)) if o.status.success() => {
+                        super::workspace::parse_du(&String::from_utf8_lossy(&o.stdout))
+                    }
+                    _ => None,
+                }
+            }
+            None => self
+                .sandboxes
+                .exec(
+                    sandbox,
+                    vec!["du".into(), "-sk".into(), "/workspace".into()],
+                    None,
+                    4096,
+                    Duration::from_secs(20),
+                )
+                .await
+                .ok()
+                .filter(|o| o.exit_code == Some(0))
+                .and_then(|o| super::workspace::parse_du(&String::from_utf8_lossy(&o.stdout))),
+        };
+        let bytes = measured.unwrap_or(super::workspace::UNMEASURED);
         self.workspaces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -697,6 +720,15 @@ impl Hands {
 
     async fn run_job(&self, msg: &Delivery, job: &ToolJob, last_try: bool) -> Result<(), JobError> {
         let session = &job.session_id;
+        // One tool at a time per session on this host: calls of one turn share a workspace.
+        // A call queued behind its session's running one waits without a slot (N18). The log
+        // is read after the lock: a second delivery of the same call that waited behind the
+        // first finds its result there and does not run the tool again.
+        let lock = self.locks.get(session);
+        let _guard = match lock.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) => msg.without_slot(lock.lock_owned()).await,
+        };
         // What the log says about this call: it must exist, and may already be answered.
         let records = self.read_from_call(job).await?;
         let call = match job::classify(&records, job) {
@@ -709,13 +741,6 @@ impl Hands {
                     job.tool_use_id, job.tool_use_seq
                 )));
             }
-        };
-        // One tool at a time per session on this host: calls of one turn share a workspace.
-        // A call queued behind its session's running one waits without a slot (N18).
-        let lock = self.locks.get(session);
-        let _guard = match lock.clone().try_lock_owned() {
-            Ok(g) => g,
-            Err(_) => msg.without_slot(lock.lock_owned()).await,
         };
         self.last_used
             .lock()

@@ -38,8 +38,17 @@ pub fn refusal(last: Option<Measure>, quota: u64, tool: &str) -> Option<String> 
     ))
 }
 
+/// What a measure that failed (or took too long) records: over any quota (fails closed).
+pub const UNMEASURED: u64 = u64::MAX;
+
 /// The note a call gets when it leaves the workspace over its quota.
 pub fn over(bytes: u64, quota: u64) -> String {
+    if bytes == UNMEASURED {
+        return format!(
+            "The workspace could not be measured within 20 s, so it counts as over this deployment's quota of {} MiB",
+            quota >> 20
+        );
+    }
     format!(
         "The workspace holds {} MiB, over this deployment's quota of {} MiB",
         bytes.div_ceil(1 << 20),

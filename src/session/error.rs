@@ -42,6 +42,12 @@ pub enum LogError {
     /// The input is not acceptable as it is.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A bounded read of a session passed its byte budget and was abandoned (N20).
+    #[error("the session's log holds more than {max} bytes; it was not read whole")]
+    SessionTooLarge {
+        /// The budget.
+        max: u64,
+    },
     /// The event's message id is held by another message (another session's, or one that
     /// set this session's id on its own): nothing was stored. The id frees up when the
     /// stream's duplicate window (2 minutes) has passed.

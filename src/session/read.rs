@@ -171,15 +171,18 @@ impl SessionLog {
     /// Reads a slice of a session's log, in order. Messages that are not valid events come
     /// back as [`InvalidRecord`]s, in place, so one bad message never hides the rest.
     pub async fn read(&self, session: &SessionId, slice: &Slice) -> Result<Vec<Record>, LogError> {
-        Ok(self.read_sized(session, slice).await?.0)
+        Ok(self.read_sized(session, slice, None).await?.0)
     }
 
     /// [`Self::read`], with the payload bytes it read (every message of the batches, kept or
-    /// not): what a replay of the slice holds in memory, roughly.
+    /// not): what a replay of the slice holds in memory, roughly. With a `budget`, the read
+    /// stops with [`LogError::SessionTooLarge`] as soon as it has read more than that, so a
+    /// huge session is never held whole.
     pub async fn read_sized(
         &self,
         session: &SessionId,
         slice: &Slice,
+        budget: Option<u64>,
     ) -> Result<(Vec<Record>, u64), LogError> {
         for t in &slice.types {
             check_type_name(t).map_err(LogError::Invalid)?;
@@ -216,6 +219,11 @@ impl SessionLog {
                 .await?;
             let got = batch.records.len();
             bytes += batch.bytes;
+            if let Some(max) = budget
+                && bytes > max
+            {
+                return Err(LogError::SessionTooLarge { max });
+            }
             for (seq, record) in batch.records {
                 next = seq + 1;
                 if slice.to.is_some_and(|to| seq > to) {
@@ -245,14 +253,15 @@ impl SessionLog {
 
     /// Reads a whole session, from sequence `from` on.
     pub async fn read_from(&self, session: &SessionId, from: u64) -> Result<Vec<Record>, LogError> {
-        Ok(self.read_from_sized(session, from).await?.0)
+        Ok(self.read_from_sized(session, from, None).await?.0)
     }
 
-    /// [`Self::read_from`], with the payload bytes read.
+    /// [`Self::read_from`], with the payload bytes read, abandoned past `budget`.
     pub async fn read_from_sized(
         &self,
         session: &SessionId,
         from: u64,
+        budget: Option<u64>,
     ) -> Result<(Vec<Record>, u64), LogError> {
         self.read_sized(
             session,
@@ -260,8 +269,47 @@ impl SessionLog {
                 from: Some(from),
                 ..Default::default()
             },
+            budget,
         )
         .await
+    }
+
+    /// A session's skeleton, for deciding about one too large to replay: every event of at
+    /// most `max_event_bytes` decoded, and the sequence and type of every event (a large one
+    /// only by its subject, never decoded or kept). Memory is bounded by the small events.
+    pub async fn read_skeleton(
+        &self,
+        session: &SessionId,
+        max_event_bytes: usize,
+    ) -> Result<(Vec<Record>, Vec<(u64, String)>), LogError> {
+        let filter = subjects::session_filter(session);
+        let (mut small, mut kinds) = (Vec::new(), Vec::new());
+        let mut next = 1u64;
+        loop {
+            let (batch, pending) = self
+                .retry
+                .run("read skeleton", |_| {
+                    self.direct_batch_with(&filter, next, READ_BATCH, |subject, seq, payload| {
+                        let kind = subjects::parse_session_subject(subject)
+                            .map(|(_, t)| t.to_string())
+                            .unwrap_or_default();
+                        let record = (payload.len() <= max_event_bytes)
+                            .then(|| to_record(subject, seq, payload))
+                            .flatten();
+                        (kind, record)
+                    })
+                })
+                .await?;
+            let got = batch.len();
+            for (seq, (kind, record)) in batch {
+                next = next.max(seq + 1);
+                kinds.push((seq, kind));
+                small.extend(record);
+            }
+            if pending == 0 || got == 0 {
+                return Ok((small, kinds));
+            }
+        }
     }
 
     /// Folds a whole session into its current state, without running anything.

@@ -49,6 +49,10 @@ pub enum Fault {
     /// `kill -9` the nats node that leads `HERD_SESSIONS`; restarted after a pause. With one
     /// node, this is the whole server.
     KillLeader,
+    /// A planned restart of the `HERD_SESSIONS` leader: lame-duck mode (it hands its
+    /// leaderships over before it exits), then restarted after the pause. Not in a default
+    /// round: name it with `--faults restart-leader`.
+    RestartLeader,
 }
 
 impl Fault {
@@ -62,6 +66,17 @@ impl Fault {
         Fault::KillLeader,
     ];
 
+    /// Every fault there is, those a round leaves out included.
+    pub const EVERY: [Fault; 7] = [
+        Fault::KillBrain,
+        Fault::StopBrain,
+        Fault::KillHand,
+        Fault::KillSandbox,
+        Fault::KillNode,
+        Fault::KillLeader,
+        Fault::RestartLeader,
+    ];
+
     /// The name used in reports and on the command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -71,16 +86,17 @@ impl Fault {
             Fault::KillSandbox => "kill-sandbox",
             Fault::KillNode => "kill-node",
             Fault::KillLeader => "kill-leader",
+            Fault::RestartLeader => "restart-leader",
         }
     }
 
     /// Parses a name.
     pub fn parse(name: &str) -> Result<Self, String> {
-        Self::ALL
+        Self::EVERY
             .into_iter()
             .find(|f| f.name() == name)
             .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+                let names: Vec<&str> = Self::EVERY.iter().map(|f| f.name()).collect();
                 format!(
                     "unknown fault {name:?}; expected one of {}",
                     names.join(", ")
@@ -687,10 +703,12 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                     format!("container {name}")
                 }
             }
-            Fault::KillNode | Fault::KillLeader => {
+            Fault::KillNode | Fault::KillLeader | Fault::RestartLeader => {
                 let lead = leader(&js, "HERD_SESSIONS").await;
                 let i = match (fault, &lead) {
-                    (Fault::KillLeader, Some(name)) => cluster.index_of(name).unwrap_or(0),
+                    (Fault::KillLeader | Fault::RestartLeader, Some(name)) => {
+                        cluster.index_of(name).unwrap_or(0)
+                    }
                     (Fault::KillNode, Some(name)) if cluster.len() > 1 => {
                         let l = cluster.index_of(name).unwrap_or(0);
                         (l + 1 + fastrand::usize(..cluster.len() - 1)) % cluster.len()
@@ -699,7 +717,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                 };
                 let node = cluster.node(i);
                 let name = node.name();
-                node.kill();
+                if *fault == Fault::RestartLeader {
+                    node.lame_duck(Duration::from_secs(40));
+                } else {
+                    node.kill();
+                }
                 tokio::time::sleep(plan.node_down).await;
                 node.restart()
                     .with_context(|| format!("restarting nats node {name}"))?;
@@ -828,7 +850,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     remove_sandboxes(&docker, &hosts).await;
 
     let mut figures = Vec::new();
-    for fault in Fault::ALL {
+    for fault in Fault::EVERY {
         let n = injected.iter().filter(|(i, _, _)| i.fault == fault).count();
         if n == 0 {
             continue;
@@ -1021,7 +1043,7 @@ mod tests {
 
     #[test]
     fn faults_parse_by_name() {
-        for f in Fault::ALL {
+        for f in Fault::EVERY {
             assert_eq!(Fault::parse(f.name()), Ok(f));
         }
         assert!(

@@ -201,7 +201,7 @@ impl LocalServer {
             None => String::new(),
         };
         let conf = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: {name}\n{auth}jetstream {{\n  store_dir: {store:?}\n  {sync}\n  {extra}\n}}\n{cluster}",
+            "listen: 127.0.0.1:{port}\nserver_name: {name}\nlame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n{auth}jetstream {{\n  store_dir: {store:?}\n  {sync}\n  {extra}\n}}\n{cluster}",
             store = self.store_dir(),
             extra = self.options.jetstream_extra,
         );
@@ -296,6 +296,28 @@ impl LocalServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server as a planned restart does: lame-duck mode (SIGUSR2), in which it hands
+    /// its stream and consumer leaderships to other nodes, stops accepting clients and spreads
+    /// their disconnects over `lame_duck_duration` (30 s, the least nats-server allows), then exits. Waits up to
+    /// `within`, then kills what is left.
+    pub fn lame_duck(&mut self, within: std::time::Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-USR2", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Starts the server again on the same port with the same store, after [`Self::kill`].

@@ -20,7 +20,8 @@
 //!   Docker's embedded resolver forwards no query out (N13); the proxy resolves names itself.
 //! * **Where the proxy connects** is checked on the resolved address and made to it
 //!   ([`super::address`]): no loopback, metadata or private address unless allowed (N14).
-//! * **Bounded** (N15): at most [`MAX_CONNECTIONS`] connections per sandbox, a request head
+//! * **Bounded** (N15): at most [`MAX_CONNECTIONS`] connections per sandbox and
+//!   [`MAX_TOTAL_CONNECTIONS`] in all (the hand's file descriptors), a request head
 //!   within [`HEAD_TIMEOUT`], tunnels closed after [`IDLE_TIMEOUT`] without traffic, and a plain
 //!   http connection carries one request, with its `Host` rewritten from the checked URL.
 
@@ -41,6 +42,9 @@ use crate::tasks::AbortOnDrop;
 const MAX_HEAD: usize = 16 * 1024;
 /// Connections one sandbox may hold through the proxy at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections the proxy holds at once over all sandboxes: two descriptors each, so the hand
+/// keeps room under the usual 1024-descriptor soft limit for Docker and NATS.
+pub const MAX_TOTAL_CONNECTIONS: usize = 384;
 /// How long a request head may take to arrive.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a tunnel may carry nothing in either direction before it is closed.
@@ -196,7 +200,14 @@ impl Egress {
                 };
                 let (allowed, slot) = {
                     let mut rules = serving.lock().unwrap_or_else(|p| p.into_inner());
+                    let total: usize = rules.values().map(|r| r.open).sum();
                     match rules.get_mut(&peer.ip()) {
+                        Some(_) if total >= MAX_TOTAL_CONNECTIONS => (
+                            Err(format!(
+                                "the proxy holds {MAX_TOTAL_CONNECTIONS} connections for this hand's sandboxes; try again shortly"
+                            )),
+                            None,
+                        ),
                         Some(r) if r.open < MAX_CONNECTIONS => {
                             r.open += 1;
                             let slot = Slot {

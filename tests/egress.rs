@@ -100,15 +100,9 @@ async fn limited_networking_reaches_only_allowed_hosts_and_none_reaches_nothing(
     let (hands, sandboxes) = start_hands_with(
         &t,
         herd::hands::HandsConfig {
-            host: hand_host.clone(),
-            registry_ttl: Duration::from_secs(10),
-            sandbox: herd::hands::sandbox::SandboxConfig {
-                default_image: "herd-sandbox:debian".into(),
-                ..Default::default()
-            },
             // The test's servers are on loopback, which the proxy refuses unless allowed.
             allowed_ranges: vec!["127.0.0.1/32".parse().unwrap()],
-            ..Default::default()
+            ..hands_config(&hand_host, "herd-sandbox:debian")
         },
     )
     .await;

@@ -19,15 +19,9 @@ async fn a_workspace_over_its_quota_refuses_writes_until_bash_cleans_it_up() {
     let (hands, sandboxes) = start_hands_with(
         &t,
         herd::hands::HandsConfig {
-            host: hand_host.clone(),
-            registry_ttl: Duration::from_secs(10),
-            sandbox: herd::hands::sandbox::SandboxConfig {
-                default_image: "herd-sandbox:busybox".into(),
-                ..Default::default()
-            },
             workspace_quota: 1 << 20,
             workspace_check_every: Duration::ZERO,
-            ..Default::default()
+            ..hands_config(&hand_host, "herd-sandbox:busybox")
         },
     )
     .await;
@@ -168,14 +162,8 @@ async fn a_hand_at_its_sandbox_limit_makes_room_by_removing_the_least_recently_u
     let (hands, sandboxes) = start_hands_with(
         &t,
         herd::hands::HandsConfig {
-            host: hand_host.clone(),
-            registry_ttl: Duration::from_secs(10),
-            sandbox: herd::hands::sandbox::SandboxConfig {
-                default_image: "herd-sandbox:busybox".into(),
-                ..Default::default()
-            },
             max_sandboxes: 1,
-            ..Default::default()
+            ..hands_config(&hand_host, "herd-sandbox:busybox")
         },
     )
     .await;

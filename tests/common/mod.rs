@@ -353,16 +353,25 @@ pub async fn start_hands(
     start_hands_with(
         t,
         herd::hands::HandsConfig {
-            host: host.to_string(),
             registry_ttl,
-            sandbox: herd::hands::sandbox::SandboxConfig {
-                default_image: image.into(),
-                ..Default::default()
-            },
-            ..Default::default()
+            ..hands_config(host, image)
         },
     )
     .await
+}
+
+/// A hand's configuration on `host` with `image` as the default (a 10 s registry TTL); tests
+/// set what they exercise on top: `HandsConfig { max_sandboxes: 1, ..hands_config(h, i) }`.
+pub fn hands_config(host: &str, image: &str) -> herd::hands::HandsConfig {
+    herd::hands::HandsConfig {
+        host: host.to_string(),
+        registry_ttl: Duration::from_secs(10),
+        sandbox: herd::hands::sandbox::SandboxConfig {
+            default_image: image.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 /// An in-process hand on the test server with this configuration.

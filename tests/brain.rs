@@ -75,15 +75,7 @@ impl Rig {
 
     async fn session(&self, agent: AgentConfig) -> SessionId {
         let id = SessionId::generate();
-        let e = Event::new(SessionCreated {
-            agent,
-            environment: EnvironmentConfig::default(),
-            title: None,
-            metadata: Default::default(),
-            vault_ids: vec![],
-            resources: vec![],
-            limits: Default::default(),
-        });
+        let e = Event::new(SessionCreated::new(agent));
         self.log().create(&id, &e).await.unwrap();
         id
     }
@@ -904,16 +896,11 @@ async fn a_tool_loop_pauses_at_its_limit_and_resumes_when_raised() {
         .create(
             &id,
             &Event::new(SessionCreated {
-                agent: agent_with(
+                limits,
+                ..SessionCreated::new(agent_with(
                     "claude-test",
                     vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
-                ),
-                environment: EnvironmentConfig::default(),
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-                limits,
+                ))
             }),
         )
         .await
@@ -1041,19 +1028,14 @@ async fn a_budget_pauses_the_session_and_raising_it_resumes() {
     api.create(
         &id,
         SessionCreated {
-            agent: agent_with(
-                "claude-test",
-                vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
-            ),
-            environment: EnvironmentConfig::default(),
-            title: None,
-            metadata: Default::default(),
-            vault_ids: vec![],
-            resources: vec![],
             limits: SessionLimits {
                 budget: Some(Budget::usd_cents(30)),
                 ..Default::default()
             },
+            ..SessionCreated::new(agent_with(
+                "claude-test",
+                vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
+            ))
         },
     )
     .await
@@ -1143,16 +1125,11 @@ async fn malformed_budgets_are_refused_with_clear_errors() {
                 .create(
                     &id,
                     SessionCreated {
-                        agent: AgentConfig::new(model),
-                        environment: EnvironmentConfig::default(),
-                        title: None,
-                        metadata: Default::default(),
-                        vault_ids: vec![],
-                        resources: vec![],
                         limits: SessionLimits {
                             budget: Some(budget),
                             ..Default::default()
                         },
+                        ..SessionCreated::new(AgentConfig::new(model))
                     },
                 )
                 .await;
@@ -1231,16 +1208,11 @@ async fn a_turn_pauses_at_its_wall_time_and_resumes_when_raised() {
         .create(
             &id,
             &Event::new(SessionCreated {
-                agent: agent_with(
+                limits,
+                ..SessionCreated::new(agent_with(
                     "claude-test",
                     vec![tool("bash", "builtin", PermissionPolicy::AlwaysAllow)],
-                ),
-                environment: EnvironmentConfig::default(),
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-                limits,
+                ))
             }),
         )
         .await

@@ -34,15 +34,7 @@ async fn create(log: &SessionLog, tools: Vec<ToolConfig>) -> SessionId {
     let id = SessionId::generate();
     let mut agent = AgentConfig::new("claude-load");
     agent.tools = tools;
-    let e = Event::new(SessionCreated {
-        agent,
-        environment: EnvironmentConfig::default(),
-        title: None,
-        metadata: Default::default(),
-        vault_ids: vec![],
-        resources: vec![],
-        limits: Default::default(),
-    });
+    let e = Event::new(SessionCreated::new(agent));
     log.create(&id, &e).await.unwrap();
     id
 }

@@ -80,15 +80,7 @@ async fn two_of_three_nodes_down_fails_closed_then_resumes() {
     let id = SessionId::generate();
     let mut agent = AgentConfig::new("scripted");
     agent.script = vec![text_turn("first"), text_turn("second")];
-    let created = Event::new(SessionCreated {
-        agent,
-        environment: EnvironmentConfig::default(),
-        title: None,
-        metadata: Default::default(),
-        vault_ids: vec![],
-        resources: vec![],
-        limits: Default::default(),
-    });
+    let created = Event::new(SessionCreated::new(agent));
     log.create(&id, &created).await.unwrap();
     let mut acked: Vec<EventId> = vec![created.id.clone()];
     let say = |text: &str| {

@@ -121,17 +121,12 @@ async fn limited_networking_reaches_only_allowed_hosts_and_none_reaches_nothing(
             .create(
                 &id,
                 &Event::new(SessionCreated {
-                    agent,
                     environment: EnvironmentConfig {
                         image: Some("herd-sandbox:debian".into()),
                         allowed_hosts: vec![format!("127.0.0.1:{allowed}")],
                         networking: networking.map(String::from),
                     },
-                    title: None,
-                    metadata: Default::default(),
-                    vault_ids: vec![],
-                    resources: vec![],
-                    limits: Default::default(),
+                    ..SessionCreated::new(agent)
                 }),
             )
             .await

@@ -566,16 +566,12 @@ async fn a_second_session_created_changes_nothing() {
     let mut other = AgentConfig::new("claude-opus-other");
     other.provider = Some("anthropic".into());
     let second = Event::new(SessionCreated {
-        agent: other,
         environment: EnvironmentConfig {
             image: Some("evil:latest".into()),
             ..Default::default()
         },
-        title: None,
-        metadata: Default::default(),
         vault_ids: vec!["stolen".into()],
-        resources: vec![],
-        limits: Default::default(),
+        ..SessionCreated::new(other)
     });
     let refused = t.log.append_fact(&id, &second).await.unwrap_err();
     assert!(
@@ -721,13 +717,8 @@ async fn a_session_naming_a_vault_it_may_not_use_is_refused() {
     };
     let api = Api::open(connect(&t.server).await, tenant).await.unwrap();
     let config = |vaults: &[&str]| SessionCreated {
-        agent: AgentConfig::new("scripted"),
-        environment: EnvironmentConfig::default(),
-        title: None,
-        metadata: Default::default(),
         vault_ids: vaults.iter().map(|v| v.to_string()).collect(),
-        resources: vec![],
-        limits: Default::default(),
+        ..SessionCreated::new(AgentConfig::new("scripted"))
     };
     let refused = SessionId::generate();
     let err = api

@@ -225,15 +225,7 @@ mod tests {
 
     impl Log {
         fn created() -> Self {
-            Self(vec![]).and(SessionCreated {
-                agent: AgentConfig::new("m"),
-                environment: EnvironmentConfig::default(),
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-                limits: Default::default(),
-            })
+            Self(vec![]).and(SessionCreated::new(AgentConfig::new("m")))
         }
         fn and(mut self, body: impl Into<EventBody>) -> Self {
             let seq = self.0.len() as u64 + 1;

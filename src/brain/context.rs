@@ -295,15 +295,7 @@ mod tests {
             input_schema: None,
             permission_policy: PermissionPolicy::AlwaysAllow,
         }];
-        SessionCreated {
-            agent,
-            environment: EnvironmentConfig::default(),
-            title: None,
-            metadata: Default::default(),
-            vault_ids: vec![],
-            resources: vec![],
-            limits: Default::default(),
-        }
+        SessionCreated::new(agent)
     }
 
     fn user(t: &str) -> UserMessage {

@@ -929,15 +929,7 @@ mod tests {
         fn session(tools: Vec<ToolConfig>) -> Self {
             let mut agent = AgentConfig::new("claude-test");
             agent.tools = tools;
-            Self(vec![]).and(SessionCreated {
-                agent,
-                environment: EnvironmentConfig::default(),
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-                limits: Default::default(),
-            })
+            Self(vec![]).and(SessionCreated::new(agent))
         }
         fn and(mut self, body: impl Into<EventBody>) -> Self {
             let seq = self.0.len() as u64 + 1;
@@ -1220,15 +1212,7 @@ mod tests {
             permission_policy: PermissionPolicy::AlwaysAllow,
         }];
         let g = Given(vec![])
-            .and(SessionCreated {
-                agent,
-                environment: EnvironmentConfig::default(),
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-                limits: Default::default(),
-            })
+            .and(SessionCreated::new(agent))
             .and(user(&"long ".repeat(100)))
             .and(SessionStatusRunning {})
             .and(start())

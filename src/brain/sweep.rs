@@ -141,16 +141,7 @@ mod tests {
 
     fn running_with_a_call() -> SessionState {
         state_of(vec![
-            SessionCreated {
-                agent: AgentConfig::new("m"),
-                environment: EnvironmentConfig::default(),
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-                limits: Default::default(),
-            }
-            .into(),
+            SessionCreated::new(AgentConfig::new("m")).into(),
             UserMessage {
                 content: vec![ContentBlock::text("go")],
             }

@@ -373,7 +373,6 @@ pub async fn run(
                 meta.insert(k.to_string(), v.to_string());
             }
             let created = SessionCreated {
-                agent,
                 environment: EnvironmentConfig {
                     image,
                     allowed_hosts: allow_hosts,
@@ -384,6 +383,7 @@ pub async fn run(
                 vault_ids: vaults,
                 resources,
                 limits,
+                ..SessionCreated::new(agent)
             };
             api.create(&id, created).await?;
             println!("{id}");

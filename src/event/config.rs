@@ -247,6 +247,20 @@ pub enum ConfigError {
 }
 
 impl SessionCreated {
+    /// A session of `agent` with everything else at its default: no title, metadata, vaults
+    /// or resources, the default environment and limits.
+    pub fn new(agent: AgentConfig) -> Self {
+        Self {
+            agent,
+            environment: EnvironmentConfig::default(),
+            title: None,
+            metadata: Default::default(),
+            vault_ids: vec![],
+            resources: vec![],
+            limits: Default::default(),
+        }
+    }
+
     /// Checks everything a front door must refuse before the session exists: a model, a
     /// known provider, tools that exist (custom tools with a schema), vault names, allowed
     /// hosts, networking and resources. Normalises allowed hosts in place (lower case,
@@ -430,15 +444,7 @@ mod tests {
     use super::*;
 
     fn created() -> SessionCreated {
-        SessionCreated {
-            agent: AgentConfig::new("claude-x"),
-            environment: EnvironmentConfig::default(),
-            title: None,
-            metadata: Default::default(),
-            vault_ids: vec![],
-            resources: vec![],
-            limits: Default::default(),
-        }
+        SessionCreated::new(AgentConfig::new("claude-x"))
     }
 
     #[test]

@@ -260,17 +260,13 @@ mod tests {
     #[test]
     fn access_comes_from_the_first_session_created() {
         let created = |hosts: &[&str], networking: Option<&str>| SessionCreated {
-            agent: AgentConfig::new("m"),
             environment: EnvironmentConfig {
                 image: None,
                 allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
                 networking: networking.map(String::from),
             },
-            title: None,
-            metadata: Default::default(),
             vault_ids: vec!["v1".into()],
-            resources: vec![],
-            limits: Default::default(),
+            ..SessionCreated::new(AgentConfig::new("m"))
         };
         let log = vec![
             at(1, created(&["a.example"], Some("limited"))),

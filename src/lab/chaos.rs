@@ -635,17 +635,13 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             permission_policy: PermissionPolicy::AlwaysAllow,
         }];
         let created = Event::new(SessionCreated {
-            agent,
             environment: EnvironmentConfig {
                 image: Some(plan.image.clone()),
                 allowed_hosts: vec![],
                 networking: None,
             },
             title: Some("chaos".into()),
-            metadata: Default::default(),
-            vault_ids: vec![],
-            resources: vec![],
-            limits: Default::default(),
+            ..SessionCreated::new(agent)
         });
         log.create(&id, &created).await?;
         sessions.push(id);

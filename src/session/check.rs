@@ -569,15 +569,7 @@ mod tests {
 
     impl Log {
         fn new() -> Self {
-            Log(Vec::new()).with(SessionCreated {
-                agent: AgentConfig::new("m"),
-                environment: EnvironmentConfig::default(),
-                title: None,
-                metadata: Default::default(),
-                vault_ids: vec![],
-                resources: vec![],
-                limits: Default::default(),
-            })
+            Log(Vec::new()).with(SessionCreated::new(AgentConfig::new("m")))
         }
         fn with(self, body: impl Into<EventBody>) -> Self {
             self.with_event(Event::new(body))

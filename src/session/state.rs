@@ -325,13 +325,8 @@ mod tests {
 
     fn created() -> SessionCreated {
         SessionCreated {
-            agent: AgentConfig::new("m"),
-            environment: EnvironmentConfig::default(),
             title: Some("t".into()),
-            metadata: BTreeMap::new(),
-            vault_ids: vec![],
-            resources: vec![],
-            limits: Default::default(),
+            ..SessionCreated::new(AgentConfig::new("m"))
         }
     }
 

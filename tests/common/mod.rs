@@ -110,7 +110,6 @@ pub fn agent() -> AgentConfig {
 
 pub fn created() -> Event {
     Event::new(SessionCreated {
-        agent: agent(),
         environment: EnvironmentConfig {
             image: Some("herd-sandbox:busybox".into()),
             allowed_hosts: vec![],
@@ -118,9 +117,7 @@ pub fn created() -> Event {
         },
         title: Some("a test".into()),
         metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
-        vault_ids: vec![],
-        resources: vec![],
-        limits: Default::default(),
+        ..SessionCreated::new(agent())
     })
 }
 
@@ -560,16 +557,13 @@ pub async fn create_session_with(
         .create(
             &id,
             &Event::new(SessionCreated {
-                agent,
                 environment: EnvironmentConfig {
                     image: image.map(String::from),
                     ..Default::default()
                 },
-                title: None,
-                metadata: Default::default(),
                 vault_ids,
                 resources,
-                limits: Default::default(),
+                ..SessionCreated::new(agent)
             }),
         )
         .await

@@ -128,15 +128,7 @@ async fn prefilled(
     events: usize,
 ) -> anyhow::Result<SessionId> {
     let id = SessionId::generate();
-    let created = Event::new(SessionCreated {
-        agent: AgentConfig::new("claude-bench"),
-        environment: EnvironmentConfig::default(),
-        title: None,
-        metadata: Default::default(),
-        vault_ids: vec![],
-        resources: vec![],
-        limits: Default::default(),
-    });
+    let created = Event::new(SessionCreated::new(AgentConfig::new("claude-bench")));
     log.create(&id, &created).await?;
     let mut acks = Vec::new();
     for i in 0..(events.saturating_sub(1) / 6).max(1) {

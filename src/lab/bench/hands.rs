@@ -155,17 +155,12 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
     log.create(
         &session,
         &Event::new(SessionCreated {
-            agent,
             environment: EnvironmentConfig {
                 image: Some(params.image.clone()),
                 allowed_hosts: vec![],
                 networking: None,
             },
-            title: None,
-            metadata: Default::default(),
-            vault_ids: vec![],
-            resources: vec![],
-            limits: Default::default(),
+            ..SessionCreated::new(agent)
         }),
     )
     .await?;

@@ -17,8 +17,7 @@ use serde::Serialize;
 use super::{Environment, Summary, ratio};
 use crate::bus::subjects;
 use crate::event::{
-    AgentConfig, AgentMessage, ContentBlock, EnvironmentConfig, Event, SessionCreated, SessionId,
-    UserMessage,
+    AgentConfig, AgentMessage, ContentBlock, Event, SessionCreated, SessionId, UserMessage,
 };
 use crate::session::SessionState;
 
@@ -103,15 +102,7 @@ fn message_event(i: usize) -> Event {
 }
 
 fn created() -> Event {
-    Event::new(SessionCreated {
-        agent: AgentConfig::new("bench"),
-        environment: EnvironmentConfig::default(),
-        title: None,
-        metadata: Default::default(),
-        vault_ids: vec![],
-        resources: vec![],
-        limits: Default::default(),
-    })
+    Event::new(SessionCreated::new(AgentConfig::new("bench")))
 }
 
 /// Runs the benchmark on a fresh private nats-server, printing progress to stderr.

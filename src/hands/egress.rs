@@ -203,8 +203,11 @@ impl Egress {
                     let total: usize = rules.values().map(|r| r.open).sum();
                     match rules.get_mut(&peer.ip()) {
                         Some(_) if total >= MAX_TOTAL_CONNECTIONS => (
-                            Err(format!(
-                                "the proxy holds {MAX_TOTAL_CONNECTIONS} connections for this hand's sandboxes; try again shortly"
+                            Err((
+                                "429 Too Many Requests",
+                                format!(
+                                    "the proxy holds {MAX_TOTAL_CONNECTIONS} connections for this hand's sandboxes; try again shortly"
+                                ),
                             )),
                             None,
                         ),
@@ -217,15 +220,21 @@ impl Egress {
                             (Ok(r.hosts.clone()), Some(slot))
                         }
                         Some(_) => (
-                            Err(format!(
-                                "this sandbox already holds {MAX_CONNECTIONS} connections through the proxy"
+                            Err((
+                                "429 Too Many Requests",
+                                format!(
+                                    "this sandbox already holds {MAX_CONNECTIONS} connections through the proxy"
+                                ),
                             )),
                             None,
                         ),
                         // Not a sandbox of this hand (a stale address, or the host itself):
                         // answered at once, so it holds nothing.
                         None => (
-                            Err("this address is not a sandbox of this hand".to_string()),
+                            Err((
+                                "403 Forbidden",
+                                "this address is not a sandbox of this hand".to_string(),
+                            )),
                             None,
                         ),
                     }
@@ -235,10 +244,7 @@ impl Egress {
                     let _slot = slot;
                     let result = match allowed {
                         Ok(allowed) => serve(conn, &allowed, &policy).await,
-                        Err(why) if why.starts_with("this address") => {
-                            refuse(&mut conn, "403 Forbidden", &why).await
-                        }
-                        Err(why) => refuse(&mut conn, "429 Too Many Requests", &why).await,
+                        Err((status, why)) => refuse(&mut conn, status, &why).await,
                     };
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "Egress proxy connection ended.");

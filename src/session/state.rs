@@ -415,17 +415,21 @@ mod tests {
         assert_eq!(t2.confirmation.as_deref(), Some("deny"));
     }
 
-    #[test]
-    fn usage_sums_model_requests() {
-        let end = |i, o| SpanModelRequestEnd {
+    /// A model request's end with these input and output tokens.
+    fn end(input_tokens: u64, output_tokens: u64) -> SpanModelRequestEnd {
+        SpanModelRequestEnd {
             model_request_start_id: None,
             model_usage: Usage {
-                input_tokens: i,
-                output_tokens: o,
+                input_tokens,
+                output_tokens,
                 ..Default::default()
             },
             is_error: false,
-        };
+        }
+    }
+
+    #[test]
+    fn usage_sums_model_requests() {
         let s = Given::new()
             .then(created())
             .then(end(10, 2))
@@ -436,15 +440,6 @@ mod tests {
 
     #[test]
     fn the_list_cost_is_counted_at_the_budgets_prices_else_the_models_built_in_one() {
-        let end = |i, o| SpanModelRequestEnd {
-            model_request_start_id: None,
-            model_usage: Usage {
-                input_tokens: i,
-                output_tokens: o,
-                ..Default::default()
-            },
-            is_error: false,
-        };
         // A model herd has no price for, and no budget: no list cost.
         let s = Given::new().then(created()).then(end(1_000_000, 0)).state();
         assert_eq!(s.list_cost, None);

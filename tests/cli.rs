@@ -217,6 +217,39 @@ async fn mistakes_get_clear_errors() {
         1,
         "unknown part",
     );
+    herd.fails(
+        &["session", "create", "--repo", "https://h/x.git,push=a*b"],
+        1,
+        "push_branches entry \"a*b\": invalid branch name",
+    );
+    herd.fails(
+        &["session", "create", "--repo", "https://h/x.git,push=-f*"],
+        1,
+        "push_branches entry \"-f*\"",
+    );
+    // The hands' new flags: a bad range or runtime stops the hand with a clear error.
+    herd.fails(
+        &["hands", "--allow-private-range", "10.0.0.0/33"],
+        2,
+        "invalid address range \"10.0.0.0/33\"",
+    );
+    herd.fails(
+        &["hands", "--allow-private-range", "localhost"],
+        2,
+        "expected an address or address/prefix",
+    );
+    herd.fails(
+        &["hands", "--runtime", "no-such-runtime"],
+        1,
+        "the sandbox runtime \"no-such-runtime\" is not registered with this Docker engine",
+    );
+    herd.fails(&["hands", "--max-sandboxes", "many"], 2, "--max-sandboxes");
+    herd.fails(&["gc", "--idle-days", "soon"], 2, "--idle-days");
+    herd.fails(
+        &["brain", "--max-session-mib", "1.5"],
+        2,
+        "--max-session-mib",
+    );
     herd.fails(&["session", "create", "--vault", "a.b"], 1, "vault name");
     herd.fails(
         &["session", "create", "--limit", "tool_calls"],

@@ -363,13 +363,9 @@ impl Resource {
             check_branch(b)?;
         }
         for p in &self.push_branches {
+            // A trailing `*` is the only wildcard: check_branch refuses one anywhere else.
             check_branch(p.strip_suffix('*').unwrap_or(p).trim_end_matches('/'))
                 .map_err(|e| format!("push_branches entry {p:?}: {e}"))?;
-            if p.trim_end_matches('*').contains('*') {
-                return Err(format!(
-                    "push_branches entry {p:?}: only a trailing * is a wildcard"
-                ));
-            }
         }
         Ok(())
     }

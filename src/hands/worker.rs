@@ -196,10 +196,12 @@ impl Hands {
         config: HandsConfig,
     ) -> Result<Arc<Self>, HandsError> {
         check_host(&config.host)?;
+        // Docker first: a missing engine or runtime is a local mistake, reported before
+        // anything waits on NATS.
+        let sandboxes = Sandboxes::connect(&config.host, config.sandbox.clone()).await?;
         let js = jetstream::new(client.clone());
         let registry = Registry::open(js.clone()).await?;
         let log = SessionLog::open(client).await?;
-        let sandboxes = Sandboxes::connect(&config.host, config.sandbox.clone()).await?;
         for spec in consumers(&config) {
             spec.ensure(&js).await?;
         }

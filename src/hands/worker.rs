@@ -180,6 +180,8 @@ pub struct Hands {
     git: super::git::GitRemote,
     /// Where the hand may connect for sandboxes.
     policy: super::address::AddressPolicy,
+    /// Per session: the sequence after the last result counted, and the blob bytes so far.
+    blob_tally: Mutex<HashMap<SessionId, (u64, u64)>>,
     /// The last measure of each session's workspace.
     workspaces: Mutex<HashMap<SessionId, super::workspace::Measure>>,
     /// The egress network and proxy, created when the first session that asks for limited
@@ -222,6 +224,7 @@ impl Hands {
         let hands = Arc::new(Self {
             policy,
             workspaces: Mutex::new(HashMap::new()),
+            blob_tally: Mutex::new(HashMap::new()),
             http,
             git,
             egress: tokio::sync::OnceCell::new(),
@@ -816,26 +819,42 @@ impl Hands {
     }
 
     /// Bytes the session's earlier results hold in the object store (their `output_ref`s).
+    /// The log is append-only, so the tally is kept per session and only results after the
+    /// last one counted are read (not the session's every result for each large output).
     async fn blob_bytes(&self, session: &SessionId) -> Result<u64, JobError> {
+        let (from, mut bytes) = self
+            .blob_tally
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .copied()
+            .unwrap_or((1, 0));
         let results = self
             .log
             .read(
                 session,
                 &Slice {
                     types: vec!["agent.tool_result".into()],
+                    from: Some(from),
                     ..Default::default()
                 },
             )
             .await?;
-        Ok(results
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .filter_map(|r| match &r.event.body {
-                crate::event::EventBody::AgentToolResult(res) => res.output_ref.as_ref(),
-                _ => None,
-            })
-            .map(|o| o.size)
-            .sum())
+        let mut next = from;
+        for r in results.iter().filter_map(|r| r.as_ref().ok()) {
+            next = next.max(r.seq + 1);
+            if let crate::event::EventBody::AgentToolResult(res) = &r.event.body
+                && let Some(o) = &res.output_ref
+            {
+                bytes += o.size;
+            }
+        }
+        let mut tally = self.blob_tally.lock().unwrap_or_else(|p| p.into_inner());
+        if tally.len() > 4096 {
+            tally.clear();
+        }
+        tally.insert(session.clone(), (next, bytes));
+        Ok(bytes)
     }
 
     /// The sequence of the call's result, if one is in the log.

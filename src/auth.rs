@@ -252,13 +252,19 @@ pub fn permissions(role: Role) -> Permissions {
                 // Tenants' credentials: written sealed, never read back (the bucket takes no
                 // rollups, so a write replaces one key, never the bucket).
                 "$KV.herd-vault.>",
+                // Its records: tenants' agents, environments, vaults and session index.
+                "herd.gw.obj.>",
+                "$JS.API.STREAM.INFO.HERD_GATEWAY",
             ]));
             publish.extend(read_bucket("OBJ_herd-blobs"));
+            // API keys are read (by hash), never written: only the operator makes keys.
+            publish.extend(read_bucket("HERD_GATEWAY"));
             deny.extend(strings(&[
                 "herd.session.*.agent.>",
                 "herd.session.*.span.>",
                 "herd.session.*.sandbox.>",
                 "herd.tools.>",
+                "herd.gw.key.>",
                 "$JS.API.DIRECT.GET.KV_herd-vault.>",
                 "$JS.API.STREAM.MSG.GET.KV_herd-vault",
             ]));

@@ -15,8 +15,10 @@
 //!   their routing, and the delivery shell both workers run. Planes meet here, never in each
 //!   other.
 //! * [`api`]: the use cases every front door shares (create, send, interrupt, confirm, answer
-//!   a custom tool, read), with their admission rules. The CLI and the wake path call it; the
-//!   gateway will.
+//!   a custom tool, read), with their admission rules. The CLI, the wake path and the gateway
+//!   call it.
+//! * [`gateway`]: the Managed Agents HTTP API (axum): tenants' API keys, agents, environments,
+//!   sessions, events over SSE straight from the log.
 //! * [`brain`]: the brain plane: the pure harness and context builder, model providers, and
 //!   the worker around them.
 //! * [`hands`]: the hands plane: sandboxes, tools, and the worker that runs jobs.
@@ -38,6 +40,7 @@ pub mod bus;
 pub mod config;
 pub mod credentials;
 pub mod event;
+pub mod gateway;
 pub mod hands;
 pub mod lab;
 pub mod session;

@@ -111,6 +111,42 @@ impl Api {
         self
     }
 
+    /// The same library acting for another principal (the gateway's tenant of one request):
+    /// a clone of the connection handles, nothing opened.
+    pub fn acting_for(&self, principal: Principal) -> Self {
+        Self {
+            principal,
+            ..self.clone()
+        }
+    }
+
+    /// Ends a session for good with a `session.status_terminated` saying why (the gateway's
+    /// archive and delete). Operator and gateway only. A session already terminated is left
+    /// as it is: the answer is its current last sequence, as a duplicate.
+    pub async fn terminate(&self, id: &SessionId, reason: &str) -> Result<Sent, ApiError> {
+        if !self.principal.may_instruct {
+            return Err(Refusal::Instruct(self.principal.name.clone()).into());
+        }
+        let state = self.log.load_state(id).await?;
+        if state.event_count == 0 {
+            return Err(Refusal::NotFound(id.clone()).into());
+        }
+        if state.status == crate::session::Status::Terminated {
+            return Ok(Sent {
+                seq: state.last_seq,
+                duplicate: true,
+            });
+        }
+        let event = Event::new(crate::event::SessionStatusTerminated {
+            reason: reason.to_string(),
+        });
+        let a = self.log.append_fact(id, &event).await?;
+        Ok(Sent {
+            seq: a.last_seq,
+            duplicate: a.duplicate,
+        })
+    }
+
     /// The session log, for reads the use cases do not wrap.
     pub fn log(&self) -> &SessionLog {
         &self.log
@@ -319,6 +355,36 @@ impl Api {
                 duplicate: a.duplicate,
             },
         ))
+    }
+
+    /// Renames a session or replaces its metadata (a `session.updated` with those fields).
+    /// Operator and gateway only.
+    pub async fn describe(
+        &self,
+        id: &SessionId,
+        title: Option<String>,
+        metadata: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<Sent, ApiError> {
+        if !self.principal.may_instruct {
+            return Err(Refusal::Instruct(self.principal.name.clone()).into());
+        }
+        let state = self.log.load_state(id).await?;
+        if state.event_count == 0 {
+            return Err(Refusal::NotFound(id.clone()).into());
+        }
+        if state.status == crate::session::Status::Terminated {
+            return Err(Refusal::Terminated(id.clone()).into());
+        }
+        let event = Event::new(crate::event::SessionUpdated {
+            title,
+            metadata,
+            limits: None,
+        });
+        let a = self.log.append_fact(id, &event).await?;
+        Ok(Sent {
+            seq: a.last_seq,
+            duplicate: a.duplicate,
+        })
     }
 
     /// Reads a slice of a session's log; a session without events is not found.

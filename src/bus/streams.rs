@@ -28,6 +28,10 @@ const STREAM_FILES: &[(&str, &str)] = &[
         "HERD_DEADLETTER.json",
         include_str!("../../streams/HERD_DEADLETTER.json"),
     ),
+    (
+        "HERD_GATEWAY.json",
+        include_str!("../../streams/HERD_GATEWAY.json"),
+    ),
 ];
 const BUCKETS_FILE: &str = include_str!("../../streams/buckets.json");
 
@@ -486,6 +490,12 @@ mod tests {
         assert_eq!(d.streams[1].0.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(d.streams[2].0.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(d.streams[3].0.name, "HERD_DEADLETTER");
+        // The gateway's records: versions kept (no per-subject cap), bounded, never purged.
+        let g = &d.streams[4].0;
+        assert_eq!(g.name, "HERD_GATEWAY");
+        assert!(g.deny_delete && g.deny_purge && g.allow_direct);
+        assert!(g.max_bytes > 0 && g.discard == stream::DiscardPolicy::New);
+        assert_eq!(g.max_messages_per_subject, -1);
         assert_eq!(d.buckets.len(), 5);
         // Bounded, and a full work queue refuses new work rather than drop queued work.
         for q in [&d.streams[1].0, &d.streams[2].0] {

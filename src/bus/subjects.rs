@@ -7,6 +7,8 @@
 //! | `herd.tools.pool.<session_id>.<tool_use_id>` | `HERD_TOOLS` (jobs any hand may take) |
 //! | `herd.tools.host.<host>.<session_id>.<tool_use_id>` | `HERD_TOOLS` (jobs for one hand host) |
 //! | `herd.deadletter.{wake,tool}` | `HERD_DEADLETTER` (what no session could be told about) |
+//! | `herd.gw.obj.<tenant>.<kind>.<id>` | `HERD_GATEWAY` (a tenant's agent, environment, vault, credential or session record; each write a version) |
+//! | `herd.gw.key.<sha256 of the key>` | `HERD_GATEWAY` (an API key's tenant and state) |
 //!
 //! The event type is in the subject so the `nats` CLI can filter, count and replay one session
 //! or one kind of event without decoding payloads.
@@ -147,6 +149,42 @@ pub fn parse_session_subject(subject: &str) -> Option<(SessionId, &str)> {
     let (id, event_type) = rest.split_once('.')?;
     Some((SessionId::parse(id).ok()?, event_type))
 }
+
+/// The gateway's records stream.
+pub const GATEWAY_STREAM: &str = "HERD_GATEWAY";
+
+const GATEWAY_OBJECT_PREFIX: &str = "herd.gw.obj.";
+const GATEWAY_KEY_PREFIX: &str = "herd.gw.key.";
+
+/// The subject of one gateway object: `herd.gw.obj.<tenant>.<kind>.<id>`. The tenant is part
+/// of the subject, so one tenant's lookup can never land on another's object.
+pub fn gateway_object(tenant: &str, kind: &str, id: &str) -> String {
+    format!("{GATEWAY_OBJECT_PREFIX}{tenant}.{kind}.{id}")
+}
+
+/// The filter matching every object of one kind of one tenant.
+pub fn gateway_objects(tenant: &str, kind: &str) -> String {
+    format!("{GATEWAY_OBJECT_PREFIX}{tenant}.{kind}.*")
+}
+
+/// The id (last token) of a gateway object's subject.
+pub fn gateway_object_id(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(GATEWAY_OBJECT_PREFIX)?
+        .rsplit('.')
+        .next()
+}
+
+/// The subject of an API key's record, by the key's SHA-256 (hex).
+pub fn gateway_key(hash: &str) -> String {
+    format!("{GATEWAY_KEY_PREFIX}{hash}")
+}
+
+/// The filter matching every API key's record.
+pub const GATEWAY_KEYS: &str = "herd.gw.key.*";
+
+/// The filter matching every gateway object (the gateway's publish permission).
+pub const GATEWAY_OBJECTS: &str = "herd.gw.obj.>";
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ mod bench;
 mod chaos;
 mod check;
 mod decode;
+mod gateway;
 mod gc;
 mod output;
 mod session;
@@ -77,14 +78,19 @@ enum Cmd {
     /// Run a brain worker: take wakes, replay sessions, call the model, append its steps.
     /// Start as many as you like; they share the `brain` consumer.
     Brain(workers::BrainArgs),
-    /// Run every plane in one process on this machine: a brain and a hand (and a nats-server
-    /// from nats.conf when none answers), until Ctrl-C.
+    /// Run every plane in one process on this machine: a brain, a hand and the gateway (and a
+    /// nats-server from nats.conf when none answers), until Ctrl-C.
     Up {
         #[command(flatten)]
         brain: workers::BrainArgs,
         /// The image of sessions whose environment names none.
         #[arg(long = "sandbox-image", default_value_t = herd::hands::sandbox::SandboxConfig::default().default_image)]
         image: String,
+        #[command(flatten)]
+        gateway: gateway::GatewayArgs,
+        /// Do not serve the HTTP API.
+        #[arg(long)]
+        no_gateway: bool,
     },
     /// Run a hand worker: take tool jobs, run them in hardened Docker sandboxes, append the
     /// results. Start one per Docker host (or more).
@@ -94,6 +100,14 @@ enum Cmd {
     Vault {
         #[command(subcommand)]
         cmd: vault::VaultCmd,
+    },
+    /// Serve the Managed Agents HTTP API (the official Anthropic SDKs work against it by
+    /// changing base_url). Stateless: run any number behind a load balancer.
+    Gateway(gateway::GatewayArgs),
+    /// The gateway's API keys: one tenant each, stored hashed.
+    Keys {
+        #[command(subcommand)]
+        cmd: gateway::KeysCmd,
     },
     /// How full herd's store is: each stream and bucket against its bound, and the account.
     Status(status::StatusArgs),
@@ -197,7 +211,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = connect(&cli.global).await?;
             session::run(client, cmd, prices).await
         }
-        Cmd::Up { brain, image } => workers::up(&cli.global, brain, image).await,
+        Cmd::Up {
+            brain,
+            image,
+            gateway,
+            no_gateway,
+        } => workers::up(&cli.global, brain, image, (!no_gateway).then_some(gateway)).await,
+        Cmd::Gateway(a) => gateway::run(&cli.global, a).await,
+        Cmd::Keys { cmd } => gateway::keys(connect(&cli.global).await?, cmd).await,
         Cmd::Brain(a) => workers::brain(&cli.global, a).await,
         Cmd::Hands(a) => workers::hands(&cli.global, a).await,
         Cmd::Vault { cmd } => vault::run(connect(&cli.global).await?, cmd).await,

@@ -82,6 +82,7 @@ pub async fn run(
     cfg: NatsConfig,
     brain: herd::brain::BrainConfig,
     hands: herd::hands::HandsConfig,
+    gateway: Option<herd::gateway::GatewayConfig>,
 ) -> anyhow::Result<()> {
     let _own = if reachable(&cfg) {
         None
@@ -99,6 +100,25 @@ pub async fn run(
         .as_role(herd::auth::Role::Brain)
         .connect("herd-up-brain")
         .await?;
+    let gateway_task = match gateway {
+        Some(config) => {
+            let client = cfg
+                .clone()
+                .as_role(herd::auth::Role::Gateway)
+                .connect("herd-up-gateway")
+                .await?;
+            let key = herd::credentials::vault::VaultKey::from_env()?;
+            let gw = herd::gateway::Gateway::open(client, &config, key).await?;
+            eprintln!(
+                "herd up: the Managed Agents API on http://{} (keys: herd keys create --tenant T)",
+                config.listen
+            );
+            Some(tokio::spawn(async move {
+                herd::gateway::serve(gw, &config, std::future::pending()).await
+            }))
+        }
+        None => None,
+    };
     let hands_client = cfg
         .as_role(herd::auth::Role::Hands)
         .connect("herd-up-hands")
@@ -124,7 +144,18 @@ pub async fn run(
             ""
         }
     );
-    let _ = tokio::signal::ctrl_c().await;
+    match gateway_task {
+        Some(mut gw) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => gw.abort(),
+            r = &mut gw => {
+                let _ = stop_tx.send(true);
+                r??;
+            }
+        },
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
     let _ = stop_tx.send(true);
     brain_task.await??;
     if let Some(h) = hands_task {

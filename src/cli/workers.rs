@@ -227,7 +227,12 @@ pub async fn hands(g: &Global, a: HandsArgs) -> anyhow::Result<()> {
 }
 
 /// `herd up`.
-pub async fn up(g: &Global, brain: BrainArgs, image: String) -> anyhow::Result<()> {
+pub async fn up(
+    g: &Global,
+    brain: BrainArgs,
+    image: String,
+    gateway: Option<super::gateway::GatewayArgs>,
+) -> anyhow::Result<()> {
     let cfg = nats_config(g)?;
     let brain = brain_config(g, &brain)?;
     let mut hands = HandsConfig {
@@ -238,5 +243,6 @@ pub async fn up(g: &Global, brain: BrainArgs, image: String) -> anyhow::Result<(
     // One process holds every plane here, so the key is in the brain's process too: fine on
     // one machine; split the planes when that matters.
     hands.vault_key = herd::credentials::vault::VaultKey::from_env()?;
-    super::up::run(cfg, brain, hands).await
+    let gateway = gateway.map(|a| a.config());
+    super::up::run(cfg, brain, hands, gateway).await
 }

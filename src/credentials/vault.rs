@@ -439,6 +439,19 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// Removes a credential without reading it first: for a writer that may not read the
+    /// vault (the gateway, which only seals). Removing one that is not there is no error.
+    pub async fn forget(&self, vault: &str, name: &str) -> Result<(), VaultError> {
+        check_name("vault name", vault)?;
+        check_name("credential name", name)?;
+        self.kv
+            .delete(kv_key(vault, name))
+            .await
+            .map_err(|e| VaultError::Store(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

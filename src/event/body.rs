@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::config::{AgentConfig, EnvironmentConfig, Resource, SessionLimits};
+use super::config::{AgentConfig, EnvironmentConfig, Origin, Resource, SessionLimits};
 use super::pricing::{Budget, Money};
 
 /// One block of message content, kept as the JSON object it arrived as.
@@ -172,6 +172,9 @@ payload!(
         /// herd's limits on model requests, tool calls and output tokens (rule 11); raised
         /// later by a `session.updated`.
         #[serde(default, skip_serializing_if = "SessionLimits::is_empty")] limits: SessionLimits,
+        /// Where the session came from when a front door other than herd's own made it (the
+        /// gateway: its tenant and the Managed Agents API objects it was created from).
+        #[serde(default, skip_serializing_if = "Option::is_none")] origin: Option<Origin>,
     }
 );
 payload!(

@@ -137,6 +137,20 @@ pub struct Resource {
     pub push_branches: Vec<String>,
 }
 
+/// Who made a session through the gateway, and from what: the tenant that owns it and the
+/// Managed Agents API objects (the agent at its resolved version, the environment) it was
+/// created from, kept whole so the log alone rebuilds what the gateway shows. herd runs the
+/// session from `agent` and `environment` of [`SessionCreated`], never from these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The tenant that owns the session; no other tenant sees it.
+    pub tenant: String,
+    /// The agent object (its id, version, model, tools, …) as the gateway returned it.
+    pub agent: Value,
+    /// The environment object.
+    pub environment: Value,
+}
+
 /// herd's limits on what one session may use (DESIGN rule 11): each bounds a looping agent.
 /// Unset means the deployment's default (a per-turn cap on model requests; nothing else).
 ///
@@ -258,6 +272,7 @@ impl SessionCreated {
             vault_ids: vec![],
             resources: vec![],
             limits: Default::default(),
+            origin: None,
         }
     }
 

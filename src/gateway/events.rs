@@ -1,0 +1,285 @@
+//! Session events: `GET /v1/sessions/{id}/events` (positional pages, by type) and
+//! `POST /v1/sessions/{id}/events` (through `api::Api::send`, so the admission rules and the
+//! wake path are the CLI's and the NATS door's). The stream is in [`super::stream`].
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::error::HttpError;
+use super::input::{self, Query};
+use super::{Shared, Tenant, ok, sessions, view};
+use crate::event::{
+    Event, EventBody, StoredEvent, SystemMessage, UserCustomToolResult, UserInterrupt, UserMessage,
+    UserToolConfirmation,
+};
+use crate::session::Slice;
+
+/// The most events one send may carry.
+pub const MAX_SEND: usize = 50;
+
+/// The most events one page lists.
+pub const MAX_LIST: usize = 1000;
+
+fn fields<T: DeserializeOwned>(
+    kind: &str,
+    m: &Map<String, Value>,
+    known: &[&str],
+) -> Result<T, HttpError> {
+    input::only(kind, m, known)?;
+    let mut m = m.clone();
+    m.remove("type");
+    if m.remove("session_thread_id").is_some_and(|t| !t.is_null()) {
+        return Err(HttpError::invalid(format!(
+            "{kind}: session_thread_id: herd sessions have one thread"
+        )));
+    }
+    serde_json::from_value(Value::Object(m)).map_err(|e| HttpError::invalid(format!("{kind}: {e}")))
+}
+
+/// One event a client sends, as a herd event with a fresh id. Only the types a client may
+/// send are taken; each with exactly its fields.
+pub fn parse(v: &Value) -> Result<Event, HttpError> {
+    let Value::Object(m) = v else {
+        return Err(HttpError::invalid("each event must be an object"));
+    };
+    let kind = m
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| HttpError::invalid("each event needs a string \"type\""))?;
+    let body: EventBody = match kind {
+        "user.message" => {
+            let e: UserMessage = fields(kind, m, &["type", "content"])?;
+            if e.content.is_empty() {
+                return Err(HttpError::invalid(
+                    "user.message: content must not be empty",
+                ));
+            }
+            e.into()
+        }
+        "user.interrupt" => {
+            fields::<UserInterrupt>(kind, m, &["type", "session_thread_id"])?.into()
+        }
+        "user.tool_confirmation" => fields::<UserToolConfirmation>(
+            kind,
+            m,
+            &[
+                "type",
+                "tool_use_id",
+                "result",
+                "deny_message",
+                "session_thread_id",
+            ],
+        )?
+        .into(),
+        "user.custom_tool_result" => fields::<UserCustomToolResult>(
+            kind,
+            m,
+            &[
+                "type",
+                "custom_tool_use_id",
+                "content",
+                "is_error",
+                "session_thread_id",
+            ],
+        )?
+        .into(),
+        "system.message" => fields::<SystemMessage>(kind, m, &["type", "content"])?.into(),
+        "user.tool_result" | "user.define_outcome" => {
+            return Err(HttpError::invalid(format!(
+                "{kind} is not supported by herd's gateway yet"
+            )));
+        }
+        other => {
+            return Err(HttpError::invalid(format!(
+                "unknown event type {other:?}; a client sends user.message, user.interrupt, user.tool_confirmation, user.custom_tool_result or system.message"
+            )));
+        }
+    };
+    Ok(Event::new(body))
+}
+
+/// `POST /v1/sessions/{id}/events`: the events in order, each admitted and appended, then the
+/// session woken. Answers the events as stored.
+pub async fn send(
+    State(g): State<Shared>,
+    t: Tenant,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let body = input::object(&body)?;
+    input::only("events.send", &body, &["events"])?;
+    let events = sessions::parse_all(&body)?;
+    let systems = events
+        .iter()
+        .filter(|e| e.type_name() == "system.message")
+        .count();
+    if systems > 1
+        || (systems == 1 && events.last().map(Event::type_name) != Some("system.message"))
+    {
+        return Err(HttpError::invalid(
+            "system.message: at most one per request, and it must come last",
+        ));
+    }
+    let s = sessions::load(&g, &t.0, &id).await?;
+    let api = g.tenant_api(&t.0, vec![]);
+    let mut data = Vec::new();
+    for event in events {
+        let sent = api.send(&s.id, &event).await?;
+        data.push(view::event(&StoredEvent {
+            session_id: s.id.clone(),
+            seq: sent.seq,
+            event,
+        }));
+    }
+    Ok(ok(json!({"data": data})))
+}
+
+/// Checks `types[]`: known event type names.
+pub fn types(q: &Query) -> Result<Vec<String>, HttpError> {
+    q.all("types")
+        .into_iter()
+        .map(|t| {
+            if EventBody::KNOWN_TYPES.contains(&t) || t == "session.deleted" {
+                Ok(t.to_string())
+            } else {
+                Err(HttpError::invalid(format!(
+                    "types: {t:?} is not an event type"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// `GET /v1/sessions/{id}/events`: oldest first by default; the cursor is the stream
+/// sequence of the page's last event.
+pub async fn list(
+    State(g): State<Shared>,
+    t: Tenant,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, HttpError> {
+    let q = Query::parse(
+        q.as_deref(),
+        &[
+            "limit",
+            "page",
+            "order",
+            "types",
+            "created_at[gt]",
+            "created_at[gte]",
+            "created_at[lt]",
+            "created_at[lte]",
+        ],
+    )?;
+    let limit = q.limit(20, MAX_LIST)?;
+    let types = types(&q)?;
+    let range = q.time_range()?;
+    let desc = q.descending(false)?;
+    let cursor = input::cursor(q.get("page"))?;
+    let s = sessions::load(&g, &t.0, &id).await?;
+    let wanted = |e: &StoredEvent| {
+        let name = e.event.type_name();
+        (if types.is_empty() {
+            view::shown(name)
+        } else {
+            types.iter().any(|t| t == name)
+        }) && (range.is_open() || range.contains(e.event.processed_at))
+    };
+    // Read a little past the page, to know whether another shown event follows.
+    let chunk = (limit + 1).max(64);
+    let mut data = Vec::new();
+    let mut last_shown = 0;
+    let mut from = cursor.map_or(1, |c| c + 1);
+    let mut to = cursor.map(|c| c.saturating_sub(1));
+    loop {
+        let slice = if desc {
+            if to == Some(0) {
+                break;
+            }
+            Slice {
+                to,
+                last: Some(chunk),
+                types: types.clone(),
+                ..Default::default()
+            }
+        } else {
+            Slice {
+                from: Some(from),
+                limit: Some(chunk),
+                types: types.clone(),
+                ..Default::default()
+            }
+        };
+        let records = g.api.read(&s.id, &slice).await?;
+        let n = records.len();
+        let mut batch: Vec<StoredEvent> = records.into_iter().filter_map(Result::ok).collect();
+        if desc {
+            batch.reverse();
+        }
+        for e in batch {
+            if desc {
+                to = Some(e.seq.saturating_sub(1));
+            } else {
+                from = e.seq + 1;
+            }
+            if !wanted(&e) {
+                continue;
+            }
+            if data.len() == limit {
+                return Ok(ok(
+                    json!({"data": data, "next_page": input::next_page(last_shown)}),
+                ));
+            }
+            last_shown = e.seq;
+            data.push(view::event(&e));
+        }
+        if n < chunk {
+            break;
+        }
+    }
+    Ok(ok(json!({"data": data, "next_page": null})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_sends_its_types_with_exactly_their_fields() {
+        let e =
+            parse(&json!({"type": "user.message", "content": [{"type": "text", "text": "hi"}]}))
+                .unwrap();
+        assert_eq!(e.type_name(), "user.message");
+        let e = parse(
+            &json!({"type": "user.tool_confirmation", "tool_use_id": "toolu_1", "result": "allow"}),
+        )
+        .unwrap();
+        assert_eq!(e.type_name(), "user.tool_confirmation");
+        assert!(parse(&json!({"type": "user.interrupt", "session_thread_id": null})).is_ok());
+        for (bad, named) in [
+            (
+                json!({"type": "agent.message", "content": []}),
+                "agent.message",
+            ),
+            (json!({"type": "user.message", "content": []}), "empty"),
+            (
+                json!({"type": "user.message", "content": "hi", "extra": 1}),
+                "extra",
+            ),
+            (json!({"type": "user.message"}), "content"),
+            (
+                json!({"type": "user.interrupt", "session_thread_id": "sthr_1"}),
+                "session_thread_id",
+            ),
+            (json!({"type": "user.define_outcome"}), "not supported"),
+            (json!({"content": []}), "type"),
+            (json!("user.message"), "object"),
+        ] {
+            let err = parse(&bad).unwrap_err();
+            assert!(err.message.contains(named), "{bad}: {}", err.message);
+        }
+    }
+}

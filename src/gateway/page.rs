@@ -1,0 +1,65 @@
+//! Pages of a tenant's objects, as the SDK pages: `{"data": […], "next_page": cursor|null}`.
+//! `next_page` is set only when another visible object exists, so a page is never empty
+//! with a cursor (the SDK would ask for it forever).
+
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::error::HttpError;
+use super::input::{self, Query};
+use super::store::Kind;
+use super::{Shared, ok};
+
+/// True when an object is a deletion's tombstone (its record stays; the object is gone).
+pub fn deleted(doc: &Value) -> bool {
+    !doc["deleted_at"].is_null()
+}
+
+/// A page of a tenant's objects of one kind, oldest first. The cursor is a position in the
+/// sorted id list.
+pub async fn objects(
+    g: &Shared,
+    tenant: &str,
+    kind: Kind,
+    q: &Query,
+    default_limit: usize,
+    max_limit: usize,
+) -> Result<Response, HttpError> {
+    let limit = q.limit(default_limit, max_limit)?;
+    let start = input::cursor(q.get("page"))?.unwrap_or(0) as usize;
+    let archived = q.flag("include_archived")?;
+    let range = q.time_range()?;
+    let ids = g.store.ids(tenant, kind).await?;
+    let mut data = Vec::new();
+    for (i, id) in ids.iter().enumerate().skip(start) {
+        let Some(s) = g.store.get::<Value>(tenant, kind, id).await? else {
+            continue;
+        };
+        let doc = s.doc;
+        let visible = !deleted(&doc)
+            && (archived || doc["archived_at"].is_null())
+            && (range.is_open()
+                || doc["created_at"]
+                    .as_str()
+                    .and_then(|t| input::parse_time("created_at", t).ok())
+                    .is_some_and(|t| range.contains(t)));
+        if !visible {
+            continue;
+        }
+        if data.len() == limit {
+            return Ok(ok(
+                json!({"data": data, "next_page": input::next_page(i as u64)}),
+            ));
+        }
+        data.push(public(doc));
+    }
+    Ok(ok(json!({"data": data, "next_page": null})))
+}
+
+/// An object as the API shows it: herd's bookkeeping fields removed.
+pub fn public(mut doc: Value) -> Value {
+    if let Some(m) = doc.as_object_mut() {
+        m.remove("deleted_at");
+    }
+    doc
+}

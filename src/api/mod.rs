@@ -82,6 +82,16 @@ pub struct Sent {
     pub duplicate: bool,
 }
 
+/// Folded states of the sessions a front door used lately, brought up to date from the log
+/// (only the events after the cached state's last sequence are read) on every use. The log
+/// stays the truth: a state is never used without first reading what it has not seen. A
+/// long-lived door (the gateway) so admits an event in one short read, not a whole replay.
+#[derive(Default)]
+struct States(std::sync::Mutex<std::collections::HashMap<SessionId, SessionState>>);
+
+/// Sessions whose folded state an [`Api`] keeps.
+const CACHED_STATES: usize = 1024;
+
 /// The front door's library: a log and a JetStream context to wake sessions with, acting for
 /// one principal, with the deployment's price table for budgets.
 #[derive(Clone)]
@@ -90,6 +100,7 @@ pub struct Api {
     js: jetstream::Context,
     principal: Principal,
     prices: std::sync::Arc<PriceTable>,
+    states: std::sync::Arc<States>,
 }
 
 impl Api {
@@ -101,7 +112,29 @@ impl Api {
             js,
             principal,
             prices: Default::default(),
+            states: Default::default(),
         })
+    }
+
+    /// A session's state now: the cached fold brought up to date, or a whole replay.
+    async fn current(&self, id: &SessionId) -> Result<SessionState, ApiError> {
+        let cached = self.states.0.lock().ok().and_then(|m| m.get(id).cloned());
+        let state = match cached {
+            Some(mut state) => {
+                for r in &self.log.read_from(id, state.last_seq + 1).await? {
+                    state.apply_record(r);
+                }
+                state
+            }
+            None => self.log.load_state(id).await?,
+        };
+        if let Ok(mut m) = self.states.0.lock() {
+            if m.len() >= CACHED_STATES && !m.contains_key(id) {
+                m.clear();
+            }
+            m.insert(id.clone(), state.clone());
+        }
+        Ok(state)
     }
 
     /// Prices budgets with `prices` (herd's built-in table and the operator's `[prices]`)
@@ -127,7 +160,7 @@ impl Api {
         if !self.principal.may_instruct {
             return Err(Refusal::Instruct(self.principal.name.clone()).into());
         }
-        let state = self.log.load_state(id).await?;
+        let state = self.current(id).await?;
         if state.event_count == 0 {
             return Err(Refusal::NotFound(id.clone()).into());
         }
@@ -173,7 +206,7 @@ impl Api {
     /// appended as a fact (deduplicated by its id), then the session is woken. A resend of an
     /// event already in the log is `duplicate`, not refused, whatever the session did since.
     pub async fn send(&self, id: &SessionId, event: &Event) -> Result<Sent, ApiError> {
-        let state = self.log.load_state(id).await?;
+        let state = self.current(id).await?;
         let sent = match admit_from(&self.principal, &state, event) {
             Ok(()) => {
                 let a = self.log.append_fact(id, event).await?;
@@ -322,7 +355,7 @@ impl Api {
             )
             .into());
         }
-        let state = self.log.load_state(id).await?;
+        let state = self.current(id).await?;
         if state.event_count == 0 {
             return Err(Refusal::NotFound(id.clone()).into());
         }
@@ -368,7 +401,7 @@ impl Api {
         if !self.principal.may_instruct {
             return Err(Refusal::Instruct(self.principal.name.clone()).into());
         }
-        let state = self.log.load_state(id).await?;
+        let state = self.current(id).await?;
         if state.event_count == 0 {
             return Err(Refusal::NotFound(id.clone()).into());
         }
@@ -398,6 +431,6 @@ impl Api {
 
     /// A session's current state, folded from its log.
     pub async fn state(&self, id: &SessionId) -> Result<SessionState, ApiError> {
-        Ok(self.log.load_state(id).await?)
+        self.current(id).await
     }
 }

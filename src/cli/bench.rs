@@ -26,6 +26,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = bench::brain::Params::default().throughput_sessions)]
         throughput_sessions: usize,
     },
+    /// The HTTP API vs NATS: append → SSE frame, events.send → model first byte, listing
+    /// 1,000 events, and many concurrent streams on one gateway.
+    Gateway {
+        /// Timed appends and sends.
+        #[arg(long, default_value_t = bench::gateway::Params::default().samples)]
+        samples: usize,
+        /// Events in the listed session.
+        #[arg(long, default_value_t = bench::gateway::Params::default().list_events)]
+        list_events: usize,
+        /// Concurrent SSE streams (each costs two file descriptors here: raise ulimit -n).
+        #[arg(long, default_value_t = bench::gateway::Params::default().streams)]
+        streams: usize,
+    },
     /// Append latency and replay time of the session log vs raw JetStream.
     Log {
         /// Timed appends of each kind.
@@ -67,6 +80,19 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 sessions_per_size,
                 throughput_sessions,
                 ..Default::default()
+            })
+            .await?;
+            println!("{}", bench::render(&report.table(), &report)?);
+        }
+        BenchCmd::Gateway {
+            samples,
+            list_events,
+            streams,
+        } => {
+            let report = bench::gateway::run(bench::gateway::Params {
+                samples,
+                list_events,
+                streams,
             })
             .await?;
             println!("{}", bench::render(&report.table(), &report)?);

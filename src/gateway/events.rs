@@ -123,13 +123,13 @@ pub async fn send(
             "system.message: at most one per request, and it must come last",
         ));
     }
-    let s = sessions::load(&g, &t.0, &id).await?;
+    let sid = sessions::owned(&g, &t.0, &id).await?;
     let api = g.tenant_api(&t.0, vec![]);
     let mut data = Vec::new();
     for event in events {
-        let sent = api.send(&s.id, &event).await?;
+        let sent = api.send(&sid, &event).await?;
         data.push(view::event(&StoredEvent {
-            session_id: s.id.clone(),
+            session_id: sid.clone(),
             seq: sent.seq,
             event,
         }));
@@ -179,7 +179,7 @@ pub async fn list(
     let range = q.time_range()?;
     let desc = q.descending(false)?;
     let cursor = input::cursor(q.get("page"))?;
-    let s = sessions::load(&g, &t.0, &id).await?;
+    let sid = sessions::owned(&g, &t.0, &id).await?;
     let wanted = |e: &StoredEvent| {
         let name = e.event.type_name();
         (if types.is_empty() {
@@ -192,7 +192,12 @@ pub async fn list(
     let chunk = (limit + 1).max(64);
     let mut data = Vec::new();
     let mut last_shown = 0;
-    let mut from = cursor.map_or(1, |c| c + 1);
+    let mut from = match cursor {
+        None => 1,
+        Some(c) => c
+            .checked_add(1)
+            .ok_or_else(|| HttpError::invalid("page is not a cursor this API returned"))?,
+    };
     let mut to = cursor.map(|c| c.saturating_sub(1));
     loop {
         let slice = if desc {
@@ -213,18 +218,24 @@ pub async fn list(
                 ..Default::default()
             }
         };
-        let records = g.api.read(&s.id, &slice).await?;
+        let mut records = g.api.read(&sid, &slice).await?;
         let n = records.len();
-        let mut batch: Vec<StoredEvent> = records.into_iter().filter_map(Result::ok).collect();
         if desc {
-            batch.reverse();
+            records.reverse();
         }
-        for e in batch {
+        for r in records {
+            // Every record moves the window on, a message that is not an event included, so
+            // a run of those can never hold a page in place.
+            let seq = match &r {
+                Ok(e) => e.seq,
+                Err(bad) => bad.seq,
+            };
             if desc {
-                to = Some(e.seq.saturating_sub(1));
+                to = Some(seq.saturating_sub(1));
             } else {
-                from = e.seq + 1;
+                from = seq + 1;
             }
+            let Ok(e) = r else { continue };
             if !wanted(&e) {
                 continue;
             }

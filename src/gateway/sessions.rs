@@ -55,6 +55,33 @@ pub async fn load(g: &Shared, tenant: &str, id: &str) -> Result<Loaded, HttpErro
     })
 }
 
+/// Checks that a session is the tenant's without folding its log (what sending, listing and
+/// streaming need): its index record under the tenant, and its `session.created` naming the
+/// tenant as its origin. Two direct gets, whatever the session's length.
+pub async fn owned(g: &Shared, tenant: &str, id: &str) -> Result<SessionId, HttpError> {
+    index(g, tenant, id).await?;
+    let sid = SessionId::parse(id).map_err(|_| HttpError::not_found("session", id))?;
+    let first = g
+        .api
+        .read(
+            &sid,
+            &crate::session::Slice {
+                types: vec!["session.created".into()],
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let owned = first.iter().filter_map(|r| r.as_ref().ok()).any(|e| {
+        matches!(&e.event.body, crate::event::EventBody::SessionCreated(c)
+            if c.origin.as_ref().is_some_and(|o| o.tenant == tenant))
+    });
+    if !owned {
+        return Err(HttpError::not_found("session", id));
+    }
+    Ok(sid)
+}
+
 /// The tenant's index record of a session, if it is not deleted.
 pub async fn index(g: &Shared, tenant: &str, id: &str) -> Result<Stored<Value>, HttpError> {
     let id = input::id("session", "sesn_", id)?;
@@ -340,16 +367,18 @@ pub async fn create(
     };
     let id = SessionId::generate();
     let api = g.tenant_api(&t.0, vault_ids);
-    api.create(&id, created).await?;
     let at = now();
     let index = json!({
         "type": "session_index", "id": id.as_str(), "agent_id": agent["id"],
         "agent_version": agent["version"], "environment_id": env_id,
         "created_at": at, "updated_at": at, "archived_at": null, "deleted_at": null,
     });
+    // The index first: a session whose log write fails is an index record without a log
+    // (not found, skipped by lists), never a log no tenant can see.
     g.store
         .put(&t.0, Kind::Session, id.as_str(), &index, Expect::New)
         .await?;
+    api.create(&id, created).await?;
     for e in &initial {
         api.send(&id, e).await?;
     }
@@ -494,7 +523,18 @@ pub async fn list(
         ],
     )?;
     let limit = q.limit(20, 100)?;
-    let start = input::cursor(q.get("page"))?.unwrap_or(0) as usize;
+    // The cursor is the last id returned: sessions made between two pages never shift one.
+    let after = match q.get("page") {
+        None => None,
+        Some(p) => Some(
+            p.strip_prefix("page_")
+                .and_then(|id| input::id("session", "sesn_", id).ok())
+                .ok_or_else(|| {
+                    HttpError::invalid(format!("page {p:?} is not a cursor this API returned"))
+                })?
+                .to_string(),
+        ),
+    };
     let archived = q.flag("include_archived")?;
     let range = q.time_range()?;
     let statuses = q.all("statuses");
@@ -515,11 +555,18 @@ pub async fn list(
     // herd has no deployments or memory stores: no session belongs to one.
     let none_match = q.get("deployment_id").is_some() || q.get("memory_store_id").is_some();
     let mut ids = g.store.ids(&t.0, Kind::Session).await?;
-    if q.descending(true)? {
+    let desc = q.descending(true)?;
+    if desc {
         ids.reverse();
     }
     let mut data = Vec::new();
-    for (i, id) in ids.iter().enumerate().skip(start) {
+    let mut last: Option<String> = None;
+    let beyond = |id: &&String| match &after {
+        None => true,
+        Some(a) if desc => id.as_str() < a.as_str(),
+        Some(a) => id.as_str() > a.as_str(),
+    };
+    for id in ids.iter().filter(beyond) {
         if none_match {
             break;
         }
@@ -546,10 +593,12 @@ pub async fn list(
             continue;
         }
         if data.len() == limit {
+            let next = last.map(|l| format!("page_{l}"));
             return Ok(ok(
-                json!({"data": data, "next_page": input::next_page(i as u64), "prev_page": null}),
+                json!({"data": data, "next_page": next, "prev_page": null}),
             ));
         }
+        last = Some(id.clone());
         data.push(view(&loaded));
     }
     Ok(ok(

@@ -23,6 +23,10 @@ use super::input::Query;
 use super::{Shared, Tenant, sessions, view};
 use crate::event::{EventBody, Record, format_time};
 
+/// How long a client may leave a frame unread (its buffer full) before its stream is
+/// dropped: a reader that stopped reading must not hold a stream slot for good.
+pub const SLOW_READER: Duration = Duration::from_secs(60);
+
 /// How often a quiet stream gets a keepalive comment.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -68,21 +72,33 @@ pub async fn stream(
         }
     }
     let resume = last_event_id(&headers)?;
-    let s = sessions::load(&g, &t.0, &id).await?;
+    let sid = sessions::owned(&g, &t.0, &id).await?;
     let permit = g.streams.clone().try_acquire_owned().map_err(|_| {
         HttpError::busy(
             "this gateway holds as many streams as it may; retry, or use another gateway",
         )
     })?;
-    let from = resume.map_or(s.state.last_seq, |seq| seq) + 1;
+    let from = match resume {
+        Some(seq) => seq
+            .checked_add(1)
+            .ok_or_else(|| HttpError::invalid("Last-Event-ID is out of range"))?,
+        None => {
+            g.api
+                .log()
+                .last_sequence(&sid)
+                .await
+                .map_err(crate::api::ApiError::from)?
+                + 1
+        }
+    };
     let mut follow = g
         .api
         .log()
-        .follow(&s.id, from)
+        .follow(&sid, from)
         .await
         .map_err(crate::api::ApiError::from)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let session = s.id.clone();
+    let session = sid.clone();
     tokio::spawn(async move {
         let _permit = permit;
         let hello = format!(": herd stream of {session} from sequence {from}\n\n");
@@ -95,7 +111,8 @@ pub async fn stream(
             let next = tokio::select! {
                 r = follow.next() => r,
                 _ = keepalive.tick() => {
-                    if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
+                    let sent = tokio::time::timeout(SLOW_READER, tx.send(Bytes::from_static(b": keepalive\n\n"))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         return;
                     }
                     continue;
@@ -114,22 +131,29 @@ pub async fn stream(
             if !view::shown(e.event.type_name()) {
                 continue;
             }
-            if tx
-                .send(frame(Some(e.seq), e.event.type_name(), &view::event(&e)))
-                .await
-                .is_err()
-            {
+            let sent = tokio::time::timeout(
+                SLOW_READER,
+                tx.send(frame(Some(e.seq), e.event.type_name(), &view::event(&e))),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
                 return;
             }
-            if let EventBody::SessionStatusTerminated(term) = &e.event.body
-                && term.reason == "deleted"
-            {
-                let gone = json!({
-                    "id": format!("sevt_deleted_{session}"),
-                    "type": "session.deleted",
-                    "processed_at": format_time(e.event.processed_at),
-                });
-                let _ = tx.send(frame(Some(e.seq), "session.deleted", &gone)).await;
+            // A session that ended for good sends nothing more: the stream ends with it
+            // (after `session.deleted`, as the API sends it, when it was deleted).
+            if let EventBody::SessionStatusTerminated(term) = &e.event.body {
+                if term.reason == "deleted" {
+                    let gone = json!({
+                        "id": format!("sevt_deleted_{session}"),
+                        "type": "session.deleted",
+                        "processed_at": format_time(e.event.processed_at),
+                    });
+                    let _ = tokio::time::timeout(
+                        SLOW_READER,
+                        tx.send(frame(Some(e.seq), "session.deleted", &gone)),
+                    )
+                    .await;
+                }
                 return;
             }
         }

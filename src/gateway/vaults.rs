@@ -313,11 +313,28 @@ pub async fn create_credential(
     get(&g, &t.0, &vid).await?;
     let id = format!("vcrd_{}", uuid::Uuid::now_v7().simple());
     let (shown, name, kind, hosts, secret) = auth(body.get("auth"), &id)?;
+    // One live credential per herd name in a vault: a second would replace the first's
+    // secret, and deleting either would remove the survivor's.
+    for cid in g.store.ids(&t.0, Kind::Credential).await? {
+        if let Some(c) = g.store.get::<Value>(&t.0, Kind::Credential, &cid).await?
+            && c.doc["vault_id"] == vid.as_str()
+            && !page::deleted(&c.doc)
+            && c.doc["archived_at"].is_null()
+            && herd_name(&c.doc) == name
+        {
+            return Err(HttpError::conflict(format!(
+                "vault {vid:?} already has a credential for {name:?} ({cid}); delete it first"
+            )));
+        }
+    }
     let key = g.vault_key()?;
     g.vault()?
         .put(key, &vid, &name, kind, &hosts, &secret)
         .await
-        .map_err(|e| HttpError::invalid(e.to_string()))?;
+        .map_err(|e| match e {
+            crate::credentials::vault::VaultError::Invalid(m) => HttpError::invalid(m),
+            other => HttpError::unavailable(other.to_string()),
+        })?;
     let at = now();
     let mut metadata = BTreeMap::new();
     input::metadata_patch(&mut metadata, body.get("metadata"), true)?;
@@ -326,9 +343,15 @@ pub async fn create_credential(
         "display_name": input::opt_string(&body, "display_name", 256)?, "metadata": metadata,
         "auth": shown, "created_at": at, "updated_at": at, "archived_at": null,
     });
-    g.store
+    if let Err(e) = g
+        .store
         .put(&t.0, Kind::Credential, &id, &doc, Expect::New)
-        .await?;
+        .await
+    {
+        // No record, no secret: one the API cannot show must not stay usable.
+        let _ = forget(&g, &vid, &doc).await;
+        return Err(e.into());
+    }
     Ok(ok(doc))
 }
 

@@ -171,6 +171,8 @@ check("vault deleted", B.vaults.delete(vault.id).type == "vault_deleted")
 check("environment deleted", B.environments.delete(env.id).type == "environment_deleted")
 check("agent archived", B.agents.archive(agent.id).archived_at is not None)
 check("sessions listed", session.id in [x.id for x in B.sessions.list()])
+paged = [x.id for x in B.sessions.list(limit=1, include_archived=True)]
+check("sessions paged one by one", len(paged) == len(set(paged)) >= 1 and session.id in paged, paged)
 
 print(json.dumps({"session": session.id, "agent": agent.id, "checks": checks}))
 sys.stdout.flush()

@@ -2,6 +2,7 @@
 //! on the same server, and report ratios. They print figures; they assert nothing about time.
 
 pub mod brain;
+pub mod gateway;
 pub mod hands;
 pub mod log;
 

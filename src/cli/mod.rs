@@ -129,6 +129,14 @@ enum Cmd {
         #[arg(long)]
         pretty: bool,
     },
+    /// A local stand-in for the model API (the Anthropic wire protocol): what the demo's
+    /// brain talks to when no ANTHROPIC_API_KEY is set. Not for production.
+    #[command(hide = true)]
+    MockModel {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: std::net::SocketAddr,
+    },
     /// Measure herd against the raw NATS primitives, on a private nats-server.
     Bench {
         #[command(subcommand)]
@@ -228,6 +236,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Chaos(a) => chaos::run(a).await,
         Cmd::Decode { pretty } => decode::decode(pretty),
         Cmd::Bench { cmd } => bench::run(cmd).await,
+        Cmd::MockModel { listen } => {
+            let model = herd::lab::mock_model::MockModel::start_on(listen).await?;
+            model.set_responder(herd::lab::mock_model::demo_reply);
+            eprintln!(
+                "mock model (Anthropic protocol) on {}",
+                model.anthropic_url()
+            );
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        }
     }
 }
 

@@ -98,7 +98,12 @@ impl Drop for MockModel {
 impl MockModel {
     /// Starts a server on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a server on `addr` (`herd lab mock-model`, for the demo without a model key).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let s = state.clone();
@@ -372,4 +377,32 @@ pub fn answers_a_tool_result(body: &Value) -> bool {
                 .flatten()
                 .any(|b| b["type"] == "tool_result")
         })
+}
+
+/// The demo's answers when no model key is set: a question gets one `bash` call that shows
+/// where it ran; the call's output gets a sentence quoting it.
+pub fn demo_reply(body: &Value) -> Reply {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.last().cloned().unwrap_or(Value::Null);
+    let result = last["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["type"] == "tool_result")
+        .cloned();
+    match result {
+        Some(r) => {
+            let text: String = match &r["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(a) => a.iter().filter_map(|b| b["text"].as_str()).collect(),
+                _ => String::new(),
+            };
+            Reply::text(&format!("The sandbox answered: {}", text.trim()))
+        }
+        None => Reply::tool_use(
+            &format!("toolu_demo_{}", messages.len()),
+            "bash",
+            json!({"command": "echo \"hello from $(hostname) as $(id -un), $(uname -sm)\""}),
+        ),
+    }
 }

@@ -257,8 +257,10 @@ pub fn permissions(role: Role) -> Permissions {
                 "$JS.API.STREAM.INFO.HERD_GATEWAY",
             ]));
             publish.extend(read_bucket("OBJ_herd-blobs"));
-            // API keys are read (by hash), never written: only the operator makes keys.
             publish.extend(read_bucket("HERD_GATEWAY"));
+            // API keys are read (by hash), never written: only the operator makes keys.
+            publish.push("$JS.API.STREAM.INFO.HERD_KEYS".into());
+            publish.extend(read_bucket("HERD_KEYS"));
             deny.extend(strings(&[
                 "herd.session.*.agent.>",
                 "herd.session.*.span.>",

@@ -627,3 +627,39 @@ async fn a_stream_resumes_on_another_gateway_without_a_gap() {
             .any(|f| f.data["id"] == i.as_str() && f.event == "agent.message")
     }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_with_an_idempotency_key_lands_once() {
+    let d = Deployment::start().await;
+    let key = d.key("acme").await;
+    let url = &d.url;
+    let (_, _, _, session) = make_objects(url, &key).await;
+    let sid = SessionId::parse(&session).unwrap();
+    let send = |text: &'static str, idem: &'static str| {
+        http()
+            .post(format!("{url}/v1/sessions/{session}/events"))
+            .bearer_auth(&key)
+            .header("idempotency-key", idem)
+            .body(json!({"events": [{"type": "user.message", "content": [{"type": "text", "text": text}]}]}).to_string())
+            .send()
+    };
+    let first = send("hello", "retry-me-1").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = serde_json::from_str(&first.text().await.unwrap()).unwrap();
+    let again = send("hello", "retry-me-1").await.unwrap();
+    assert_eq!(again.status(), 200, "a retry is answered as the first was");
+    let again: Value = serde_json::from_str(&again.text().await.unwrap()).unwrap();
+    assert_eq!(first["data"][0]["id"], again["data"][0]["id"]);
+    let other = send("something else", "retry-me-1").await.unwrap();
+    assert_eq!(other.status(), 409, "the same key with another body");
+    wait_idles(&d.t, &sid, 1).await;
+    let messages = d.t.log.count_by_type(&sid).await.unwrap();
+    assert_eq!(
+        messages.get("user.message").copied(),
+        Some(1),
+        "{messages:?}"
+    );
+    // Another key sends a new message.
+    assert_eq!(send("hello", "retry-me-2").await.unwrap().status(), 200);
+    wait_idles(&d.t, &sid, 2).await;
+}

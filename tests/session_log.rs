@@ -517,7 +517,9 @@ async fn streams_apply_is_idempotent() {
     let t = TestNats::start().await;
     let js = async_nats::jetstream::new(t.client.clone());
     let outcomes = herd::bus::streams::apply(&js, 1).await.unwrap();
-    assert_eq!(outcomes.len(), 9);
+    let defs = herd::bus::streams::Definitions::load(1).unwrap();
+    assert_eq!(outcomes.len(), defs.streams.len() + defs.buckets.len());
+    assert_eq!(outcomes.len(), 11, "six streams and five buckets");
     for o in outcomes {
         assert_eq!(
             o.action,

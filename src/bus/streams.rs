@@ -32,6 +32,10 @@ const STREAM_FILES: &[(&str, &str)] = &[
         "HERD_GATEWAY.json",
         include_str!("../../streams/HERD_GATEWAY.json"),
     ),
+    (
+        "HERD_KEYS.json",
+        include_str!("../../streams/HERD_KEYS.json"),
+    ),
 ];
 const BUCKETS_FILE: &str = include_str!("../../streams/buckets.json");
 
@@ -496,6 +500,8 @@ mod tests {
         assert!(g.deny_delete && g.deny_purge && g.allow_direct);
         assert!(g.max_bytes > 0 && g.discard == stream::DiscardPolicy::New);
         assert_eq!(g.max_messages_per_subject, -1);
+        assert_eq!(d.streams[5].0.name, "HERD_KEYS");
+        assert!(d.streams[5].0.deny_purge && d.streams[5].0.max_bytes > 0);
         assert_eq!(d.buckets.len(), 5);
         // Bounded, and a full work queue refuses new work rather than drop queued work.
         for q in [&d.streams[1].0, &d.streams[2].0] {

@@ -8,7 +8,7 @@
 //! | `herd.tools.host.<host>.<session_id>.<tool_use_id>` | `HERD_TOOLS` (jobs for one hand host) |
 //! | `herd.deadletter.{wake,tool}` | `HERD_DEADLETTER` (what no session could be told about) |
 //! | `herd.gw.obj.<tenant>.<kind>.<id>` | `HERD_GATEWAY` (a tenant's agent, environment, vault, credential or session record; each write a version) |
-//! | `herd.gw.key.<sha256 of the key>` | `HERD_GATEWAY` (an API key's tenant and state) |
+//! | `herd.gw.key.<sha256 of the key>` | `HERD_KEYS` (an API key's tenant and state) |
 //!
 //! The event type is in the subject so the `nats` CLI can filter, count and replay one session
 //! or one kind of event without decoding payloads.
@@ -153,6 +153,9 @@ pub fn parse_session_subject(subject: &str) -> Option<(SessionId, &str)> {
 /// The gateway's records stream.
 pub const GATEWAY_STREAM: &str = "HERD_GATEWAY";
 
+/// The API keys' stream.
+pub const KEYS_STREAM: &str = "HERD_KEYS";
+
 const GATEWAY_OBJECT_PREFIX: &str = "herd.gw.obj.";
 const GATEWAY_KEY_PREFIX: &str = "herd.gw.key.";
 
@@ -182,6 +185,11 @@ pub fn gateway_key(hash: &str) -> String {
 
 /// The filter matching every API key's record.
 pub const GATEWAY_KEYS: &str = "herd.gw.key.*";
+
+/// True for a subject of the keys' stream.
+pub fn is_gateway_key(subject: &str) -> bool {
+    subject.starts_with(GATEWAY_KEY_PREFIX)
+}
 
 /// The filter matching every gateway object (the gateway's publish permission).
 pub const GATEWAY_OBJECTS: &str = "herd.gw.obj.>";

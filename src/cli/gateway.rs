@@ -20,6 +20,9 @@ pub struct GatewayArgs {
     /// Event streams held open at once; past it a new stream is refused with a 429.
     #[arg(long, default_value_t = defaults().max_streams)]
     pub max_streams: usize,
+    /// Event streams one tenant may hold open on this gateway at once.
+    #[arg(long, default_value_t = defaults().max_streams_per_tenant)]
+    pub max_streams_per_tenant: usize,
 }
 
 impl GatewayArgs {
@@ -27,6 +30,7 @@ impl GatewayArgs {
         GatewayConfig {
             listen: self.listen,
             max_streams: self.max_streams,
+            max_streams_per_tenant: self.max_streams_per_tenant,
         }
     }
 }

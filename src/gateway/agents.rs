@@ -389,6 +389,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let body = input::object(&body)?;
+    g.room_for(&t.0, Kind::Agent).await?;
     let id = format!("agent_{}", uuid::Uuid::now_v7().simple());
     let agent = resolve(&body, None, &id, &now())?;
     g.store
@@ -473,6 +474,13 @@ pub async fn update(
     let mut new = resolve(&body, Some(&cur.doc), &id, &at)?;
     if !changed(&cur.doc, &new) {
         return Ok(ok(cur.doc));
+    }
+    if have >= super::MAX_AGENT_VERSIONS {
+        return Err(HttpError::busy(format!(
+            "agent {id:?} has {have} versions; at most {}: make a new agent",
+            super::MAX_AGENT_VERSIONS
+        ))
+        .code("quota_exceeded"));
     }
     new["version"] = json!(have + 1);
     new["updated_at"] = json!(at);

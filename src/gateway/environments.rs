@@ -240,6 +240,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let body = input::object(&body)?;
+    g.room_for(&t.0, Kind::Environment).await?;
     let id = format!("env_{}", uuid::Uuid::now_v7().simple());
     let env = resolve(&body, None, &id, &now())?;
     g.store

@@ -4,6 +4,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -12,8 +13,8 @@ use super::error::HttpError;
 use super::input::{self, Query};
 use super::{Shared, Tenant, ok, sessions, view};
 use crate::event::{
-    Event, EventBody, StoredEvent, SystemMessage, UserCustomToolResult, UserInterrupt, UserMessage,
-    UserToolConfirmation,
+    Event, EventBody, EventId, StoredEvent, SystemMessage, UserCustomToolResult, UserInterrupt,
+    UserMessage, UserToolConfirmation,
 };
 use crate::session::Slice;
 
@@ -107,11 +108,29 @@ pub async fn send(
     State(g): State<Shared>,
     t: Tenant,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let body = input::object(&body)?;
     input::only("events.send", &body, &["events"])?;
-    let events = sessions::parse_all(&body)?;
+    let mut events = sessions::parse_all(&body)?;
+    // herd's addition: with an `Idempotency-Key`, the events' ids derive from it, so a retried
+    // POST (the SDK retries 5xx and timeouts) lands each event once: the same key and body
+    // again is a duplicate, the same key with another body a 409.
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 256)
+            .ok_or_else(|| {
+                HttpError::invalid("Idempotency-Key must be 1 to 256 visible ASCII characters")
+            })?;
+        let digest = super::keys::hash(&format!("{}\n{id}\n{key}", t.0));
+        for (i, e) in events.iter_mut().enumerate() {
+            e.id = EventId::parse(format!("idem_{}_{i}", &digest[..32]))
+                .map_err(|e| HttpError::invalid(e.to_string()))?;
+        }
+    }
     let systems = events
         .iter()
         .filter(|e| e.type_name() == "system.message")

@@ -110,8 +110,13 @@ pub async fn create(
 
 /// The record of a presented key, if it is one herd made (revoked or not).
 pub async fn lookup(store: &Store, key: &str) -> Result<Option<KeyRecord>, KeyError> {
+    lookup_hash(store, &hash(key)).await
+}
+
+/// The record of a key by its hash (what a gateway keeps instead of the key).
+pub async fn lookup_hash(store: &Store, hash: &str) -> Result<Option<KeyRecord>, KeyError> {
     Ok(store
-        .last::<KeyRecord>(&subjects::gateway_key(&hash(key)))
+        .last::<KeyRecord>(&subjects::gateway_key(hash))
         .await?
         .map(|s| s.doc))
 }

@@ -57,6 +57,13 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 /// The most header bytes a request may carry.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
+/// The most agents, environments or vaults one tenant may have (credentials: four times as
+/// many).
+pub const MAX_PER_TENANT: usize = 1000;
+
+/// The most versions one agent may have.
+pub const MAX_AGENT_VERSIONS: u64 = 1000;
+
 /// How long a gateway trusts a key it looked up: a revoked key stops working within this.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -67,6 +74,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Event streams it holds open at once; past it, a new stream is a 429.
     pub max_streams: usize,
+    /// Event streams one tenant may hold open on it at once.
+    pub max_streams_per_tenant: usize,
 }
 
 impl Default for GatewayConfig {
@@ -74,6 +83,7 @@ impl Default for GatewayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_streams: 4096,
+            max_streams_per_tenant: 1024,
         }
     }
 }
@@ -105,6 +115,27 @@ pub struct Gateway {
     vault_key: Option<VaultKey>,
     keys: Mutex<HashMap<String, (KeyRecord, Instant)>>,
     streams: Arc<tokio::sync::Semaphore>,
+    tenant_streams: Arc<Mutex<HashMap<String, usize>>>,
+    max_streams_per_tenant: usize,
+}
+
+/// One tenant's hold on a stream slot; released when the stream ends.
+pub struct TenantStream {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Drop for TenantStream {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.counts.lock()
+            && let Some(n) = m.get_mut(&self.tenant)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// The shared state of the router.
@@ -129,6 +160,8 @@ impl Gateway {
             vault_key,
             keys: Mutex::new(HashMap::new()),
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+            tenant_streams: Default::default(),
+            max_streams_per_tenant: config.max_streams_per_tenant,
         }))
     }
 
@@ -139,6 +172,44 @@ impl Gateway {
             name: format!("tenant {tenant}"),
             vaults: VaultGrant::Only(vaults),
             may_instruct: true,
+        })
+    }
+
+    /// Refuses a new object when the tenant already has as many of that kind as one tenant
+    /// may (rule 11: the records stream is shared, so no tenant may fill it). Sessions are
+    /// bounded by the store and their own limits instead: counting them per create would cost
+    /// a listing of every one.
+    async fn room_for(&self, tenant: &str, kind: store::Kind) -> Result<(), HttpError> {
+        let max = match kind {
+            store::Kind::Agent | store::Kind::Environment | store::Kind::Vault => MAX_PER_TENANT,
+            store::Kind::Credential => MAX_PER_TENANT * 4,
+            store::Kind::Session => return Ok(()),
+        };
+        let n = self.store.ids(tenant, kind).await?.len();
+        if n >= max {
+            return Err(HttpError::busy(format!(
+                "tenant {tenant} has {n} {}s (deleted ones included); at most {max}",
+                kind.token()
+            ))
+            .code("quota_exceeded"));
+        }
+        Ok(())
+    }
+
+    /// Takes one of a tenant's stream slots, so one tenant cannot hold them all.
+    fn tenant_stream(&self, tenant: &str) -> Result<TenantStream, HttpError> {
+        let mut m = self.tenant_streams.lock().expect("stream counts");
+        let n = m.entry(tenant.to_string()).or_insert(0);
+        if *n >= self.max_streams_per_tenant {
+            return Err(HttpError::busy(format!(
+                "tenant {tenant} holds {n} event streams on this gateway; at most {}",
+                self.max_streams_per_tenant
+            )));
+        }
+        *n += 1;
+        Ok(TenantStream {
+            counts: self.tenant_streams.clone(),
+            tenant: tenant.to_string(),
         })
     }
 
@@ -156,18 +227,21 @@ impl Gateway {
         })
     }
 
-    /// The tenant of a presented key, from the cache or the store.
-    async fn tenant_of(&self, key: &str) -> Result<String, HttpError> {
-        let hash = keys::hash(key);
+    /// The tenant of a key by its hash, from the cache or the store: a stream re-checks its
+    /// key this way, so a revoked key's open streams end too.
+    async fn tenant_of_hash(&self, hash: &str) -> Result<String, HttpError> {
+        let hash = hash.to_string();
         if let Some((r, at)) = self.keys.lock().expect("key cache").get(&hash)
             && at.elapsed() < KEY_CACHE_TTL
         {
             return Ok(r.tenant.clone());
         }
-        let record = keys::lookup(&self.store, key).await.map_err(|e| match e {
-            keys::KeyError::Store(s) => HttpError::from(s),
-            other => HttpError::unavailable(other.to_string()),
-        })?;
+        let record = keys::lookup_hash(&self.store, &hash)
+            .await
+            .map_err(|e| match e {
+                keys::KeyError::Store(s) => HttpError::from(s),
+                other => HttpError::unavailable(other.to_string()),
+            })?;
         match record {
             Some(r) if r.revoked_at.is_none() => {
                 let tenant = r.tenant.clone();
@@ -184,8 +258,9 @@ impl Gateway {
     }
 }
 
-/// The tenant a request acts for, from its `Authorization: Bearer` or `x-api-key` header.
-pub struct Tenant(pub String);
+/// The tenant a request acts for, from its `Authorization: Bearer` or `x-api-key` header,
+/// and the hash of the key it presented.
+pub struct Tenant(pub String, pub String);
 
 impl FromRequestParts<Shared> for Tenant {
     type Rejection = HttpError;
@@ -211,7 +286,8 @@ impl FromRequestParts<Shared> for Tenant {
         if key.len() > 256 {
             return Err(HttpError::unauthenticated("invalid API key"));
         }
-        g.tenant_of(key).await.map(Tenant)
+        let hash = keys::hash(key);
+        g.tenant_of_hash(&hash).await.map(|t| Tenant(t, hash))
     }
 }
 

@@ -463,7 +463,9 @@ pub async fn update(
         };
         api.update_budget(&s.id, budget).await?;
     }
-    touch(&g, &t.0, &s, |_| {}).await?;
+    if !body.is_empty() {
+        touch(&g, &t.0, &s, |_| {}).await?;
+    }
     Ok(ok(view(&load(&g, &t.0, &id).await?)))
 }
 

@@ -92,18 +92,34 @@ pub enum Expect {
 pub struct Store {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
+    keys: jetstream::stream::Stream,
 }
 
 impl Store {
-    /// Opens `HERD_GATEWAY` (created by `herd streams apply`).
+    /// Opens `HERD_GATEWAY` and `HERD_KEYS` (created by `herd streams apply`).
     pub async fn open(js: jetstream::Context) -> Result<Self, StoreError> {
-        let stream = js.get_stream(subjects::GATEWAY_STREAM).await.map_err(|e| {
-            StoreError::Unavailable(format!(
-                "stream {} ({e}); run `herd streams apply` as the operator",
-                subjects::GATEWAY_STREAM
-            ))
-        })?;
-        Ok(Self { js, stream })
+        let get = |name: &'static str| {
+            let js = js.clone();
+            async move {
+                js.get_stream(name).await.map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "stream {name} ({e}); run `herd streams apply` as the operator"
+                    ))
+                })
+            }
+        };
+        let stream = get(subjects::GATEWAY_STREAM).await?;
+        let keys = get(subjects::KEYS_STREAM).await?;
+        Ok(Self { js, stream, keys })
+    }
+
+    /// The stream that holds a subject.
+    fn stream_of(&self, subject: &str) -> &jetstream::stream::Stream {
+        if subjects::is_gateway_key(subject) {
+            &self.keys
+        } else {
+            &self.stream
+        }
     }
 
     /// The latest version of an object, if there is one.
@@ -122,7 +138,11 @@ impl Store {
         &self,
         subject: &str,
     ) -> Result<Option<Stored<T>>, StoreError> {
-        match self.stream.direct_get_last_for_subject(subject).await {
+        match self
+            .stream_of(subject)
+            .direct_get_last_for_subject(subject)
+            .await
+        {
             Ok(m) => decode(&m).map(Some),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Unavailable(e.to_string())),
@@ -230,7 +250,7 @@ impl Store {
     /// The subjects matching `filter` that hold a record, sorted.
     pub async fn subjects(&self, filter: &str) -> Result<Vec<String>, StoreError> {
         let mut info = self
-            .stream
+            .stream_of(filter)
             .info_with_subjects(filter)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;

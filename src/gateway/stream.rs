@@ -73,6 +73,7 @@ pub async fn stream(
     }
     let resume = last_event_id(&headers)?;
     let sid = sessions::owned(&g, &t.0, &id).await?;
+    let tenant_slot = g.tenant_stream(&t.0)?;
     let permit = g.streams.clone().try_acquire_owned().map_err(|_| {
         HttpError::busy(
             "this gateway holds as many streams as it may; retry, or use another gateway",
@@ -99,8 +100,9 @@ pub async fn stream(
         .map_err(crate::api::ApiError::from)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let session = sid.clone();
+    let (gw, key_hash) = (g.clone(), t.1.clone());
     tokio::spawn(async move {
-        let _permit = permit;
+        let _permit = (permit, tenant_slot);
         let hello = format!(": herd stream of {session} from sequence {from}\n\n");
         if tx.send(Bytes::from(hello)).await.is_err() {
             return;
@@ -111,6 +113,13 @@ pub async fn stream(
             let next = tokio::select! {
                 r = follow.next() => r,
                 _ = keepalive.tick() => {
+                    // A key revoked since the stream opened ends it.
+                    if let Err(e) = gw.tenant_of_hash(&key_hash).await
+                        && e.status == axum::http::StatusCode::UNAUTHORIZED
+                    {
+                        let _ = tx.send(frame(None, "error", &e.envelope("stream"))).await;
+                        return;
+                    }
                     let sent = tokio::time::timeout(SLOW_READER, tx.send(Bytes::from_static(b": keepalive\n\n"))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         return;

@@ -85,6 +85,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let body = input::object(&body)?;
+    g.room_for(&t.0, Kind::Vault).await?;
     let id = format!("vlt_{}", uuid::Uuid::now_v7().simple());
     let at = now();
     let mut doc =
@@ -311,6 +312,7 @@ pub async fn create_credential(
     let body = input::object(&body)?;
     input::only("credential", &body, &["auth", "display_name", "metadata"])?;
     get(&g, &t.0, &vid).await?;
+    g.room_for(&t.0, Kind::Credential).await?;
     let id = format!("vcrd_{}", uuid::Uuid::now_v7().simple());
     let (shown, name, kind, hosts, secret) = auth(body.get("auth"), &id)?;
     // One live credential per herd name in a vault: a second would replace the first's

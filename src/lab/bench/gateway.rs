@@ -205,6 +205,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
     });
     let config = GatewayConfig {
         max_streams: params.streams + 16,
+        max_streams_per_tenant: params.streams + 16,
         ..Default::default()
     };
     let gw = Gateway::open(

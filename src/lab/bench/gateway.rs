@@ -377,6 +377,20 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
 
     // 4. many streams on one gateway.
     eprintln!("{} concurrent streams…", params.streams);
+    if let Ok(a) = nats.js.query_account().await {
+        eprintln!(
+            "  account: {} consumers now, limit {:?}; HERD_SESSIONS max_consumers {}",
+            a.consumers,
+            a.limits.max_consumers,
+            nats.js
+                .get_stream("HERD_SESSIONS")
+                .await?
+                .info()
+                .await?
+                .config
+                .max_consumers
+        );
+    }
     let f = sid(&new_session().await?)?;
     let before = rss_kib();
     let mut receivers = Vec::new();

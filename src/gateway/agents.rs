@@ -497,17 +497,15 @@ pub async fn archive(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     let cur = latest(&g, &t.0, &id).await?;
-    if !cur.doc["archived_at"].is_null() {
-        return Ok(ok(cur.doc));
-    }
-    let mut doc = cur.doc;
-    let at = now();
-    doc["archived_at"] = json!(at);
-    doc["updated_at"] = json!(at);
-    g.store
-        .put(&t.0, Kind::Agent, &id, &doc, Expect::At(cur.seq))
-        .await?;
-    Ok(ok(doc))
+    Ok(ok(page::stamp(
+        &g,
+        &t.0,
+        Kind::Agent,
+        &id,
+        cur,
+        "archived_at",
+    )
+    .await?))
 }
 
 /// `GET /v1/agents`.

@@ -287,17 +287,15 @@ pub async fn archive(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     let cur = get(&g, &t.0, &id).await?;
-    if !cur.doc["archived_at"].is_null() {
-        return Ok(ok(cur.doc));
-    }
-    let mut doc = cur.doc;
-    let at = now();
-    doc["archived_at"] = json!(at);
-    doc["updated_at"] = json!(at);
-    g.store
-        .put(&t.0, Kind::Environment, &id, &doc, Expect::At(cur.seq))
-        .await?;
-    Ok(ok(doc))
+    Ok(ok(page::stamp(
+        &g,
+        &t.0,
+        Kind::Environment,
+        &id,
+        cur,
+        "archived_at",
+    )
+    .await?))
 }
 
 /// `DELETE /v1/environments/{id}`: a tombstone; sessions made from it keep their copy.
@@ -307,11 +305,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     let cur = get(&g, &t.0, &id).await?;
-    let mut doc = cur.doc;
-    doc["deleted_at"] = json!(now());
-    g.store
-        .put(&t.0, Kind::Environment, &id, &doc, Expect::At(cur.seq))
-        .await?;
+    page::stamp(&g, &t.0, Kind::Environment, &id, cur, "deleted_at").await?;
     Ok(ok(json!({"id": id, "type": "environment_deleted"})))
 }
 

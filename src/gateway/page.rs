@@ -1,14 +1,15 @@
-//! Pages of a tenant's objects, as the SDK pages: `{"data": […], "next_page": cursor|null}`.
-//! `next_page` is set only when another visible object exists, so a page is never empty
-//! with a cursor (the SDK would ask for it forever).
+//! A tenant's objects: pages of them as the SDK pages (`{"data": […], "next_page": cursor|null}`,
+//! with `next_page` set only when another visible object exists, so a page is never empty with
+//! a cursor, which the SDK would ask for forever), and the archive and delete stamps every
+//! kind shares.
 
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::error::HttpError;
 use super::input::{self, Query};
-use super::store::Kind;
-use super::{Shared, ok};
+use super::store::{Expect, Kind, Stored};
+use super::{Shared, now, ok};
 
 /// True when an object is a deletion's tombstone (its record stays; the object is gone).
 pub fn deleted(doc: &Value) -> bool {
@@ -62,4 +63,28 @@ pub fn public(mut doc: Value) -> Value {
         m.remove("deleted_at");
     }
     doc
+}
+
+/// Stamps `field` (`archived_at` or `deleted_at`) on a stored object, with `updated_at`, and
+/// writes it as a new version conditional on the one read; an object already stamped is left
+/// as it is. Answers the object as it now stands.
+pub async fn stamp(
+    g: &Shared,
+    tenant: &str,
+    kind: Kind,
+    id: &str,
+    cur: Stored<Value>,
+    field: &str,
+) -> Result<Value, HttpError> {
+    let mut doc = cur.doc;
+    if !doc[field].is_null() {
+        return Ok(doc);
+    }
+    let at = now();
+    doc[field] = json!(at);
+    doc["updated_at"] = json!(at);
+    g.store
+        .put(tenant, kind, id, &doc, Expect::At(cur.seq))
+        .await?;
+    Ok(doc)
 }

@@ -140,14 +140,15 @@ pub async fn archive(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     let cur = get(&g, &t.0, &id).await?;
-    let mut doc = cur.doc;
-    if doc["archived_at"].is_null() {
-        doc["archived_at"] = json!(now());
-        g.store
-            .put(&t.0, Kind::Vault, &id, &doc, Expect::At(cur.seq))
-            .await?;
-    }
-    Ok(ok(doc))
+    Ok(ok(page::stamp(
+        &g,
+        &t.0,
+        Kind::Vault,
+        &id,
+        cur,
+        "archived_at",
+    )
+    .await?))
 }
 
 /// `DELETE /v1/vaults/{id}`: its credentials are removed from herd's vault too.
@@ -163,18 +164,10 @@ pub async fn delete(
             && !page::deleted(&c.doc)
         {
             forget(&g, &id, &c.doc).await?;
-            let mut doc = c.doc;
-            doc["deleted_at"] = json!(now());
-            g.store
-                .put(&t.0, Kind::Credential, &cid, &doc, Expect::At(c.seq))
-                .await?;
+            page::stamp(&g, &t.0, Kind::Credential, &cid, c, "deleted_at").await?;
         }
     }
-    let mut doc = cur.doc;
-    doc["deleted_at"] = json!(now());
-    g.store
-        .put(&t.0, Kind::Vault, &id, &doc, Expect::At(cur.seq))
-        .await?;
+    page::stamp(&g, &t.0, Kind::Vault, &id, cur, "deleted_at").await?;
     Ok(ok(json!({"id": id, "type": "vault_deleted"})))
 }
 
@@ -416,11 +409,7 @@ pub async fn delete_credential(
     get(&g, &t.0, &vid).await?;
     let c = credential(&g, &t.0, &vid, &id).await?;
     forget(&g, &vid, &c.doc).await?;
-    let mut doc = c.doc;
-    doc["deleted_at"] = json!(now());
-    g.store
-        .put(&t.0, Kind::Credential, &id, &doc, Expect::At(c.seq))
-        .await?;
+    page::stamp(&g, &t.0, Kind::Credential, &id, c, "deleted_at").await?;
     Ok(ok(json!({"id": id, "type": "vault_credential_deleted"})))
 }
 
@@ -432,13 +421,16 @@ pub async fn archive_credential(
 ) -> Result<Response, HttpError> {
     get(&g, &t.0, &vid).await?;
     let c = credential(&g, &t.0, &vid, &id).await?;
-    let mut doc = c.doc;
-    if doc["archived_at"].is_null() {
-        forget(&g, &vid, &doc).await?;
-        doc["archived_at"] = json!(now());
-        g.store
-            .put(&t.0, Kind::Credential, &id, &doc, Expect::At(c.seq))
-            .await?;
+    if c.doc["archived_at"].is_null() {
+        forget(&g, &vid, &c.doc).await?;
     }
-    Ok(ok(doc))
+    Ok(ok(page::stamp(
+        &g,
+        &t.0,
+        Kind::Credential,
+        &id,
+        c,
+        "archived_at",
+    )
+    .await?))
 }

@@ -48,7 +48,10 @@ fn compose_yaml_is_valid_and_runs_every_plane() {
         .map(String::from)
         .collect();
     services.sort();
-    assert_eq!(services, ["brain", "hands", "n1", "n2", "n3", "streams"]);
+    assert_eq!(
+        services,
+        ["brain", "gateway", "hands", "n1", "n2", "n3", "streams"]
+    );
     let full = compose_config(&[]);
     // The socket is mounted exactly once (the hands), and the brains get the model keys.
     assert_eq!(full.matches("docker.sock").count(), 2, "{full}"); // source and target
@@ -99,6 +102,9 @@ fn compose_yaml_is_valid_and_runs_every_plane() {
         "nodes mount the two blocks, never the seeds"
     );
     assert!(block("brain").contains("HERD_BRAIN_NKEY"));
+    // The gateway: its own role, no socket, no model keys.
+    assert!(block("gateway").contains("HERD_GATEWAY_NKEY"));
+    assert!(!block("gateway").contains("docker.sock") && !block("gateway").contains("API_KEY"));
     assert!(block("hands").contains("HERD_HANDS_NKEY"));
     assert!(block("streams").contains("HERD_OPERATOR_NKEY"));
     assert_eq!(

@@ -59,20 +59,17 @@ pub async fn load(g: &Shared, tenant: &str, id: &str) -> Result<Loaded, HttpErro
 /// streaming need): its index record under the tenant, and its `session.created` naming the
 /// tenant as its origin. Two direct gets, whatever the session's length.
 pub async fn owned(g: &Shared, tenant: &str, id: &str) -> Result<SessionId, HttpError> {
-    index(g, tenant, id).await?;
+    input::id("session", "sesn_", id)?;
     let sid = SessionId::parse(id).map_err(|_| HttpError::not_found("session", id))?;
-    let first = g
-        .api
-        .read(
-            &sid,
-            &crate::session::Slice {
-                types: vec!["session.created".into()],
-                limit: Some(1),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let owned = first.iter().filter_map(|r| r.as_ref().ok()).any(|e| {
+    let slice = crate::session::Slice {
+        types: vec!["session.created".into()],
+        limit: Some(1),
+        ..Default::default()
+    };
+    // Both reads at once: the check is on the path of every send.
+    let (index, first) = tokio::join!(index(g, tenant, id), g.api.read(&sid, &slice));
+    index?;
+    let owned = first?.iter().filter_map(|r| r.as_ref().ok()).any(|e| {
         matches!(&e.event.body, crate::event::EventBody::SessionCreated(c)
             if c.origin.as_ref().is_some_and(|o| o.tenant == tenant))
     });

@@ -663,3 +663,51 @@ async fn a_retried_send_with_an_idempotency_key_lands_once() {
     assert_eq!(send("hello", "retry-me-2").await.unwrap().status(), 200);
     wait_idles(&d.t, &sid, 2).await;
 }
+
+/// The tenant rule lives in `api/`, not in the gateway: any front door acting for a tenant
+/// gets another tenant's session refused as not found, and cannot make a session for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_itself_keeps_tenants_apart() {
+    use herd::api::{Api, Principal};
+    use herd::event::{AgentConfig, Origin, SessionCreated};
+    let t = TestNats::start().await;
+    let for_tenant = |tenant: &str| Principal {
+        tenant: Some(tenant.into()),
+        ..Principal::operator()
+    };
+    let a = Api::open(connect(&t.server).await, for_tenant("a"))
+        .await
+        .unwrap();
+    let b = Api::open(connect(&t.server).await, for_tenant("b"))
+        .await
+        .unwrap();
+    let created = |tenant: &str| SessionCreated {
+        origin: Some(Origin {
+            tenant: tenant.into(),
+            agent: json!({}),
+            environment: json!({}),
+        }),
+        ..SessionCreated::new(AgentConfig::new("scripted"))
+    };
+    let id = SessionId::generate();
+    a.create(&id, created("a")).await.unwrap();
+    let err = b
+        .create(&SessionId::generate(), created("a"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), herd::api::ErrorClass::Forbidden, "{err}");
+    assert_eq!(a.state(&id).await.unwrap().event_count, 1);
+    let before = t.log.count(&id).await.unwrap();
+    let not_found =
+        |e: herd::api::ApiError| assert_eq!(e.class(), herd::api::ErrorClass::NotFound, "{e}");
+    not_found(b.state(&id).await.unwrap_err());
+    not_found(b.read(&id, &Default::default()).await.unwrap_err());
+    not_found(b.follow(&id, 1).await.err().unwrap());
+    not_found(b.message(&id, None, "hi").await.unwrap_err());
+    not_found(b.interrupt(&id).await.unwrap_err());
+    not_found(b.terminate(&id, "archived").await.unwrap_err());
+    not_found(b.describe(&id, Some("x".into()), None).await.unwrap_err());
+    assert_eq!(t.log.count(&id).await.unwrap(), before, "nothing appended");
+    // The tenant itself still can.
+    a.message(&id, None, "hi").await.unwrap();
+}

@@ -714,6 +714,7 @@ async fn a_session_naming_a_vault_it_may_not_use_is_refused() {
         name: "tenant t1".into(),
         vaults: VaultGrant::Only(vec!["t1-vault".into()]),
         may_instruct: false,
+        tenant: None,
     };
     let api = Api::open(connect(&t.server).await, tenant).await.unwrap();
     let config = |vaults: &[&str]| SessionCreated {

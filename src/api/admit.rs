@@ -54,6 +54,9 @@ pub enum Refusal {
         "{0} may not append a system.message: only the operator and the gateway instruct agents"
     )]
     Instruct(String),
+    /// A tenant creating a session that does not name it as its origin.
+    #[error("a session made for tenant {0} must name that tenant as its origin")]
+    Origin(String),
     /// A custom tool result for a call that is not waiting for one.
     #[error("session {session} has no custom tool call {tool_use_id} waiting for a result")]
     NotAwaitingResult {
@@ -76,7 +79,10 @@ impl Refusal {
 
     /// True when the caller may not do this at all.
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, Self::Vault { .. } | Self::Instruct(_))
+        matches!(
+            self,
+            Self::Vault { .. } | Self::Instruct(_) | Self::Origin(_)
+        )
     }
 
     /// True when the session is not there to take it.
@@ -102,6 +108,8 @@ pub struct Principal {
     pub vaults: VaultGrant,
     /// Whether it may append `system.message` (instructions that outrank the user's).
     pub may_instruct: bool,
+    /// The tenant whose sessions alone it sees (a gateway's tenant); `None` sees every session.
+    pub tenant: Option<String>,
 }
 
 /// Which vaults a principal's sessions may name.
@@ -120,6 +128,38 @@ impl Principal {
             name: "the operator".into(),
             vaults: VaultGrant::Any,
             may_instruct: true,
+            tenant: None,
+        }
+    }
+
+    /// Whether it may see a session of this configuration: a tenant sees only the sessions
+    /// whose `session.created` names it as their origin's tenant, and to it every other
+    /// session does not exist (a 404, never a 403 that would confirm the id).
+    pub fn may_see(
+        &self,
+        id: &SessionId,
+        config: Option<&crate::event::SessionCreated>,
+    ) -> Result<(), Refusal> {
+        match &self.tenant {
+            None => Ok(()),
+            Some(t)
+                if config
+                    .and_then(|c| c.origin.as_ref())
+                    .is_some_and(|o| &o.tenant == t) =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(Refusal::NotFound(id.clone())),
+        }
+    }
+
+    /// Checks who a new session says made it: a tenant's sessions carry that tenant as their
+    /// origin, so they are its own (and only its own) from their first event.
+    pub fn may_create(&self, config: &crate::event::SessionCreated) -> Result<(), Refusal> {
+        match (&self.tenant, config.origin.as_ref().map(|o| &o.tenant)) {
+            (None, _) => Ok(()),
+            (Some(t), Some(o)) if t == o => Ok(()),
+            (Some(t), _) => Err(Refusal::Origin(t.clone())),
         }
     }
 
@@ -145,6 +185,7 @@ pub fn admit_from(
     state: &SessionState,
     event: &Event,
 ) -> Result<(), Refusal> {
+    principal.may_see(&state.id, state.config.as_ref())?;
     if event.type_name() == "system.message" {
         if !principal.may_instruct {
             return Err(Refusal::Instruct(principal.name.clone()));
@@ -329,6 +370,7 @@ mod tests {
             name: "tenant t1".into(),
             vaults: VaultGrant::Only(vec!["v1".into()]),
             may_instruct: false,
+            tenant: None,
         };
         assert!(
             admit_from(&tenant, &state, &sys)
@@ -369,5 +411,44 @@ mod tests {
             Log::created().admit(custom),
             Err(Refusal::NotAwaitingResult { .. })
         ));
+    }
+
+    #[test]
+    fn a_tenant_sees_and_makes_only_its_own_sessions() {
+        let mine = SessionCreated {
+            origin: Some(Origin {
+                tenant: "t1".into(),
+                agent: serde_json::json!({}),
+                environment: serde_json::json!({}),
+            }),
+            ..SessionCreated::new(AgentConfig::new("m"))
+        };
+        let theirs = SessionCreated {
+            origin: Some(Origin {
+                tenant: "t2".into(),
+                ..mine.origin.clone().unwrap()
+            }),
+            ..mine.clone()
+        };
+        let plain = SessionCreated::new(AgentConfig::new("m"));
+        let t1 = Principal {
+            tenant: Some("t1".into()),
+            ..Principal::operator()
+        };
+        let id = SessionId::parse("s").unwrap();
+        assert_eq!(t1.may_see(&id, Some(&mine)), Ok(()));
+        for other in [Some(&theirs), Some(&plain), None] {
+            assert!(t1.may_see(&id, other).unwrap_err().is_not_found());
+        }
+        assert_eq!(Principal::operator().may_see(&id, Some(&theirs)), Ok(()));
+        assert_eq!(t1.may_create(&mine), Ok(()));
+        assert!(t1.may_create(&theirs).unwrap_err().is_forbidden());
+        assert!(t1.may_create(&plain).unwrap_err().is_forbidden());
+        // The rule holds for sending too, whatever the event.
+        let mut log = Log::created();
+        log.0[0].event = Event::new(theirs);
+        let state = SessionState::fold(id.clone(), &log.0);
+        let err = admit_from(&t1, &state, &Event::new(say("hi"))).unwrap_err();
+        assert!(err.is_not_found(), "{err}");
     }
 }

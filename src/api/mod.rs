@@ -128,6 +128,7 @@ impl Api {
             }
             None => self.log.load_state(id).await?,
         };
+        self.principal.may_see(id, state.config.as_ref())?;
         if let Ok(mut m) = self.states.0.lock() {
             if m.len() >= CACHED_STATES && !m.contains_key(id) {
                 m.clear();
@@ -193,6 +194,7 @@ impl Api {
         mut created: SessionCreated,
     ) -> Result<Event, ApiError> {
         created.validate()?;
+        self.principal.may_create(&created)?;
         if let Some(budget) = &mut created.limits.budget {
             self.prices.price_new_budget(&created.agent.model, budget)?;
         }
@@ -216,7 +218,11 @@ impl Api {
                 }
             }
             // A malformed event is refused whatever the log holds.
-            Err(refusal) if refusal.is_invalid() || refusal.is_forbidden() => {
+            // So is one the principal may not see, or that is not there: nothing about its
+            // log is looked up for it.
+            Err(refusal)
+                if refusal.is_invalid() || refusal.is_forbidden() || refusal.is_not_found() =>
+            {
                 return Err(refusal.into());
             }
             Err(refusal) => match self.find(id, event).await? {
@@ -422,11 +428,58 @@ impl Api {
 
     /// Reads a slice of a session's log; a session without events is not found.
     pub async fn read(&self, id: &SessionId, slice: &Slice) -> Result<Vec<Record>, ApiError> {
+        self.may_see(id).await?;
         let records = self.log.read(id, slice).await?;
         if records.is_empty() && self.log.last_sequence(id).await? == 0 {
             return Err(LogError::NotFound(id.clone()).into());
         }
         Ok(records)
+    }
+
+    /// Refuses, as not found, a session the principal may not see (another tenant's): from
+    /// the cached fold when there is one, else from the session's `session.created` alone.
+    pub async fn may_see(&self, id: &SessionId) -> Result<(), ApiError> {
+        if self.principal.tenant.is_none() {
+            return Ok(());
+        }
+        let cached = self
+            .states
+            .0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).map(|s| s.config.clone()));
+        let config = match cached {
+            Some(config) => config,
+            None => {
+                let first = self
+                    .log
+                    .read(
+                        id,
+                        &Slice {
+                            types: vec!["session.created".into()],
+                            limit: Some(1),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                first.into_iter().find_map(|r| match r.ok()?.event.body {
+                    crate::event::EventBody::SessionCreated(c) => Some(c),
+                    _ => None,
+                })
+            }
+        };
+        Ok(self.principal.may_see(id, config.as_ref())?)
+    }
+
+    /// Follows a session live from sequence `from` (see [`SessionLog::follow`]), if the
+    /// principal may see it.
+    pub async fn follow(
+        &self,
+        id: &SessionId,
+        from: u64,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Record, LogError>>, ApiError> {
+        self.may_see(id).await?;
+        Ok(self.log.follow(id, from).await?)
     }
 
     /// A session's current state, folded from its log.

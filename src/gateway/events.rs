@@ -142,8 +142,7 @@ pub async fn send(
             "system.message: at most one per request, and it must come last",
         ));
     }
-    let sid = sessions::owned(&g, &t.0, &id).await?;
-    let api = g.tenant_api(&t.0, vec![]);
+    let (sid, api, _) = sessions::visible(&g, &t.0, &id).await?;
     let mut data = Vec::new();
     for event in events {
         let sent = api.send(&sid, &event).await?;
@@ -198,7 +197,7 @@ pub async fn list(
     let range = q.time_range()?;
     let desc = q.descending(false)?;
     let cursor = input::cursor(q.get("page"))?;
-    let sid = sessions::owned(&g, &t.0, &id).await?;
+    let (sid, api, _) = sessions::visible(&g, &t.0, &id).await?;
     let wanted = |e: &StoredEvent| {
         let name = e.event.type_name();
         (if types.is_empty() {
@@ -237,7 +236,7 @@ pub async fn list(
                 ..Default::default()
             }
         };
-        let mut records = g.api.read(&sid, &slice).await?;
+        let mut records = api.read(&sid, &slice).await?;
         let n = records.len();
         if desc {
             records.reverse();

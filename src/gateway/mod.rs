@@ -165,13 +165,15 @@ impl Gateway {
         }))
     }
 
-    /// The library acting for one tenant: it may instruct its own agents (`system.message`)
-    /// and name the vaults given.
+    /// The library acting for one tenant: it sees only the tenant's sessions (the rule is
+    /// `api::Principal::may_see`, not the gateway's), may instruct its own agents
+    /// (`system.message`) and name the vaults given.
     fn tenant_api(&self, tenant: &str, vaults: Vec<String>) -> Api {
         self.api.acting_for(Principal {
             name: format!("tenant {tenant}"),
             vaults: VaultGrant::Only(vaults),
             may_instruct: true,
+            tenant: Some(tenant.to_string()),
         })
     }
 

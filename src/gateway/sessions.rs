@@ -18,6 +18,7 @@ use super::error::HttpError;
 use super::input::{self, Query};
 use super::store::{Expect, Kind, Stored};
 use super::{Shared, Tenant, agents, environments, events, now, ok, vaults};
+use crate::api::Api;
 use crate::event::{Budget, Event, Origin, Resource, SessionCreated, SessionId, SessionLimits};
 use crate::session::{SessionState, Status};
 
@@ -34,20 +35,11 @@ pub struct Loaded {
     pub state: SessionState,
 }
 
-/// Loads one of the tenant's sessions; another tenant's, a deleted one and one not made by
-/// the gateway are all not found.
+/// Loads one of the tenant's sessions: its index record (a deleted one is not found), and
+/// its state through the tenant's `Api`, which refuses another tenant's session as not found.
 pub async fn load(g: &Shared, tenant: &str, id: &str) -> Result<Loaded, HttpError> {
-    let index = index(g, tenant, id).await?;
-    let sid = SessionId::parse(id).map_err(|_| HttpError::not_found("session", id))?;
-    let state = g.api.state(&sid).await?;
-    let owned = state
-        .config
-        .as_ref()
-        .and_then(|c| c.origin.as_ref())
-        .is_some_and(|o| o.tenant == tenant);
-    if !owned {
-        return Err(HttpError::not_found("session", id));
-    }
+    let (sid, api, index) = visible(g, tenant, id).await?;
+    let state = api.state(&sid).await?;
     Ok(Loaded {
         id: sid,
         index,
@@ -55,28 +47,17 @@ pub async fn load(g: &Shared, tenant: &str, id: &str) -> Result<Loaded, HttpErro
     })
 }
 
-/// Checks that a session is the tenant's without folding its log (what sending, listing and
-/// streaming need): its index record under the tenant, and its `session.created` naming the
-/// tenant as its origin. Two direct gets, whatever the session's length.
-pub async fn owned(g: &Shared, tenant: &str, id: &str) -> Result<SessionId, HttpError> {
-    input::id("session", "sesn_", id)?;
+/// A session id from a path, with the tenant's `Api` to act on it and the tenant's index
+/// record, which shows the session is not deleted. Whose session it is, the `Api` checks on
+/// every call (`api::Principal::may_see`): sending, listing and streaming need nothing more.
+pub async fn visible(
+    g: &Shared,
+    tenant: &str,
+    id: &str,
+) -> Result<(SessionId, Api, Stored<Value>), HttpError> {
+    let index = index(g, tenant, id).await?;
     let sid = SessionId::parse(id).map_err(|_| HttpError::not_found("session", id))?;
-    let slice = crate::session::Slice {
-        types: vec!["session.created".into()],
-        limit: Some(1),
-        ..Default::default()
-    };
-    // Both reads at once: the check is on the path of every send.
-    let (index, first) = tokio::join!(index(g, tenant, id), g.api.read(&sid, &slice));
-    index?;
-    let owned = first?.iter().filter_map(|r| r.as_ref().ok()).any(|e| {
-        matches!(&e.event.body, crate::event::EventBody::SessionCreated(c)
-            if c.origin.as_ref().is_some_and(|o| o.tenant == tenant))
-    });
-    if !owned {
-        return Err(HttpError::not_found("session", id));
-    }
-    Ok(sid)
+    Ok((sid, g.tenant_api(tenant, vec![]), index))
 }
 
 /// The tenant's index record of a session, if it is not deleted.

@@ -72,7 +72,7 @@ pub async fn stream(
         }
     }
     let resume = last_event_id(&headers)?;
-    let sid = sessions::owned(&g, &t.0, &id).await?;
+    let (sid, api, _) = sessions::visible(&g, &t.0, &id).await?;
     let tenant_slot = g.tenant_stream(&t.0)?;
     let permit = g.streams.clone().try_acquire_owned().map_err(|_| {
         HttpError::busy(
@@ -84,20 +84,14 @@ pub async fn stream(
             .checked_add(1)
             .ok_or_else(|| HttpError::invalid("Last-Event-ID is out of range"))?,
         None => {
-            g.api
-                .log()
+            api.log()
                 .last_sequence(&sid)
                 .await
                 .map_err(crate::api::ApiError::from)?
                 + 1
         }
     };
-    let mut follow = g
-        .api
-        .log()
-        .follow(&sid, from)
-        .await
-        .map_err(crate::api::ApiError::from)?;
+    let mut follow = api.follow(&sid, from).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let session = sid.clone();
     let (gw, key_hash) = (g.clone(), t.1.clone());

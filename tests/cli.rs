@@ -469,6 +469,27 @@ async fn the_brain_benchmark_runs_and_reports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_benchmark_runs_and_reports() {
+    // A miniature run: checks the benchmark works end to end, not how fast anything is.
+    let report = herd::lab::bench::gateway::run(herd::lab::bench::gateway::Params {
+        samples: 3,
+        list_events: 20,
+        streams: 4,
+    })
+    .await
+    .unwrap();
+    assert_eq!((report.sse.n, report.raw_follow.n), (3, 3));
+    assert_eq!((report.send.n, report.raw_wake.n), (3, 3));
+    assert_eq!(
+        report.fanout.n,
+        5 * 4,
+        "five appends to each of four streams"
+    );
+    assert!(report.list_http.n > 0 && report.sse_p50_ratio > 0.0);
+    assert!(report.table().contains("streams"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hands_benchmark_runs_and_reports() {
     // A miniature run: checks the benchmark works end to end, not how fast anything is.
     let status =

@@ -92,6 +92,15 @@ struct States(std::sync::Mutex<std::collections::HashMap<SessionId, SessionState
 /// Sessions whose folded state an [`Api`] keeps.
 const CACHED_STATES: usize = 1024;
 
+impl From<crate::session::Appended> for Sent {
+    fn from(a: crate::session::Appended) -> Self {
+        Self {
+            seq: a.last_seq,
+            duplicate: a.duplicate,
+        }
+    }
+}
+
 /// The front door's library: a log and a JetStream context to wake sessions with, acting for
 /// one principal, with the deployment's price table for budgets.
 #[derive(Clone)]
@@ -174,11 +183,7 @@ impl Api {
         let event = Event::new(crate::event::SessionStatusTerminated {
             reason: reason.to_string(),
         });
-        let a = self.log.append_fact(id, &event).await?;
-        Ok(Sent {
-            seq: a.last_seq,
-            duplicate: a.duplicate,
-        })
+        Ok(self.log.append_fact(id, &event).await?.into())
     }
 
     /// The session log, for reads the use cases do not wrap.
@@ -210,13 +215,7 @@ impl Api {
     pub async fn send(&self, id: &SessionId, event: &Event) -> Result<Sent, ApiError> {
         let state = self.current(id).await?;
         let sent = match admit_from(&self.principal, &state, event) {
-            Ok(()) => {
-                let a = self.log.append_fact(id, event).await?;
-                Sent {
-                    seq: a.last_seq,
-                    duplicate: a.duplicate,
-                }
-            }
+            Ok(()) => self.log.append_fact(id, event).await?.into(),
             // A malformed event is refused whatever the log holds.
             // So is one the principal may not see, or that is not there: nothing about its
             // log is looked up for it.
@@ -386,14 +385,8 @@ impl Api {
             metadata: None,
             limits: Some(new),
         });
-        let a = self.log.append_fact(id, &event).await?;
-        Ok((
-            event,
-            Sent {
-                seq: a.last_seq,
-                duplicate: a.duplicate,
-            },
-        ))
+        let sent = self.log.append_fact(id, &event).await?.into();
+        Ok((event, sent))
     }
 
     /// Renames a session or replaces its metadata (a `session.updated` with those fields).
@@ -419,11 +412,7 @@ impl Api {
             metadata,
             limits: None,
         });
-        let a = self.log.append_fact(id, &event).await?;
-        Ok(Sent {
-            seq: a.last_seq,
-            duplicate: a.duplicate,
-        })
+        Ok(self.log.append_fact(id, &event).await?.into())
     }
 
     /// Reads a slice of a session's log; a session without events is not found.

@@ -516,15 +516,7 @@ pub async fn list(
 ) -> Result<Response, HttpError> {
     let q = Query::parse(
         q.as_deref(),
-        &[
-            "limit",
-            "page",
-            "include_archived",
-            "created_at[gte]",
-            "created_at[lte]",
-            "created_at[gt]",
-            "created_at[lt]",
-        ],
+        &input::with_created_at(&["limit", "page", "include_archived"]),
     )?;
     page::objects(&g, &t.0, Kind::Agent, &q, 20, 100).await
 }

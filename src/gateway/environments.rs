@@ -255,7 +255,7 @@ pub async fn retrieve(
     t: Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
-    Ok(ok(page::public(get(&g, &t.0, &id).await?.doc)))
+    Ok(ok(get(&g, &t.0, &id).await?.doc))
 }
 
 /// `POST /v1/environments/{id}`.

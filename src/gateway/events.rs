@@ -181,16 +181,7 @@ pub async fn list(
 ) -> Result<Response, HttpError> {
     let q = Query::parse(
         q.as_deref(),
-        &[
-            "limit",
-            "page",
-            "order",
-            "types",
-            "created_at[gt]",
-            "created_at[gte]",
-            "created_at[lt]",
-            "created_at[lte]",
-        ],
+        &input::with_created_at(&["limit", "page", "order", "types"]),
     )?;
     let limit = q.limit(20, MAX_LIST)?;
     let types = types(&q)?;

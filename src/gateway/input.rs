@@ -244,6 +244,18 @@ impl Query {
     }
 }
 
+/// The `created_at[…]` filters a list takes, added to its own query keys.
+pub fn with_created_at<'a>(keys: &[&'a str]) -> Vec<&'a str> {
+    let mut all = keys.to_vec();
+    all.extend([
+        "created_at[gt]",
+        "created_at[gte]",
+        "created_at[lt]",
+        "created_at[lte]",
+    ]);
+    all
+}
+
 /// A range of creation times from `created_at[…]` filters.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TimeRange {
@@ -260,6 +272,16 @@ impl TimeRange {
             && self.gte.is_none_or(|b| t >= b)
             && self.lt.is_none_or(|b| t < b)
             && self.lte.is_none_or(|b| t <= b)
+    }
+
+    /// True when a stored object's `created_at` (RFC 3339) is inside every bound; an object
+    /// without a readable one is outside any bound.
+    pub fn admits(&self, created_at: &Value) -> bool {
+        self.is_open()
+            || created_at
+                .as_str()
+                .and_then(|t| parse_time("created_at", t).ok())
+                .is_some_and(|t| self.contains(t))
     }
 
     /// True when there is no bound.

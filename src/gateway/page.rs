@@ -39,11 +39,7 @@ pub async fn objects(
         let doc = s.doc;
         let visible = !deleted(&doc)
             && (archived || doc["archived_at"].is_null())
-            && (range.is_open()
-                || doc["created_at"]
-                    .as_str()
-                    .and_then(|t| input::parse_time("created_at", t).ok())
-                    .is_some_and(|t| range.contains(t)));
+            && range.admits(&doc["created_at"]);
         if !visible {
             continue;
         }
@@ -52,17 +48,9 @@ pub async fn objects(
                 json!({"data": data, "next_page": input::next_page(i as u64)}),
             ));
         }
-        data.push(public(doc));
+        data.push(doc);
     }
     Ok(ok(json!({"data": data, "next_page": null})))
-}
-
-/// An object as the API shows it: herd's bookkeeping fields removed.
-pub fn public(mut doc: Value) -> Value {
-    if let Some(m) = doc.as_object_mut() {
-        m.remove("deleted_at");
-    }
-    doc
 }
 
 /// Stamps `field` (`archived_at` or `deleted_at`) on a stored object, with `updated_at`, and

@@ -486,7 +486,7 @@ pub async fn list(
 ) -> Result<Response, HttpError> {
     let q = Query::parse(
         q.as_deref(),
-        &[
+        &input::with_created_at(&[
             "limit",
             "page",
             "order",
@@ -496,11 +496,7 @@ pub async fn list(
             "statuses",
             "deployment_id",
             "memory_store_id",
-            "created_at[gt]",
-            "created_at[gte]",
-            "created_at[lt]",
-            "created_at[lte]",
-        ],
+        ]),
     )?;
     let limit = q.limit(20, 100)?;
     // The cursor is the last id returned: sessions made between two pages never shift one.
@@ -558,11 +554,7 @@ pub async fn list(
             && (archived || d["archived_at"].is_null())
             && q.get("agent_id").is_none_or(|a| d["agent_id"] == a)
             && agent_version.is_none_or(|v| d["agent_version"] == v)
-            && (range.is_open()
-                || d["created_at"]
-                    .as_str()
-                    .and_then(|t| input::parse_time("created_at", t).ok())
-                    .is_some_and(|t| range.contains(t)));
+            && range.admits(&d["created_at"]);
         if !visible {
             continue;
         }

@@ -103,7 +103,7 @@ pub async fn retrieve(
     t: Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
-    Ok(ok(page::public(get(&g, &t.0, &id).await?.doc)))
+    Ok(ok(get(&g, &t.0, &id).await?.doc))
 }
 
 /// `POST /v1/vaults/{id}`.
@@ -357,7 +357,7 @@ pub async fn retrieve_credential(
     Path((vid, id)): Path<(String, String)>,
 ) -> Result<Response, HttpError> {
     get(&g, &t.0, &vid).await?;
-    Ok(ok(page::public(credential(&g, &t.0, &vid, &id).await?.doc)))
+    Ok(ok(credential(&g, &t.0, &vid, &id).await?.doc))
 }
 
 /// `GET /v1/vaults/{vid}/credentials`.
@@ -395,7 +395,7 @@ pub async fn list_credentials(
                 json!({"data": data, "next_page": input::next_page(i as u64)}),
             ));
         }
-        data.push(page::public(c.doc));
+        data.push(c.doc);
     }
     Ok(ok(json!({"data": data, "next_page": null})))
 }

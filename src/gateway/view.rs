@@ -66,11 +66,6 @@ pub fn event(e: &StoredEvent) -> Value {
     v
 }
 
-/// The stream sequence an event is at, as SSE's `id:` (what `Last-Event-ID` resumes from).
-pub fn position(e: &StoredEvent) -> u64 {
-    e.seq
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

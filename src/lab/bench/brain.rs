@@ -15,10 +15,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{Environment, Summary, ratio};
-use crate::brain::provider::{ProviderSettings, Timeouts};
-use crate::brain::{Brain, BrainConfig};
 use crate::bus::subjects;
-use crate::config::Secret;
 use crate::event::*;
 use crate::lab::mock_model::MockModel;
 use crate::session::{SessionLog, SessionState};
@@ -185,25 +182,9 @@ async fn wait_idle(log: &SessionLog, id: &SessionId, idles: usize) -> anyhow::Re
 /// Runs the benchmark on a private nats-server and a local mock model.
 pub async fn run(params: Params) -> anyhow::Result<Report> {
     let nats = super::PrivateNats::start().await?;
-    let (server, js, log) = (&nats.server, nats.js.clone(), nats.log.clone());
+    let (js, log) = (nats.js.clone(), nats.log.clone());
     let model = MockModel::start().await?;
-    let config = BrainConfig {
-        name: "bench-brain".into(),
-        providers: ProviderSettings {
-            anthropic_api_key: Some(Secret::new("bench")),
-            anthropic_base_url: Some(model.anthropic_url()),
-            timeouts: Timeouts::default(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let client = crate::lab::local_server::Target::nats_config(server, crate::auth::Role::Brain)
-        .connect("bench-brain")
-        .await?;
-    let brain = Brain::new(client, config).await?;
-    let task = tokio::spawn(async move {
-        let _ = brain.run(std::future::pending()).await;
-    });
+    let task = nats.start_brain(&model).await?;
 
     // The raw floor: work-queue publish → pull → HTTP POST first byte at the same server.
     eprintln!("raw floor…");

@@ -17,10 +17,7 @@ use serde_json::{Value, json};
 
 use super::{Environment, Summary, ratio};
 use crate::auth::Role;
-use crate::brain::provider::{ProviderSettings, Timeouts};
-use crate::brain::{Brain, BrainConfig};
 use crate::bus::subjects;
-use crate::config::Secret;
 use crate::event::*;
 use crate::gateway::{Gateway, GatewayConfig, keys, store::Store};
 use crate::lab::local_server::Target;
@@ -183,26 +180,7 @@ async fn wait_idles(
 pub async fn run(params: Params) -> anyhow::Result<Report> {
     let nats = super::PrivateNats::start().await?;
     let model = MockModel::start().await?;
-    let brain = Brain::new(
-        nats.server
-            .nats_config(Role::Brain)
-            .connect("bench-brain")
-            .await?,
-        BrainConfig {
-            name: "bench-brain".into(),
-            providers: ProviderSettings {
-                anthropic_api_key: Some(Secret::new("bench")),
-                anthropic_base_url: Some(model.anthropic_url()),
-                timeouts: Timeouts::default(),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await?;
-    tokio::spawn(async move {
-        let _ = brain.run(std::future::pending()).await;
-    });
+    nats.start_brain(&model).await?;
     let config = GatewayConfig {
         max_streams: params.streams + 16,
         max_streams_per_tenant: params.streams + 16,

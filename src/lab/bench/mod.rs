@@ -104,6 +104,36 @@ impl PrivateNats {
     }
 }
 
+impl PrivateNats {
+    /// A brain on this server, as its role, calling `model` for every session (Anthropic
+    /// protocol); it runs until the task is aborted.
+    pub(crate) async fn start_brain(
+        &self,
+        model: &crate::lab::mock_model::MockModel,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        use crate::lab::local_server::Target;
+        let client = self
+            .server
+            .nats_config(crate::auth::Role::Brain)
+            .connect("bench-brain")
+            .await?;
+        let config = crate::brain::BrainConfig {
+            name: "bench-brain".into(),
+            providers: crate::brain::provider::ProviderSettings {
+                anthropic_api_key: Some(crate::config::Secret::new("bench")),
+                anthropic_base_url: Some(model.anthropic_url()),
+                timeouts: Default::default(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let brain = crate::brain::Brain::new(client, config).await?;
+        Ok(tokio::spawn(async move {
+            let _ = brain.run(std::future::pending()).await;
+        }))
+    }
+}
+
 /// Safe ratio for reports.
 pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }

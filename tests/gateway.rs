@@ -78,6 +78,10 @@ struct Deployment {
 
 impl Deployment {
     async fn start() -> Self {
+        Self::start_with(GatewayConfig::default()).await
+    }
+
+    async fn start_with(config: GatewayConfig) -> Self {
         ensure_image("busybox");
         let t = TestNats::start().await;
         let model = MockModel::start().await.unwrap();
@@ -111,7 +115,7 @@ impl Deployment {
         .await;
         let gw = Gateway::open(
             connect_as(&t.server, Role::Gateway).await,
-            &GatewayConfig::default(),
+            &config,
             Some(herd::credentials::vault::VaultKey::from_hex(&"ab".repeat(32)).unwrap()),
         )
         .await
@@ -710,4 +714,122 @@ async fn the_api_itself_keeps_tenants_apart() {
     assert_eq!(t.log.count(&id).await.unwrap(), before, "nothing appended");
     // The tenant itself still can.
     a.message(&id, None, "hi").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_bounded_per_tenant_and_their_inputs_checked() {
+    let d = Deployment::start_with(GatewayConfig {
+        max_streams_per_tenant: 2,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let (a, b) = (d.key("acme").await, d.key("other").await);
+    let url = &d.url;
+    let (_, _, _, session) = make_objects(url, &a).await;
+    let (_, _, _, theirs) = make_objects(url, &b).await;
+    let stream = |key: &str, session: &str, query: &str, last: Option<&str>| {
+        let mut r = http()
+            .get(format!("{url}/v1/sessions/{session}/events/stream{query}"))
+            .bearer_auth(key);
+        if let Some(l) = last {
+            r = r.header("last-event-id", l);
+        }
+        r.send()
+    };
+    // Bad input on the stream: each a 400 in the envelope, before any stream slot is taken.
+    for (query, last, needle) in [
+        ("?event_deltas[]=agent.bogus", None, "event_deltas"),
+        ("?nope=1", None, "unknown query parameter"),
+        ("", Some("abc"), "Last-Event-ID"),
+        ("", Some("18446744073709551615"), "out of range"),
+    ] {
+        let r = stream(&a, &session, query, last).await.unwrap();
+        assert_eq!(r.status(), 400, "{query} {last:?}");
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+    // Two streams for the tenant; a third is a 429; another tenant is not held back.
+    let one = stream(&a, &session, "", None).await.unwrap();
+    let two = stream(&a, &session, "?event_deltas[]=agent.message", None)
+        .await
+        .unwrap();
+    assert_eq!((one.status().as_u16(), two.status().as_u16()), (200, 200));
+    let three = stream(&a, &session, "", None).await.unwrap();
+    assert_eq!(three.status(), 429);
+    let v: Value = serde_json::from_str(&three.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert_eq!(stream(&b, &theirs, "", None).await.unwrap().status(), 200);
+    // A closed stream gives its slot back.
+    drop(one);
+    let mut again = 0;
+    for _ in 0..50 {
+        again = stream(&a, &session, "", None)
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if again == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(again, 200, "the slot of a closed stream is given back");
+    // An Idempotency-Key that is not one.
+    let r = http()
+        .post(format!("{url}/v1/sessions/{session}/events"))
+        .bearer_auth(&a)
+        .header("idempotency-key", "k".repeat(257))
+        .body(json!({"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        d.t.log
+            .count_by_type(&SessionId::parse(&session).unwrap())
+            .await
+            .unwrap()
+            .get("user.message"),
+        None,
+        "nothing appended"
+    );
+}
+
+#[test]
+fn keys_refuse_bad_tenants_and_unknown_ids() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = rt.block_on(TestNats::start());
+    for (args, needle) in [
+        (vec!["keys", "create", "--tenant", "a.b"], "tenant"),
+        (vec!["keys", "create", "--tenant", ""], "tenant"),
+        (vec!["keys", "revoke", "key_nope"], "no API key"),
+        (vec!["keys", "revoke", "a b"], "key id"),
+    ] {
+        let out = herd_with_key(&t.server, &"ab".repeat(32), &args, b"");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = herd_with_key(
+        &t.server,
+        &"ab".repeat(32),
+        &["keys", "create", "--tenant", "ok"],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(key.starts_with("herd_sk_"));
+    let listed = herd_with_key(&t.server, &"ab".repeat(32), &["keys", "list"], b"");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(" ok ") && !listed.contains(&key),
+        "{listed}"
+    );
 }

@@ -106,6 +106,9 @@ pub async fn stream(
         loop {
             let next = tokio::select! {
                 r = follow.next() => r,
+                // The client went away (the body was dropped): give the slot and the
+                // consumer back now, not at the next keepalive.
+                _ = tx.closed() => return,
                 _ = keepalive.tick() => {
                     // A key revoked since the stream opened ends it.
                     if let Err(e) = gw.tenant_of_hash(&key_hash).await

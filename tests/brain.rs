@@ -173,6 +173,9 @@ fn tool(name: &str, kind: &str, policy: PermissionPolicy) -> ToolConfig {
         description: Some(format!("the {name} tool")),
         input_schema: Some(json!({"type": "object"})),
         permission_policy: policy,
+        mcp_server_name: None,
+        default_config: None,
+        configs: Vec::new(),
     }
 }
 
@@ -1572,4 +1575,149 @@ async fn a_huge_session_ends_its_turn_with_an_error_instead_of_crashing_brains()
             .any(|e| e.event.type_name() == "agent.message"),
         "the scripted model answered the other session"
     );
+}
+
+/// The text of the tool results the model was sent in request `body`, by tool_use id.
+fn results_sent(body: &Value) -> Vec<(String, String, bool)> {
+    body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["type"] == "tool_result")
+        .map(|b| {
+            let text = b["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["text"].as_str())
+                .collect::<String>();
+            (
+                b["tool_use_id"].as_str().unwrap_or("").to_string(),
+                text,
+                b["is_error"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_reads_back_what_compaction_summarised_away_with_get_events() {
+    let rig = Rig::start().await;
+    let mut agent = agent_with("claude-test", vec![]);
+    agent.context_budget_tokens = Some(300);
+    let id = rig.session(agent).await;
+    let fact = format!("the locker code is 7431-{}", uuid::Uuid::new_v4().simple());
+    rig.model.push([Reply::text("Noted.")]);
+    rig.say(
+        &id,
+        &format!("Remember: {fact}. {}", "padding ".repeat(150)),
+    )
+    .await;
+    let first = rig.idle(&id, 1).await;
+    let said_at = first
+        .iter()
+        .find(|e| e.event.type_name() == "user.message")
+        .unwrap()
+        .seq;
+    let first_idle = first.last().unwrap().seq;
+
+    // Turn 2: compacted first (the summary drops the code), then the model asks the log.
+    rig.model.push([
+        Reply::text("The user gave me a locker code to remember."),
+        Reply::tool_use("toolu_q1", "get_events", json!({"text": "locker code is"})),
+        Reply::tool_use(
+            "toolu_q2",
+            "get_events",
+            json!({"from": said_at, "to": said_at}),
+        ),
+        Reply::tool_use(
+            "toolu_q3",
+            "get_events",
+            json!({"types": ["user.message"], "last": 1, "text": "7431-[0-9a-f]{32}", "regex": true}),
+        ),
+        Reply::Turn {
+            content: vec![
+                json!({"type": "tool_use", "id": "toolu_bad1", "name": "get_events", "input": {"from": 100000}}),
+                json!({"type": "tool_use", "id": "toolu_bad2", "name": "get_events", "input": {"last": 5000}}),
+                json!({"type": "tool_use", "id": "toolu_bad3", "name": "get_events", "input": {"from": 9, "to": 3}}),
+            ],
+            stop_reason: "tool_use".into(),
+        },
+        Reply::text("Found it."),
+    ]);
+    rig.say(&id, "What was the locker code?").await;
+    let events = rig.idle(&id, 2).await;
+    let c = events
+        .iter()
+        .find_map(|e| match &e.event.body {
+            EventBody::AgentThreadContextCompacted(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("a compaction");
+    assert_eq!(c.compacted_up_to, first_idle);
+    assert!(!c.summary.contains("7431"), "the summary lost the detail");
+
+    let received = rig.model.received();
+    // 1 first turn + summary + 5 requests of turn 2.
+    assert_eq!(received.len(), 7, "{:?}", types(&events));
+    let first_after = &received[2].body;
+    let tools: Vec<&str> = first_after["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(tools, ["get_events"], "on by default once compacted");
+    let summary_text = first_after["messages"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(
+        summary_text.contains(&format!("events 1 to {first_idle}"))
+            && summary_text.contains("get_events"),
+        "{summary_text}"
+    );
+    assert!(!first_after.to_string().contains("7431-"), "compacted away");
+
+    let last = results_sent(&received[6].body);
+    let by_id = |id: &str| last.iter().find(|r| r.0 == id).cloned().unwrap();
+    for q in ["toolu_q1", "toolu_q2", "toolu_q3"] {
+        let (_, text, is_error) = by_id(q);
+        assert!(!is_error, "{q}: {text}");
+        assert!(
+            text.contains(&fact),
+            "{q} found the fact byte for byte: {text}"
+        );
+        assert!(
+            text.starts_with(&format!("#{said_at} user.message ")),
+            "{q}: {text}"
+        );
+        assert_eq!(text.lines().count(), 1, "{q}: only the one event: {text}");
+    }
+    for (q, says) in [
+        ("toolu_bad1", "past the end"),
+        ("toolu_bad2", "at most 1000"),
+        ("toolu_bad3", "after to"),
+    ] {
+        let (_, text, is_error) = by_id(q);
+        assert!(is_error && text.contains(says), "{q}: {text}");
+    }
+    // Answered by the brain from the log: no sandbox, no tool job.
+    assert!(
+        !types(&events).iter().any(|t| t.starts_with("sandbox.")),
+        "{:?}",
+        types(&events)
+    );
+    let records: Vec<Record> = events.iter().cloned().map(Ok).collect();
+    let report = herd::session::check_session(id.clone(), &records, true);
+    assert!(report.ok(), "{report:?}");
+    // A replay rebuilds the same context from the log alone.
+    let results: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event.body {
+            EventBody::AgentToolResult(r) => Some(content_text(&r.content)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 6);
 }

@@ -186,6 +186,9 @@ async fn three_brains_fifty_sessions() {
         description: None,
         input_schema: None,
         permission_policy: PermissionPolicy::AlwaysAllow,
+        mcp_server_name: None,
+        default_config: None,
+        configs: Vec::new(),
     };
     let mut sessions = Vec::new();
     for _ in 0..50 {

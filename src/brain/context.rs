@@ -16,70 +16,42 @@
 use serde_json::{Value, json};
 
 use super::provider::{Message, ModelRequest, ToolDef};
-use crate::event::{ContentBlock, EventBody, SessionCreated, StoredEvent, ToolConfig};
+use crate::event::{ContentBlock, EventBody, SessionCreated, StoredEvent, tools};
 
 /// The output-token limit when the agent sets none.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
-/// Descriptions and schemas of the built-in tools, as the model sees them.
-pub fn builtin_tool(name: &str) -> Option<ToolDef> {
-    let (description, schema) = match name {
-        "bash" => (
-            "Run a bash command in the session's sandbox; returns stdout, stderr and the exit code.",
-            json!({"type": "object", "properties": {"command": {"type": "string"}, "timeout_secs": {"type": "integer"}}, "required": ["command"]}),
-        ),
-        "read" => (
-            "Read a text file from the sandbox's workspace.",
-            json!({"type": "object", "properties": {"path": {"type": "string"}, "offset": {"type": "integer"}, "limit": {"type": "integer"}}, "required": ["path"]}),
-        ),
-        "write" => (
-            "Write a text file in the sandbox's workspace, replacing it.",
-            json!({"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}, "required": ["path", "content"]}),
-        ),
-        "edit" => (
-            "Replace one exact, unique occurrence of old_string with new_string in a file.",
-            json!({"type": "object", "properties": {"path": {"type": "string"}, "old_string": {"type": "string"}, "new_string": {"type": "string"}}, "required": ["path", "old_string", "new_string"]}),
-        ),
-        "glob" => (
-            "List files matching a glob pattern in the workspace.",
-            json!({"type": "object", "properties": {"pattern": {"type": "string"}, "path": {"type": "string"}}, "required": ["pattern"]}),
-        ),
-        "grep" => (
-            "Search file contents for a regular expression in the workspace.",
-            json!({"type": "object", "properties": {"pattern": {"type": "string"}, "path": {"type": "string"}}, "required": ["pattern"]}),
-        ),
-        "http_request" => (
-            "Make an HTTP request from outside the sandbox (the sandbox has no network). Reaches only hosts this session allows. Write {{secret:NAME}} where a credential from the session's vaults belongs (e.g. a header \"Authorization\": \"Bearer {{secret:GITHUB_TOKEN}}\"); the value is filled in outside and never shown to you.",
-            json!({"type": "object", "properties": {"url": {"type": "string"}, "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]}, "headers": {"type": "object", "additionalProperties": {"type": "string"}}, "body": {"type": "string"}, "timeout_secs": {"type": "integer"}}, "required": ["url"]}),
-        ),
-        "git_remote" => (
-            "Push or pull one of this session's git repositories (the sandbox has no network; its remotes hold no token). Commit in the sandbox with bash, then push; pull fast-forwards the checked-out branch, or leaves origin/<branch> fetched for you to merge.",
-            json!({"type": "object", "properties": {"action": {"type": "string", "enum": ["push", "pull"]}, "repository": {"type": "string", "description": "its path under /workspace"}, "branch": {"type": "string"}}, "required": ["action"]}),
-        ),
-        _ => return None,
-    };
-    Some(ToolDef {
-        name: name.to_string(),
-        description: description.to_string(),
-        input_schema: schema,
-    })
-}
-
-fn tool_def(t: &ToolConfig) -> ToolDef {
-    let builtin = builtin_tool(&t.name);
-    ToolDef {
-        name: t.name.clone(),
-        description: t
-            .description
-            .clone()
-            .or_else(|| builtin.as_ref().map(|b| b.description.clone()))
-            .unwrap_or_default(),
-        input_schema: t
-            .input_schema
-            .clone()
-            .or_else(|| builtin.map(|b| b.input_schema))
-            .unwrap_or_else(|| json!({"type": "object"})),
-    }
+/// The model's tool definitions: the tools the session offers at this point of its log (the
+/// catalogue, [`crate::event::tools::offered`]), and a note for the system prompt naming MCP
+/// servers whose latest listing failed (their tools are left out).
+fn tools_at(config: &SessionCreated, events: &[StoredEvent]) -> (Vec<ToolDef>, Vec<String>) {
+    let compacted = events
+        .iter()
+        .any(|e| matches!(e.event.body, EventBody::AgentThreadContextCompacted(_)));
+    let listings = tools::latest_listings(events.iter().filter_map(|e| match &e.event.body {
+        EventBody::McpToolsListed(l) => Some(l),
+        _ => None,
+    }));
+    let notes = listings
+        .iter()
+        .filter_map(|l| {
+            l.error.as_ref().map(|why| {
+                format!(
+                    "The MCP server {:?} could not be reached, so its tools are not available now: {why}",
+                    l.mcp_server_name
+                )
+            })
+        })
+        .collect();
+    let defs = tools::offered(config, compacted, &listings)
+        .into_iter()
+        .map(|t| ToolDef {
+            name: t.name,
+            description: t.description,
+            input_schema: t.input_schema,
+        })
+        .collect();
+    (defs, notes)
 }
 
 fn blocks(content: &[ContentBlock]) -> impl Iterator<Item = Value> + '_ {
@@ -178,10 +150,20 @@ pub fn build(config: &SessionCreated, events: &[StoredEvent]) -> ModelRequest {
         input: Vec::new(),
     };
     let mut system = config.agent.system.clone().unwrap_or_default();
+    let (tool_defs, notes) = tools_at(config, events);
     let mut from = 0;
     if let Some((_, c)) = compacted {
         from = c.compacted_up_to;
-        b.input.push(json!({"type": "text", "text": format!("Summary of the conversation so far:\n{}", c.summary)}));
+        // The summary says what it covers, and how to get any of it back exactly.
+        let fetch = if tool_defs.iter().any(|t| t.name == tools::GET_EVENTS) {
+            format!(
+                " Every one of those events is still in the log: call get_events (e.g. {{\"from\": 1, \"to\": {}}}, or {{\"text\": \"…\"}}) to read any of them exactly.",
+                c.compacted_up_to
+            )
+        } else {
+            String::new()
+        };
+        b.input.push(json!({"type": "text", "text": format!("Summary of the conversation so far (events 1 to {} of this session's log).{fetch}\n{}", c.compacted_up_to, c.summary)}));
     }
     for e in events {
         if let EventBody::SystemMessage(m) = &e.event.body {
@@ -237,10 +219,16 @@ pub fn build(config: &SessionCreated, events: &[StoredEvent]) -> ModelRequest {
         );
     }
     close_dangling_tool_calls(&mut messages);
+    for n in notes {
+        if !system.is_empty() {
+            system.push_str("\n\n");
+        }
+        system.push_str(&n);
+    }
     ModelRequest {
         model: config.agent.model.clone(),
         system: (!system.is_empty()).then_some(system),
-        tools: config.agent.tools.iter().map(tool_def).collect(),
+        tools: tool_defs,
         messages,
         max_tokens: config.agent.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
     }
@@ -294,6 +282,9 @@ mod tests {
             description: None,
             input_schema: None,
             permission_policy: PermissionPolicy::AlwaysAllow,
+            mcp_server_name: None,
+            default_config: None,
+            configs: Vec::new(),
         }];
         SessionCreated::new(agent)
     }
@@ -434,7 +425,7 @@ mod tests {
             golden(&log),
             json!({"system": "Be brief.\n\nToday is Friday.", "messages": [
                 {"role": "user", "content": [
-                    {"type": "text", "text": "Summary of the conversation so far:\nThey asked an old question."},
+                    {"type": "text", "text": "Summary of the conversation so far (events 1 to 5 of this session's log). Every one of those events is still in the log: call get_events (e.g. {\"from\": 1, \"to\": 5}, or {\"text\": \"…\"}) to read any of them exactly.\nThey asked an old question."},
                     {"type": "text", "text": "new question"}
                 ]}
             ]})

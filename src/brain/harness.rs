@@ -44,17 +44,84 @@ impl Planned {
     }
 
     fn result(session: &SessionId, tool_use_id: &str, text: &str) -> Self {
+        Self::tool_result(session, tool_use_id, text, true)
+    }
+
+    /// The result of an `agent.tool_use`, with the id every writer derives for it.
+    fn tool_result(session: &SessionId, tool_use_id: &str, text: &str, is_error: bool) -> Self {
         Self {
             id: result_event_id(session, tool_use_id).ok(),
             body: AgentToolResult {
                 tool_use_id: tool_use_id.to_string(),
                 content: vec![ContentBlock::text(text)],
-                is_error: true,
+                is_error,
                 output_ref: None,
             }
             .into(),
         }
     }
+
+    /// An error result for the pending call `tool_use_id`, of the call's own kind (an
+    /// `agent.mcp_tool_result` for an MCP call).
+    fn error_for(state: &SessionState, tool_use_id: &str, text: &str) -> Self {
+        match state.pending_tools.get(tool_use_id).map(|t| t.kind) {
+            Some(ToolKind::Mcp) => Self {
+                id: result_event_id(&state.id, tool_use_id).ok(),
+                body: AgentMcpToolResult {
+                    mcp_tool_use_id: tool_use_id.to_string(),
+                    content: vec![ContentBlock::text(text)],
+                    is_error: true,
+                }
+                .into(),
+            },
+            _ => Self::result(&state.id, tool_use_id, text),
+        }
+    }
+}
+
+/// The id of the job that lists an MCP server's tools for the turn that began at `turn_seq`.
+pub fn mcp_listing_id(turn_seq: u64, server: &str) -> String {
+    format!("mcplist_{turn_seq}_{server}")
+}
+
+/// The listing jobs a running turn needs before its model request: one per MCP server of the
+/// agent that has no successful listing in the log and has not been asked in this turn. A
+/// server that failed is asked again in the next turn, never twice in one.
+fn mcp_listings_needed(
+    state: &SessionState,
+    events: &[StoredEvent],
+    turn_seq: u64,
+) -> Vec<ToolJob> {
+    let Some(config) = &state.config else {
+        return Vec::new();
+    };
+    if state.status != Status::Running || turn_seq == 0 {
+        return Vec::new();
+    }
+    config
+        .agent
+        .mcp_servers
+        .iter()
+        .filter(|server| {
+            let listed = state
+                .mcp_listings
+                .iter()
+                .any(|l| l.mcp_server_name == server.name && l.error.is_none());
+            let id = mcp_listing_id(turn_seq, &server.name);
+            let asked = events.iter().any(
+                |e| matches!(&e.event.body, EventBody::McpToolsListed(l) if l.request_id == id),
+            );
+            !listed && !asked
+        })
+        .map(|server| ToolJob {
+            session_id: state.id.clone(),
+            tool_use_id: mcp_listing_id(turn_seq, &server.name),
+            name: crate::bus::jobs::MCP_LIST_TOOLS.into(),
+            input: serde_json::json!({"mcp_server_name": server.name}),
+            tool_use_seq: turn_seq,
+            image: None,
+        })
+        .collect()
 }
 
 /// What the session needs next.
@@ -287,9 +354,9 @@ pub fn decide(
     if in_turn && s.last_interrupt > s.running_at {
         let mut step: Vec<Planned> = close_open_span().into_iter().collect();
         for (id, t) in &state.pending_tools {
-            if t.kind == ToolKind::Sandbox || t.kind == ToolKind::Mcp {
-                step.push(Planned::result(
-                    &state.id,
+            if t.kind != ToolKind::Custom {
+                step.push(Planned::error_for(
+                    state,
                     id,
                     "The user interrupted the turn before this tool call finished.",
                 ));
@@ -310,7 +377,7 @@ pub fn decide(
                 .get(id)
                 .and_then(|c| c.1.clone())
                 .unwrap_or_else(|| "The user denied this tool call.".into());
-            Planned::result(&state.id, id, &msg)
+            Planned::error_for(state, id, &msg)
         })
         .collect();
     if !denied.is_empty() {
@@ -337,6 +404,35 @@ pub fn decide(
         } else {
             Decision::Append(idle(state, "requires_action", awaiting, state.usage).to_vec())
         };
+    }
+
+    // Calls the brain answers itself, from the log (`get_events`): answered now, each from
+    // the events before its call, so whichever brain answers gives the same answer.
+    let from_log: Vec<Planned> = state
+        .pending_tools
+        .iter()
+        .filter(|(_, t)| {
+            t.kind == ToolKind::Brain
+                && !t.awaiting_confirmation
+                && t.confirmation.as_deref() != Some("deny")
+        })
+        .map(|(id, t)| {
+            let input = events
+                .iter()
+                .find(|e| e.seq == t.seq)
+                .and_then(|e| match &e.event.body {
+                    EventBody::AgentToolUse(u) => Some(u.input.clone()),
+                    _ => None,
+                })
+                .unwrap_or(Value::Null);
+            match super::log_query::answer(events, t.seq, &input) {
+                Ok(text) => Planned::tool_result(&state.id, id, &text, false),
+                Err(why) => Planned::tool_result(&state.id, id, &why, true),
+            }
+        })
+        .collect();
+    if !from_log.is_empty() {
+        return Decision::Append(from_log);
     }
 
     // Sandbox calls still running: the hands wake the session when results land. A call the
@@ -393,6 +489,17 @@ pub fn decide(
             }));
             step.extend(idle(state, "budget_reached", vec![], state.usage));
             return Decision::Append(step);
+        }
+        // The tools of the agent's MCP servers come from their listings in the log: a turn
+        // without them waits for the hands to list them (once per turn for a server that
+        // failed; its tools are then left out, and the model is told why).
+        if !config.agent.mcp_servers.is_empty() {
+            if state.status != Status::Running {
+                return Decision::Append(vec![Planned::new(SessionStatusRunning {})]);
+            }
+            if !mcp_listings_needed(state, events, s.running_at).is_empty() {
+                return Decision::Wait;
+            }
         }
         let request = context::build(config, events);
         let budget = config
@@ -457,9 +564,9 @@ pub fn give_up_step(
         step.push(failed_span(id.as_str()));
     }
     for (id, t) in &state.pending_tools {
-        if t.kind == ToolKind::Sandbox || t.kind == ToolKind::Mcp {
-            step.push(Planned::result(
-                &state.id,
+        if t.kind != ToolKind::Custom {
+            step.push(Planned::error_for(
+                state,
                 id,
                 &format!("herd gave up on this turn before the call finished: {why}"),
             ));
@@ -615,9 +722,10 @@ pub fn response_step(
     start_id: &EventId,
     response: &ModelResponse,
 ) -> Vec<Planned> {
-    let Some(config) = &state.config else {
+    if state.config.is_none() {
         return Vec::new();
-    };
+    }
+    let offered = state.tools();
     let mut step = Vec::new();
     let mut text: Vec<ContentBlock> = Vec::new();
     let mut awaiting = Vec::new();
@@ -656,8 +764,8 @@ pub fn response_step(
                 } else {
                     format!("toolu_herd_{}", uuid::Uuid::now_v7().simple())
                 };
-                match config.agent.tools.iter().find(|t| t.name == name) {
-                    Some(t) if t.kind == "custom" => {
+                match offered.iter().find(|t| t.name == name) {
+                    Some(t) if t.runner == Runner::Client => {
                         awaiting.push(id.clone());
                         step.push(Planned::new(AgentCustomToolUse {
                             tool_use_id: id,
@@ -672,16 +780,26 @@ pub fn response_step(
                         } else {
                             sandbox_calls += 1;
                         }
-                        step.push(Planned::new(AgentToolUse {
-                            tool_use_id: id,
-                            name,
-                            input,
-                            evaluated_permission: Some(if ask {
-                                EvaluatedPermission::Ask
-                            } else {
-                                EvaluatedPermission::Allow
+                        let evaluated_permission = Some(if ask {
+                            EvaluatedPermission::Ask
+                        } else {
+                            EvaluatedPermission::Allow
+                        });
+                        step.push(match &t.mcp_server {
+                            Some(server) => Planned::new(AgentMcpToolUse {
+                                tool_use_id: id,
+                                mcp_server_name: server.clone(),
+                                name,
+                                input,
+                                evaluated_permission,
                             }),
-                        }));
+                            None => Planned::new(AgentToolUse {
+                                tool_use_id: id,
+                                name,
+                                input,
+                                evaluated_permission,
+                            }),
+                        });
                     }
                     None => {
                         errors.push(Planned::result(
@@ -887,33 +1005,39 @@ pub fn jobs_to_dispatch(state: &SessionState, events: &[StoredEvent]) -> Vec<Too
         .config
         .as_ref()
         .and_then(|c| c.environment.image.clone());
-    state
+    let mut jobs: Vec<ToolJob> = state
         .pending_tools
         .iter()
         .filter(|(_, t)| {
-            t.kind == ToolKind::Sandbox
+            matches!(t.kind, ToolKind::Sandbox | ToolKind::Mcp)
                 && !t.awaiting_confirmation
                 && t.confirmation.as_deref() != Some("deny")
         })
         .filter_map(|(id, t)| {
-            let (seq, _) = *s.tool_uses.get(id)?;
-            let input = events
-                .iter()
-                .find(|e| e.seq == seq)
-                .and_then(|e| match &e.event.body {
-                    EventBody::AgentToolUse(u) => Some(u.input.clone()),
-                    _ => None,
-                })?;
+            let input =
+                events
+                    .iter()
+                    .find(|e| e.seq == t.seq)
+                    .and_then(|e| match &e.event.body {
+                        EventBody::AgentToolUse(u) => Some(u.input.clone()),
+                        EventBody::AgentMcpToolUse(u) => Some(u.input.clone()),
+                        _ => None,
+                    })?;
             Some(ToolJob {
                 session_id: state.id.clone(),
                 tool_use_id: id.clone(),
                 name: t.name.clone(),
                 input,
-                tool_use_seq: seq,
-                image: image.clone(),
+                tool_use_seq: t.seq,
+                // MCP calls run outside any sandbox.
+                image: (t.kind == ToolKind::Sandbox)
+                    .then(|| image.clone())
+                    .flatten(),
             })
         })
-        .collect()
+        .collect();
+    jobs.extend(mcp_listings_needed(state, events, s.running_at));
+    jobs
 }
 
 #[cfg(test)]
@@ -990,6 +1114,9 @@ mod tests {
             description: None,
             input_schema: None,
             permission_policy: policy,
+            mcp_server_name: None,
+            default_config: None,
+            configs: Vec::new(),
         }
     }
     fn call(id: &str, permission: EvaluatedPermission) -> AgentToolUse {
@@ -1210,6 +1337,9 @@ mod tests {
             description: None,
             input_schema: None,
             permission_policy: PermissionPolicy::AlwaysAllow,
+            mcp_server_name: None,
+            default_config: None,
+            configs: Vec::new(),
         }];
         let g = Given(vec![])
             .and(SessionCreated::new(agent))

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod context;
 pub mod harness;
 pub mod lease;
+pub mod log_query;
 pub mod provider;
 pub mod sweep;
 pub mod worker;

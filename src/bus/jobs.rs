@@ -42,6 +42,11 @@ impl ToolJob {
     }
 }
 
+/// The job name of an MCP listing: a hand asks the server named in the job's input for its
+/// tools (`tools/list`) and records them as `session.mcp_tools_listed`. Not a tool name (tool
+/// names have no `.`), so no model call can be mistaken for it.
+pub const MCP_LIST_TOOLS: &str = "mcp.list_tools";
+
 /// How many characters a derived result id adds around its tool_use id
 /// (`sevt_result_<16 hex>_`): the harness keeps tool_use ids short enough for it.
 pub const RESULT_ID_OVERHEAD: usize = "sevt_result_".len() + 16 + 1;

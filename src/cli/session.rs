@@ -363,6 +363,9 @@ pub async fn run(
                     } else {
                         PermissionPolicy::AlwaysAllow
                     },
+                    mcp_server_name: None,
+                    default_config: None,
+                    configs: Vec::new(),
                 });
             }
             let mut meta = BTreeMap::new();

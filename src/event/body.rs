@@ -295,6 +295,25 @@ payload!(
     }
 );
 payload!(
+    /// `session.mcp_tools_listed` (herd): what an MCP server offered when a hand asked it
+    /// (`tools/list`), or why it could not be asked. The brain builds the model's tools from
+    /// this record, never from the server, so a replay needs no server.
+    McpToolsListed {
+        /// The listing job it answers (`mcplist_<turn seq>_<server>`): one record per job.
+        request_id: String,
+        /// The server, as the agent names it.
+        mcp_server_name: String,
+        /// The URL that was asked.
+        url: String,
+        /// The tools it listed that herd can offer, in the server's order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")] tools: Vec<crate::event::McpTool>,
+        /// Tools left out, and why (a name the model cannot call, a schema too large, …).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")] skipped: Vec<String>,
+        /// Why the server could not be listed (unreachable, refused address, bad answer).
+        #[serde(default, skip_serializing_if = "Option::is_none")] error: Option<String>,
+    }
+);
+payload!(
     /// `agent.thread_context_compacted`: older turns were summarised; later model requests are
     /// built from the summary plus the events after `compacted_up_to`. The events themselves are
     /// never changed.
@@ -528,6 +547,8 @@ event_types! {
     "agent.mcp_tool_use" => AgentMcpToolUse(AgentMcpToolUse),
     /// See [`AgentMcpToolResult`].
     "agent.mcp_tool_result" => AgentMcpToolResult(AgentMcpToolResult),
+    /// See [`McpToolsListed`].
+    "session.mcp_tools_listed" => McpToolsListed(McpToolsListed),
     /// See [`AgentThreadContextCompacted`].
     "agent.thread_context_compacted" => AgentThreadContextCompacted(AgentThreadContextCompacted),
     /// See [`SessionStatusRunning`].

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::pricing::{Budget, BudgetRefusal};
+use super::tools::{
+    MAX_MCP_SERVERS, McpServer, McpToolPolicy, ToolType, builtin, builtin_names, valid_tool_name,
+};
 use super::{IdError, SessionCreated, check_token};
 
 /// How a tool call may run without asking the user.
@@ -21,15 +24,17 @@ pub enum PermissionPolicy {
     AlwaysAsk,
 }
 
-/// A tool the agent may call.
+/// A tool the agent may call, or (`mcp_toolset`) the tools of one of its MCP servers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolConfig {
-    /// The tool's name as the model sees it (`bash`, `read`, or a custom tool's name).
+    /// The tool's name as the model sees it (`bash`, `read`, or a custom tool's name); empty
+    /// for an `mcp_toolset`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
-    /// `builtin` (run by the hands in the sandbox) or `custom` (answered by the client with
-    /// `user.custom_tool_result`).
+    /// `builtin` (see the catalogue, [`super::tools::BUILTINS`]), `custom` (answered by the
+    /// client with `user.custom_tool_result`) or `mcp_toolset`.
     #[serde(default = "ToolConfig::default_kind", rename = "type")]
-    pub kind: String,
+    pub kind: ToolType,
     /// What the tool does, for the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -39,11 +44,35 @@ pub struct ToolConfig {
     /// Whether a call needs the user's confirmation.
     #[serde(default)]
     pub permission_policy: PermissionPolicy,
+    /// For an `mcp_toolset`: the server (one of the agent's `mcp_servers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_server_name: Option<String>,
+    /// For an `mcp_toolset`: whether the server's tools are offered and how calls are
+    /// allowed, unless `configs` says otherwise for a tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_config: Option<McpToolPolicy>,
+    /// For an `mcp_toolset`: per-tool overrides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<McpToolPolicy>,
 }
 
 impl ToolConfig {
-    fn default_kind() -> String {
-        "builtin".into()
+    fn default_kind() -> ToolType {
+        ToolType::Builtin
+    }
+
+    /// The built-in tool `name`, allowed without asking.
+    pub fn builtin(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: ToolType::Builtin,
+            description: None,
+            input_schema: None,
+            permission_policy: PermissionPolicy::AlwaysAllow,
+            mcp_server_name: None,
+            default_config: None,
+            configs: Vec::new(),
+        }
     }
 }
 
@@ -75,6 +104,9 @@ pub struct AgentConfig {
     /// Context budget in estimated tokens; past it, older turns are compacted into a summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_budget_tokens: Option<u32>,
+    /// MCP servers whose tools `mcp_toolset` entries offer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServer>,
 }
 
 impl AgentConfig {
@@ -89,6 +121,7 @@ impl AgentConfig {
             max_tokens: None,
             script: Vec::new(),
             context_budget_tokens: None,
+            mcp_servers: Vec::new(),
         }
     }
 }
@@ -225,19 +258,6 @@ impl SessionLimits {
     }
 }
 
-/// The built-in tools (run by the hands, or by the hand outside the sandbox). Their
-/// definitions for the model are in `brain::context`.
-pub const BUILTIN_TOOLS: &[&str] = &[
-    "bash",
-    "read",
-    "write",
-    "edit",
-    "glob",
-    "grep",
-    "http_request",
-    "git_remote",
-];
-
 /// The model providers a session may name.
 pub const PROVIDERS: &[&str] = &["anthropic", "openai", "scripted"];
 
@@ -292,24 +312,7 @@ impl SessionCreated {
                 "unknown provider {p:?}; expected anthropic, openai or scripted"
             ));
         }
-        for t in &self.agent.tools {
-            match t.kind.as_str() {
-                "builtin" if !BUILTIN_TOOLS.contains(&t.name.as_str()) => {
-                    return bad(format!(
-                        "{:?} is not a built-in tool ({}); custom tools go in --agent",
-                        t.name,
-                        BUILTIN_TOOLS.join(", ")
-                    ));
-                }
-                "builtin" | "custom" => {}
-                other => {
-                    return bad(format!(
-                        "tool {:?}: unknown type {other:?} (builtin or custom)",
-                        t.name
-                    ));
-                }
-            }
-        }
+        self.check_tools()?;
         for v in &self.vault_ids {
             check_token("vault name", v)?;
         }
@@ -450,6 +453,139 @@ pub fn check_branch(b: &str) -> Result<(), String> {
     }
 }
 
+impl SessionCreated {
+    /// Checks the agent's tools and MCP servers: built-in tools that exist, custom tools with
+    /// names the model can call, MCP servers with unique names and http(s) URLs, each named by
+    /// exactly the toolsets that use it.
+    fn check_tools(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut names: Vec<&str> = Vec::new();
+        for t in &self.agent.tools {
+            match &t.kind {
+                ToolType::Builtin if builtin(&t.name).is_none() => {
+                    return bad(format!(
+                        "{:?} is not a built-in tool ({}); custom tools go in --agent",
+                        t.name,
+                        builtin_names()
+                    ));
+                }
+                ToolType::Builtin => {}
+                ToolType::Custom => {
+                    if !valid_tool_name(&t.name) {
+                        return bad(format!(
+                            "custom tool {:?}: a tool name is 1 to 64 letters, digits, _ or -",
+                            t.name
+                        ));
+                    }
+                    if builtin(&t.name).is_some() {
+                        return bad(format!(
+                            "custom tool {:?}: the name is a built-in tool's",
+                            t.name
+                        ));
+                    }
+                }
+                ToolType::McpToolset => {
+                    let Some(server) = t.mcp_server_name.as_deref() else {
+                        return bad("an mcp_toolset needs mcp_server_name".into());
+                    };
+                    if !self.agent.mcp_servers.iter().any(|s| s.name == server) {
+                        return bad(format!(
+                            "mcp_toolset names the MCP server {server:?}, which is not in mcp_servers"
+                        ));
+                    }
+                    if self
+                        .agent
+                        .tools
+                        .iter()
+                        .filter(|o| o.mcp_server_name.as_deref() == Some(server))
+                        .count()
+                        > 1
+                    {
+                        return bad(format!(
+                            "more than one mcp_toolset for the MCP server {server:?}"
+                        ));
+                    }
+                    if t.configs.len() > super::tools::MAX_MCP_TOOLS {
+                        return bad(format!(
+                            "mcp_toolset {server:?}: at most {} tool configs",
+                            super::tools::MAX_MCP_TOOLS
+                        ));
+                    }
+                    continue;
+                }
+                ToolType::Other(other) => {
+                    return bad(format!(
+                        "tool {:?}: unknown type {other:?} (builtin, custom or mcp_toolset)",
+                        t.name
+                    ));
+                }
+            }
+            if names.contains(&t.name.as_str()) {
+                return bad(format!("the tool {:?} is named twice", t.name));
+            }
+            names.push(&t.name);
+        }
+        if self.agent.mcp_servers.len() > MAX_MCP_SERVERS {
+            return bad(format!("at most {MAX_MCP_SERVERS} MCP servers"));
+        }
+        for (i, s) in self.agent.mcp_servers.iter().enumerate() {
+            check_token("MCP server name", &s.name)?;
+            if s.name.len() > 64 {
+                return bad(format!(
+                    "MCP server name {:?} is over 64 characters",
+                    s.name
+                ));
+            }
+            if s.kind != "url" {
+                return bad(format!(
+                    "MCP server {:?}: type {:?} is not supported (url: Streamable HTTP)",
+                    s.name, s.kind
+                ));
+            }
+            if self.agent.mcp_servers[..i].iter().any(|o| o.name == s.name) {
+                return bad(format!("the MCP server {:?} is named twice", s.name));
+            }
+            check_mcp_url(&s.url)
+                .map_err(|e| ConfigError::Invalid(format!("MCP server {:?}: {e}", s.name)))?;
+            if let Some(c) = &s.credential {
+                check_token("credential name", c)?;
+            }
+            if !self.agent.tools.iter().any(|t| {
+                t.kind == ToolType::McpToolset && t.mcp_server_name.as_deref() == Some(&s.name)
+            }) {
+                return bad(format!(
+                    "the MCP server {:?} is named by no mcp_toolset (each server needs one)",
+                    s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks an MCP server URL's shape: `http(s)://host[:port]/path`, no credentials in it, at
+/// most 2,048 bytes. Where it may connect is the hand's address policy, checked at first use.
+pub fn check_mcp_url(url: &str) -> Result<(), String> {
+    if url.len() > 2048 {
+        return Err("the URL is over 2048 bytes".into());
+    }
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} is not an http(s) URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if authority.contains('@') {
+        return Err("credentials in the URL are not allowed; name a vault credential".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the URL contains whitespace or control characters".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +627,9 @@ mod tests {
                 description: None,
                 input_schema: None,
                 permission_policy: PermissionPolicy::AlwaysAllow,
+                mcp_server_name: None,
+                default_config: None,
+                configs: Vec::new(),
             }))
             .contains("is not a built-in tool")
         );

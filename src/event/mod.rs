@@ -10,6 +10,7 @@ mod codec;
 mod config;
 mod ids;
 mod pricing;
+pub mod tools;
 
 pub use body::*;
 pub use codec::{
@@ -18,6 +19,7 @@ pub use codec::{
 pub use config::*;
 pub use ids::{EventId, IdError, MAX_ID_LEN, SessionId, check_token};
 pub use pricing::*;
+pub use tools::{McpServer, McpTool, McpToolPolicy, Runner, ToolType};
 
 use time::OffsetDateTime;
 

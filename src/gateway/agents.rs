@@ -342,6 +342,9 @@ fn herd_tools(tool: &Value) -> Vec<ToolConfig> {
                     description: None,
                     input_schema: None,
                     permission_policy: policy(c),
+                    mcp_server_name: None,
+                    default_config: None,
+                    configs: Vec::new(),
                 })
             })
             .collect(),
@@ -351,6 +354,9 @@ fn herd_tools(tool: &Value) -> Vec<ToolConfig> {
             description: tool["description"].as_str().map(str::to_string),
             input_schema: Some(tool["input_schema"].clone()),
             permission_policy: PermissionPolicy::AlwaysAllow,
+            mcp_server_name: None,
+            default_config: None,
+            configs: Vec::new(),
         }],
         _ => vec![],
     }

@@ -7,7 +7,7 @@
 //!   the hosted API;
 //! - `session.error` carries `retry_status` inside `error`, and `session.usage` its counts
 //!   under `usage`, as the API has them (herd's own fields stay too);
-//! - herd's own types (`session.created`, `sandbox.*`, `session.limit_reached`) are not
+//! - herd's own types (`session.created`, `sandbox.*`, `session.limit_reached`, `session.mcp_tools_listed`) are not
 //!   shown unless asked for by type: they are not in the SDK's union.
 
 use serde_json::{Value, json};
@@ -20,6 +20,7 @@ pub const HERD_ONLY: &[&str] = &[
     "sandbox.provisioned",
     "sandbox.lost",
     "session.limit_reached",
+    "session.mcp_tools_listed",
 ];
 
 /// True when the event is shown by default.

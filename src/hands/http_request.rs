@@ -379,8 +379,19 @@ impl HttpRequests {
         })
     }
 
+    /// The client every request outside the sandbox goes through: no proxy, no redirects,
+    /// names resolved through the address policy.
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The deployment's address policy.
+    pub(crate) fn policy(&self) -> &AddressPolicy {
+        &self.policy
+    }
+
     /// Opens the named credentials from the session's vaults, in order.
-    async fn credentials(
+    pub(crate) async fn credentials(
         &self,
         access: &SessionAccess,
         names: &[String],
@@ -439,14 +450,14 @@ impl HttpRequests {
 }
 
 /// What a credential's placeholder turns into.
-fn substituted(c: &Credential) -> String {
+pub(crate) fn substituted(c: &Credential) -> String {
     match c.kind {
         Kind::Basic => base64::engine::general_purpose::STANDARD.encode(c.value.expose()),
         Kind::StaticBearer | Kind::Header | Kind::Git => c.value.expose().to_string(),
     }
 }
 
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
+pub(crate) async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         if body.len() + chunk.len() > cap {

@@ -2,9 +2,10 @@
 //! still unanswered, what the session allows the tools it runs, and what the model is told
 //! about a replaced sandbox. The worker reads the log and acts; these functions decide.
 
-use crate::bus::jobs::ToolJob;
+use crate::bus::jobs::{MCP_LIST_TOOLS, ToolJob};
 use crate::event::{
-    AgentToolUse, EvaluatedPermission, EventBody, Record, Resource, SessionCreated, ToolConfig,
+    AgentMcpToolUse, AgentToolUse, EvaluatedPermission, EventBody, McpServer, PermissionPolicy,
+    Record, Resource, SessionCreated, ToolConfig, ToolType,
 };
 
 /// What a hand should do with a job, given the session's log from the call on.
@@ -15,30 +16,133 @@ pub enum JobFate {
     Answered(u64),
     /// Run this call.
     Run(AgentToolUse),
+    /// Run this call of an MCP server's tool.
+    RunMcp(AgentMcpToolUse),
+    /// List the tools of this MCP server (a listing job of a turn whose start is at the
+    /// job's sequence).
+    ListMcp(String),
     /// The log has no such call at the job's sequence: the job is refused, never run.
     NotInLog,
 }
 
 /// Classifies a job against the log records from its call's sequence on.
 pub fn classify(records: &[Record], job: &ToolJob) -> JobFate {
+    let records = records.iter().filter_map(|r| r.as_ref().ok());
+    if job.name == MCP_LIST_TOOLS {
+        let mut turn = false;
+        for r in records {
+            match &r.event.body {
+                EventBody::SessionStatusRunning(_) if r.seq == job.tool_use_seq => turn = true,
+                EventBody::McpToolsListed(l) if l.request_id == job.tool_use_id => {
+                    return JobFate::Answered(r.seq);
+                }
+                _ => {}
+            }
+        }
+        let server = job.input.get("mcp_server_name").and_then(|v| v.as_str());
+        return match server {
+            Some(s) if turn => JobFate::ListMcp(s.to_string()),
+            _ => JobFate::NotInLog,
+        };
+    }
     let mut call = None;
-    for r in records.iter().filter_map(|r| r.as_ref().ok()) {
+    for r in records {
         match &r.event.body {
             EventBody::AgentToolUse(u)
                 if u.tool_use_id == job.tool_use_id && r.seq == job.tool_use_seq =>
             {
-                call = Some(u.clone())
+                call = Some(JobFate::Run(u.clone()))
+            }
+            EventBody::AgentMcpToolUse(u)
+                if u.tool_use_id == job.tool_use_id && r.seq == job.tool_use_seq =>
+            {
+                call = Some(JobFate::RunMcp(u.clone()))
             }
             EventBody::AgentToolResult(res) if res.tool_use_id == job.tool_use_id => {
+                return JobFate::Answered(r.seq);
+            }
+            EventBody::AgentMcpToolResult(res) if res.mcp_tool_use_id == job.tool_use_id => {
                 return JobFate::Answered(r.seq);
             }
             _ => {}
         }
     }
-    match call {
-        Some(c) => JobFate::Run(c),
-        None => JobFate::NotInLog,
+    call.unwrap_or(JobFate::NotInLog)
+}
+
+/// Whether the user allowed the call `tool_use_id`: its first confirmation (as the fold takes
+/// it) among `records`.
+fn confirmed(records: &[Record], tool_use_id: &str) -> bool {
+    records
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .find_map(|r| match &r.event.body {
+            EventBody::UserToolConfirmation(c) if c.tool_use_id == tool_use_id => {
+                Some(c.result == "allow")
+            }
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
+/// Whether a call the brain evaluated as `evaluated` may run under `policy`, given the user's
+/// answer: the session's policy, not only the brain's claim (an always_ask tool runs only once
+/// the user allowed the call).
+fn permitted(
+    policy: PermissionPolicy,
+    evaluated: Option<EvaluatedPermission>,
+    confirmed: bool,
+) -> bool {
+    let must_ask = policy == PermissionPolicy::AlwaysAsk;
+    match evaluated {
+        Some(EvaluatedPermission::Allow) => !must_ask || confirmed,
+        Some(EvaluatedPermission::Ask) => confirmed,
+        _ => false,
     }
+}
+
+/// Decides whether the hand may run the MCP call `call`, from the log alone: its server must
+/// be one of the session's, with a toolset that enables the tool, and the call allowed under
+/// the toolset's policy. Returns the server.
+pub fn authorize_mcp(
+    access: &SessionAccess,
+    call: &AgentMcpToolUse,
+    records: &[Record],
+) -> Result<McpServer, String> {
+    let server = access
+        .mcp_servers
+        .iter()
+        .find(|s| s.name == call.mcp_server_name)
+        .ok_or_else(|| {
+            format!(
+                "This session has no MCP server {:?}; the hand ran nothing.",
+                call.mcp_server_name
+            )
+        })?;
+    let policy = access
+        .tools
+        .iter()
+        .find(|t| {
+            t.kind == ToolType::McpToolset && t.mcp_server_name.as_deref() == Some(&server.name)
+        })
+        .and_then(|t| t.mcp_policy(&call.name))
+        .ok_or_else(|| {
+            format!(
+                "The MCP server {:?}'s tool {:?} is not enabled for this session; the hand ran nothing.",
+                server.name, call.name
+            )
+        })?;
+    if !permitted(
+        policy,
+        call.evaluated_permission,
+        confirmed(records, &call.tool_use_id),
+    ) {
+        return Err(format!(
+            "The call {} was not allowed (it waits for, or was refused, a confirmation); the hand ran nothing.",
+            call.tool_use_id
+        ));
+    }
+    Ok(server.clone())
 }
 
 /// The sequence of the result of `tool_use_id` among `records`, if one is there.
@@ -48,6 +152,7 @@ pub fn result_seq(records: &[Record], tool_use_id: &str) -> Option<u64> {
         .filter_map(|r| r.as_ref().ok())
         .find_map(|r| match &r.event.body {
             EventBody::AgentToolResult(res) if res.tool_use_id == tool_use_id => Some(r.seq),
+            EventBody::AgentMcpToolResult(res) if res.mcp_tool_use_id == tool_use_id => Some(r.seq),
             _ => None,
         })
 }
@@ -65,6 +170,8 @@ pub struct SessionAccess {
     pub egress: bool,
     /// Its agent's tools.
     pub tools: Vec<ToolConfig>,
+    /// Its agent's MCP servers.
+    pub mcp_servers: Vec<McpServer>,
     /// Its sandbox image, when its environment names one.
     pub image: Option<String>,
 }
@@ -78,6 +185,7 @@ impl SessionAccess {
             egress: c.environment.networking.as_deref() == Some("limited"),
             allowed_hosts: c.environment.allowed_hosts.clone(),
             tools: c.agent.tools.clone(),
+            mcp_servers: c.agent.mcp_servers.clone(),
             image: c.environment.image.clone(),
         }
     }
@@ -129,29 +237,23 @@ pub fn authorize(
             call.name
         ));
     };
-    // The user's answer is the first confirmation of the call (as the fold takes it).
-    let confirmed = records
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .find_map(|r| match &r.event.body {
-            EventBody::UserToolConfirmation(c) if c.tool_use_id == call.tool_use_id => {
-                Some(c.result == "allow")
-            }
-            _ => None,
-        })
-        .unwrap_or(false);
-    // The session's policy, not only the brain's claim: an always_ask tool runs only once
-    // the user allowed the call.
-    let must_ask = tool.permission_policy == crate::event::PermissionPolicy::AlwaysAsk;
-    match call.evaluated_permission {
-        Some(EvaluatedPermission::Allow) if !must_ask || confirmed => {}
-        Some(EvaluatedPermission::Ask) if confirmed => {}
-        _ => {
-            return Err(format!(
-                "The call {} was not allowed (it waits for, or was refused, a confirmation); the hand ran nothing.",
-                call.tool_use_id
-            ));
-        }
+    if crate::event::tools::builtin(&call.name)
+        .is_some_and(|b| b.runner == crate::event::Runner::Brain)
+    {
+        return Err(format!(
+            "{:?} is answered by the brain from the log, never by a hand; the hand ran nothing.",
+            call.name
+        ));
+    }
+    if !permitted(
+        tool.permission_policy,
+        call.evaluated_permission,
+        confirmed(records, &call.tool_use_id),
+    ) {
+        return Err(format!(
+            "The call {} was not allowed (it waits for, or was refused, a confirmation); the hand ran nothing.",
+            call.tool_use_id
+        ));
     }
     let image = access
         .image
@@ -287,6 +389,9 @@ mod tests {
                 description: None,
                 input_schema: None,
                 permission_policy: crate::event::PermissionPolicy::AlwaysAllow,
+                mcp_server_name: None,
+                default_config: None,
+                configs: Vec::new(),
             }],
             image: image.map(String::from),
             ..Default::default()

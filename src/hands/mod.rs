@@ -23,6 +23,8 @@ pub mod firewall;
 pub mod git;
 pub mod http_request;
 pub mod job;
+pub mod mcp;
+pub mod mcp_calls;
 pub mod outputs;
 pub mod registry;
 pub mod sandbox;

@@ -740,6 +740,8 @@ impl Hands {
             // A redelivery of a job that already ran: make sure the session was woken.
             JobFate::Answered(seq) => return self.wake(session, seq).await,
             JobFate::Run(call) => call,
+            JobFate::RunMcp(call) => return self.run_mcp_call(job, &call, &records).await,
+            JobFate::ListMcp(server) => return self.list_mcp_tools(job, &server).await,
             JobFate::NotInLog => {
                 return Err(JobError::Refused(format!(
                     "no agent.tool_use {} at sequence {} in session {session}",
@@ -818,6 +820,67 @@ impl Hands {
         self.wake(session, appended.last_seq).await
     }
 
+    /// Runs an `agent.mcp_tool_use` (outside the sandbox) and records its result.
+    async fn run_mcp_call(
+        &self,
+        job: &ToolJob,
+        call: &crate::event::AgentMcpToolUse,
+        records: &[crate::event::Record],
+    ) -> Result<(), JobError> {
+        let session = &job.session_id;
+        let access = self.session_access(session).await?;
+        let outcome = match job::authorize_mcp(&access, call, records) {
+            Ok(server) => {
+                super::mcp_calls::call(&self.http, &access, &server, &call.name, &call.input).await
+            }
+            Err(why) => {
+                tracing::warn!(session = %session, tool_use_id = %job.tool_use_id, why = %why, "Refusing to run an MCP call.");
+                tools::ToolOutcome {
+                    text: why,
+                    is_error: true,
+                }
+            }
+        };
+        if let Some(seq) = self.result_in_log(session, job).await? {
+            return self.wake(session, seq).await;
+        }
+        let id = result_event_id(session, &job.tool_use_id)
+            .map_err(|e| JobError::Refused(e.to_string()))?;
+        let result = Event::with_id(
+            id,
+            crate::event::AgentMcpToolResult {
+                mcp_tool_use_id: job.tool_use_id.clone(),
+                content: vec![ContentBlock::text(outcome.text)],
+                is_error: outcome.is_error,
+            },
+        );
+        let appended = self.log.append_fact(session, &result).await?;
+        self.wake(session, appended.last_seq).await
+    }
+
+    /// Lists an MCP server's tools for a turn and records them (`session.mcp_tools_listed`,
+    /// with the id every hand derives for the job, so it lands once).
+    async fn list_mcp_tools(&self, job: &ToolJob, server: &str) -> Result<(), JobError> {
+        let session = &job.session_id;
+        let access = self.session_access(session).await?;
+        let Some(server) = access.mcp_servers.iter().find(|s| s.name == server) else {
+            return Err(JobError::Refused(format!(
+                "session {session} has no MCP server {server:?}"
+            )));
+        };
+        let record = super::mcp_calls::list(&self.http, &access, server, &job.tool_use_id).await;
+        if let Some(why) = &record.error {
+            tracing::warn!(session = %session, server = %server.name, why = %why, "An MCP server could not be listed.");
+        }
+        let id = result_event_id(session, &job.tool_use_id)
+            .map_err(|e| JobError::Refused(e.to_string()))?;
+        let appended = self
+            .log
+            .append_fact(session, &Event::with_id(id, record))
+            .await?;
+        self.wake(session, appended.last_seq).await
+    }
+
     /// Bytes the session's earlier results hold in the object store (their `output_ref`s).
     /// The log is append-only, so the tally is kept per session and only results after the
     /// last one counted are read (not the session's every result for each large output).
@@ -869,7 +932,7 @@ impl Hands {
                 session,
                 &Slice {
                     from: Some(job.tool_use_seq),
-                    types: vec!["agent.tool_result".into()],
+                    types: vec!["agent.tool_result".into(), "agent.mcp_tool_result".into()],
                     ..Default::default()
                 },
             )

@@ -626,6 +626,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             description: None,
             input_schema: None,
             permission_policy: PermissionPolicy::AlwaysAllow,
+            mcp_server_name: None,
+            default_config: None,
+            configs: Vec::new(),
         }];
         let created = Event::new(SessionCreated {
             environment: EnvironmentConfig {

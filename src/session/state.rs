@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use crate::event::{
-    EvaluatedPermission, EventBody, EventId, Money, PriceTable, Rates, Record, SessionCreated,
-    SessionId, SessionLimits, StopReason, StoredEvent, Usage,
+    EvaluatedPermission, EventBody, EventId, McpToolsListed, Money, PriceTable, Rates, Record,
+    Runner, SessionCreated, SessionId, SessionLimits, StopReason, StoredEvent, Usage,
+    tools::{self, Offered},
 };
 
 /// What a session is doing, as in the Managed Agents API.
@@ -31,8 +32,10 @@ pub enum Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolKind {
-    /// A built-in tool, run by the hands in the session's sandbox.
+    /// A built-in tool run by the hands (in the session's sandbox, or outside it).
     Sandbox,
+    /// A built-in tool the brain answers from the log (`get_events`).
+    Brain,
     /// A custom tool, answered by the client with `user.custom_tool_result`.
     Custom,
     /// A tool of an MCP server.
@@ -94,6 +97,10 @@ pub struct SessionState {
     /// What `usage` costs at the model's list price (cents, rounded up): at the prices its
     /// budget records, else at herd's built-in price of its model; `None` when neither is known.
     pub list_cost: Option<Money>,
+    /// Whether its context has been compacted (which offers the model `get_events`).
+    pub compacted: bool,
+    /// The latest listing of each MCP server (see [`crate::event::tools::latest_listings`]).
+    pub mcp_listings: Vec<McpToolsListed>,
     /// The prices `list_cost` is counted at.
     #[serde(skip)]
     rates: Option<Rates>,
@@ -125,6 +132,8 @@ impl SessionState {
             model_requests: 0,
             tool_calls: 0,
             list_cost: None,
+            compacted: false,
+            mcp_listings: Vec::new(),
             rates: None,
             seen: HashSet::new(),
         }
@@ -217,9 +226,10 @@ impl SessionState {
             }
             EventBody::AgentToolUse(t) => {
                 self.tool_calls += 1;
+                let kind = self.kind_of_call(&t.name);
                 self.pending_tools.insert(
                     t.tool_use_id.clone(),
-                    pending(ToolKind::Sandbox, &t.name, t.evaluated_permission),
+                    pending(kind, &t.name, t.evaluated_permission),
                 );
             }
             EventBody::AgentMcpToolUse(t) => {
@@ -253,9 +263,37 @@ impl SessionState {
             EventBody::UserCustomToolResult(r) => {
                 self.pending_tools.remove(&r.custom_tool_use_id);
             }
+            EventBody::AgentThreadContextCompacted(_) => self.compacted = true,
+            EventBody::McpToolsListed(l) => {
+                let mut all: Vec<&McpToolsListed> = self.mcp_listings.iter().collect();
+                all.push(l);
+                self.mcp_listings = tools::latest_listings(all).into_iter().cloned().collect();
+            }
             _ => {}
         }
         true
+    }
+
+    /// The tools the session offers its model now (the one catalogue, resolved from the log).
+    pub fn tools(&self) -> Vec<Offered> {
+        let Some(config) = &self.config else {
+            return Vec::new();
+        };
+        let listings: Vec<&McpToolsListed> = self.mcp_listings.iter().collect();
+        tools::offered(config, self.compacted, &listings)
+    }
+
+    /// Who runs a call of the tool `name` the model made as an `agent.tool_use`.
+    fn kind_of_call(&self, name: &str) -> ToolKind {
+        match self
+            .tools()
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.runner)
+        {
+            Some(Runner::Brain) => ToolKind::Brain,
+            _ => ToolKind::Sandbox,
+        }
     }
 
     /// What `usage` costs at the session's list prices, in nano-dollars; `None` when herd

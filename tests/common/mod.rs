@@ -101,10 +101,14 @@ pub fn agent() -> AgentConfig {
             description: None,
             input_schema: None,
             permission_policy: PermissionPolicy::AlwaysAsk,
+            mcp_server_name: None,
+            default_config: None,
+            configs: Vec::new(),
         }],
         max_tokens: Some(1024),
         script: vec![],
         context_budget_tokens: None,
+        mcp_servers: vec![],
     }
 }
 
@@ -402,6 +406,9 @@ pub fn builtin(name: &str) -> ToolConfig {
         description: None,
         input_schema: None,
         permission_policy: PermissionPolicy::AlwaysAllow,
+        mcp_server_name: None,
+        default_config: None,
+        configs: Vec::new(),
     }
 }
 

@@ -151,6 +151,9 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         description: None,
         input_schema: None,
         permission_policy: PermissionPolicy::AlwaysAllow,
+        mcp_server_name: None,
+        default_config: None,
+        configs: Vec::new(),
     }];
     log.create(
         &session,

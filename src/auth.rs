@@ -213,6 +213,8 @@ pub fn permissions(role: Role) -> Permissions {
             publish.push(INFO_ALL.into());
             publish.extend(strings(&[
                 "herd.session.*.agent.tool_result",
+                "herd.session.*.agent.mcp_tool_result",
+                "herd.session.*.session.mcp_tools_listed",
                 "herd.session.*.sandbox.>",
                 // Its own wake subject: a hand's wake carries no events, so a hand can never
                 // write a user event (a confirmation of its own call) through a brain.

@@ -22,7 +22,8 @@ pub const PROTOCOL_VERSION: &str = "2025-11-25";
 pub const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// How long listing a server's tools may take, all requests included.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one tool call may take, all requests included.
+/// How long one tool call may take by default, all requests included (the hands'
+/// `--mcp-call-timeout-secs`).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why an MCP request failed. The text never carries the credential (the hand redacts it
@@ -132,8 +133,9 @@ pub async fn call_tool(
     endpoint: &Endpoint,
     name: &str,
     arguments: &Value,
+    timeout: Duration,
 ) -> Result<Value, McpError> {
-    bounded(CALL_TIMEOUT, async {
+    bounded(timeout, async {
         let mut s = Session::open(http, endpoint).await?;
         let result = s
             .request("tools/call", json!({"name": name, "arguments": arguments}))

@@ -156,6 +156,7 @@ pub async fn call(
     server: &McpServer,
     name: &str,
     input: &Value,
+    timeout: std::time::Duration,
 ) -> ToolOutcome {
     let (endpoint, forms) = match endpoint(http, access, server).await {
         Ok(e) => e,
@@ -171,13 +172,14 @@ pub async fn call(
     } else {
         input.clone()
     };
-    let (text, is_error) = match mcp::call_tool(http.client(), &endpoint, name, &arguments).await {
-        Ok(result) => mcp::result_text(&result),
-        Err(e) => (
-            format!("The call to the MCP server {:?} failed: {e}", server.name),
-            true,
-        ),
-    };
+    let (text, is_error) =
+        match mcp::call_tool(http.client(), &endpoint, name, &arguments, timeout).await {
+            Ok(result) => mcp::result_text(&result),
+            Err(e) => (
+                format!("The call to the MCP server {:?} failed: {e}", server.name),
+                true,
+            ),
+        };
     let mut text = placeholders::redact(&text, &forms);
     if text.len() > MAX_RESULT {
         let mut end = MAX_RESULT;

@@ -76,6 +76,9 @@ pub struct HandsConfig {
     /// the least recently used idle sandbox is removed (its workspace stays); when every one
     /// is busy, the call waits for a redelivery.
     pub max_sandboxes: usize,
+    /// How long one MCP tool call may take (all its requests); past it the call is an error
+    /// result the model sees.
+    pub mcp_call_timeout: Duration,
 }
 
 /// The images every deployment allows: herd's own sandbox images.
@@ -101,6 +104,7 @@ impl Default for HandsConfig {
             workspace_quota: 10 << 30,
             workspace_check_every: Duration::from_secs(30),
             max_sandboxes: 32,
+            mcp_call_timeout: super::mcp::CALL_TIMEOUT,
         }
     }
 }
@@ -831,7 +835,15 @@ impl Hands {
         let access = self.session_access(session).await?;
         let outcome = match job::authorize_mcp(&access, call, records) {
             Ok(server) => {
-                super::mcp_calls::call(&self.http, &access, &server, &call.name, &call.input).await
+                super::mcp_calls::call(
+                    &self.http,
+                    &access,
+                    &server,
+                    &call.name,
+                    &call.input,
+                    self.config.mcp_call_timeout,
+                )
+                .await
             }
             Err(why) => {
                 tracing::warn!(session = %session, tool_use_id = %job.tool_use_id, why = %why, "Refusing to run an MCP call.");

@@ -194,6 +194,7 @@ async fn a_real_mcp_server_is_called_through_the_hand_with_a_vault_token_that_go
     ];
     agent.script = vec![
         tool_turn("toolu_lookup", "lookup", json!({"key": "alpha"})),
+        tool_turn("toolu_leak", "leak", json!({})),
         tool_turn("toolu_del1", "delete_all", json!({})),
         tool_turn("toolu_del2", "delete_all", json!({})),
         tool_turn("toolu_broken", "broken", json!({})),
@@ -241,8 +242,13 @@ async fn a_real_mcp_server_is_called_through_the_hand_with_a_vault_token_that_go
         .iter()
         .map(|t| t.name.as_str())
         .collect();
-    assert_eq!(docs, ["lookup", "delete_all", "slow", "crash"]);
+    assert_eq!(docs, ["lookup", "leak", "delete_all", "slow", "crash"]);
     assert!(listing("docs").error.is_none());
+    assert_eq!(
+        listing("docs").skipped,
+        ["a tool whose listing contains this session's credential"],
+        "the tool whose description echoes the token is left out"
+    );
     let lookup = &listing("docs").tools[0];
     assert_eq!(lookup.input_schema["properties"]["key"]["type"], "string");
     assert_eq!(listing("broken").tools.len(), 1);
@@ -265,18 +271,23 @@ async fn a_real_mcp_server_is_called_through_the_hand_with_a_vault_token_that_go
             _ => None,
         })
         .collect();
-    assert_eq!(uses.len(), 6, "{uses:?}");
+    assert_eq!(uses.len(), 7, "{uses:?}");
     assert!(
         uses.iter()
             .all(|u| u.mcp_server_name == "docs" || u.name == "broken")
     );
-    assert_eq!(uses[1].evaluated_permission, Some(EvaluatedPermission::Ask));
+    assert_eq!(uses[2].evaluated_permission, Some(EvaluatedPermission::Ask));
     assert_eq!(
         uses[0].evaluated_permission,
         Some(EvaluatedPermission::Allow)
     );
     let (err, text) = mcp_result(&events, "toolu_lookup");
     assert!(!err && text == "the value of alpha is 42-ahpla", "{text}");
+    let (err, text) = mcp_result(&events, "toolu_leak");
+    assert!(
+        !err && text == "your token is [secret DOCS_TOKEN]",
+        "redacted: {text}"
+    );
     let (err, text) = mcp_result(&events, "toolu_del1");
     assert!(err && text.contains("denied"), "{text}");
     let (err, text) = mcp_result(&events, "toolu_del2");
@@ -310,11 +321,18 @@ async fn a_real_mcp_server_is_called_through_the_hand_with_a_vault_token_that_go
     };
     let request = herd::brain::context::build(&config, &events);
     let offered: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(offered, ["lookup", "delete_all", "slow", "crash", "broken"]);
+    assert_eq!(
+        offered,
+        ["lookup", "leak", "delete_all", "slow", "crash", "broken"]
+    );
     let system = request.system.unwrap_or_default();
     assert!(
-        system.contains("\"metadata\" could not be reached"),
+        system.contains("\"metadata\" could not be listed"),
         "{system}"
+    );
+    assert!(
+        !system.contains("does not let"),
+        "no server or policy text in the system prompt: {system}"
     );
     send(&t, &id, "are you still there?").await;
     wait_idles(&t, &id, 4).await;
@@ -327,7 +345,7 @@ async fn a_real_mcp_server_is_called_through_the_hand_with_a_vault_token_that_go
     assert!(lines.iter().any(|l| l.starts_with("tools/list")), "{audit}");
     assert_eq!(
         lines.iter().filter(|l| l.starts_with("tools/call")).count(),
-        4,
+        5,
         "{audit}"
     );
     let all = t.log.read_from(&id, 1).await.unwrap();

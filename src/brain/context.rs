@@ -32,15 +32,16 @@ fn tools_at(config: &SessionCreated, events: &[StoredEvent]) -> (Vec<ToolDef>, V
         EventBody::McpToolsListed(l) => Some(l),
         _ => None,
     }));
+    // herd's own words only: the server's error text is its own, and the system prompt is
+    // no place for it (it is in the listing event, for people and for get_events).
     let notes = listings
         .iter()
-        .filter_map(|l| {
-            l.error.as_ref().map(|why| {
-                format!(
-                    "The MCP server {:?} could not be reached, so its tools are not available now: {why}",
-                    l.mcp_server_name
-                )
-            })
+        .filter(|l| l.error.is_some())
+        .map(|l| {
+            format!(
+                "The MCP server {:?} could not be listed this turn, so its tools are not available now.",
+                l.mcp_server_name
+            )
         })
         .collect();
     let defs = tools::offered(config, compacted, &listings)

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use super::context;
 use super::provider::{ModelError, ModelRequest, ModelResponse};
-use crate::bus::jobs::{ToolJob, result_event_id};
+use crate::bus::jobs::{ToolJob, mcp_listing_id, result_event_id};
 use crate::event::*;
 use crate::session::{SessionState, Status, ToolKind};
 
@@ -77,11 +77,6 @@ impl Planned {
             _ => Self::result(&state.id, tool_use_id, text),
         }
     }
-}
-
-/// The id of the job that lists an MCP server's tools for the turn that began at `turn_seq`.
-pub fn mcp_listing_id(turn_seq: u64, server: &str) -> String {
-    format!("mcplist_{turn_seq}_{server}")
 }
 
 /// The listing jobs a running turn needs before its model request: one per MCP server of the

@@ -22,6 +22,12 @@ pub const DEFAULT_LIMIT: u64 = 100;
 pub const MAX_TEXT: usize = 1024;
 /// The most `types` one call may name.
 pub const MAX_TYPES: usize = 32;
+/// The most bytes of event text one text search reads; past it, the answer says where it
+/// stopped and how to go on (a search over a huge log never ties up a brain).
+pub const MAX_SEARCHED: usize = 32 * 1024 * 1024;
+/// Event types never shown: the session's configuration (its system prompt, vault and server
+/// names, MCP URLs, which may carry keys) is not the conversation.
+pub const HIDDEN: &[&str] = &["session.created", "session.mcp_tools_listed"];
 
 /// The call's input, as the model writes it.
 #[derive(Debug, Default, Deserialize)]
@@ -143,18 +149,40 @@ pub fn answer(events: &[StoredEvent], call_seq: u64, input: &Value) -> Result<St
         Some(t) if t.is_empty() => return Err("text must not be empty".into()),
         Some(t) if q.regex => Matcher::Regex(
             regex::RegexBuilder::new(&t)
-                .size_limit(1 << 20)
+                .size_limit(64 * 1024)
+                .dfa_size_limit(1 << 20)
                 .build()
                 .map_err(|e| format!("invalid regular expression: {e}"))?,
         ),
         Some(t) => Matcher::Substring(t),
     };
-    let matching: Vec<&StoredEvent> = before
+    let mut searched = 0usize;
+    let mut stopped_at = None;
+    let mut matching: Vec<&StoredEvent> = Vec::new();
+    for e in before
         .into_iter()
         .filter(|e| e.seq >= from && e.seq <= to)
+        .filter(|e| !HIDDEN.contains(&e.event.type_name()))
         .filter(|e| q.types.is_empty() || q.types.iter().any(|t| t == e.event.type_name()))
-        .filter(|e| matches!(matcher, Matcher::Any) || matcher.matches(&searchable(e)))
-        .collect();
+    {
+        if !matches!(matcher, Matcher::Any) {
+            let text = searchable(e);
+            searched += text.len();
+            if searched > MAX_SEARCHED {
+                stopped_at = Some(e.seq);
+                break;
+            }
+            if !matcher.matches(&text) {
+                continue;
+            }
+        }
+        matching.push(e);
+    }
+    let stop_note = stopped_at.map(|seq| {
+        format!(
+            "[the search read {MAX_SEARCHED} bytes of event text and stopped before #{seq}; ask again with from={seq} for the rest]\n"
+        )
+    });
     let total = matching.len();
     let chosen: &[&StoredEvent] = match q.last {
         Some(n) => &matching[total.saturating_sub(n as usize)..],
@@ -162,22 +190,39 @@ pub fn answer(events: &[StoredEvent], call_seq: u64, input: &Value) -> Result<St
     };
     if chosen.is_empty() {
         return Ok(format!(
-            "No events match (the log before this call holds sequences 1 to {newest})."
+            "No events match (the log before this call holds sequences 1 to {newest}).\n{}",
+            stop_note.unwrap_or_default()
         ));
     }
-    let mut out = String::new();
-    let mut shown = 0;
-    for e in chosen {
+    // What fits: the oldest first, or with `last` the newest (the ones asked for).
+    let mut kept: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    let order: Box<dyn Iterator<Item = &&StoredEvent>> = if q.last.is_some() {
+        Box::new(chosen.iter().rev())
+    } else {
+        Box::new(chosen.iter())
+    };
+    for e in order {
         let l = line(e);
-        if out.len() + l.len() > MAX_ANSWER {
+        if bytes + l.len() > MAX_ANSWER {
             break;
         }
-        out.push_str(&l);
-        shown += 1;
+        bytes += l.len();
+        kept.push(l);
     }
+    if q.last.is_some() {
+        kept.reverse();
+    }
+    let mut out = String::new();
+    let shown = kept.len();
     if shown == 0 {
         // One event over the cap: its head, so the call is never useless.
-        let l = line(chosen[0]);
+        let e = if q.last.is_some() {
+            chosen[chosen.len() - 1]
+        } else {
+            chosen[0]
+        };
+        let l = line(e);
         let mut end = MAX_ANSWER.min(l.len());
         while !l.is_char_boundary(end) {
             end -= 1;
@@ -185,27 +230,33 @@ pub fn answer(events: &[StoredEvent], call_seq: u64, input: &Value) -> Result<St
         out.push_str(&l[..end]);
         out.push_str(&format!(
             "\n[event #{} is {} bytes; cut at {MAX_ANSWER}]\n",
-            chosen[0].seq,
+            e.seq,
             l.len()
         ));
-        shown = 1;
+    } else {
+        out.extend(kept);
     }
+    let shown = shown.max(1);
     let left = total - shown;
     if left > 0 {
-        let next = chosen.get(shown).map(|e| e.seq);
-        let hint = match (q.last, next) {
-            (None, Some(n)) => format!("; ask again with from={n}"),
-            _ => format!(
-                "; ask for an earlier range with to={}",
-                chosen[..shown]
-                    .first()
-                    .map_or(newest, |e| e.seq.saturating_sub(1))
-            ),
+        let hint = if q.last.is_some() {
+            let oldest_shown = chosen[chosen.len() - shown].seq;
+            format!(
+                "; for earlier ones ask with to={}",
+                oldest_shown.saturating_sub(1)
+            )
+        } else {
+            format!(
+                "; ask again with from={}",
+                chosen.get(shown).map_or(newest, |e| e.seq)
+            )
         };
         out.push_str(&format!(
-            "[{shown} of {total} matching events shown (at most {} bytes per answer){hint}]\n",
-            MAX_ANSWER
+            "[{shown} of {total} matching events shown (at most {MAX_ANSWER} bytes per answer){hint}]\n"
         ));
+    }
+    if let Some(n) = stop_note {
+        out.push_str(&n);
     }
     Ok(out)
 }
@@ -258,6 +309,19 @@ mod tests {
         // Only what came before the call.
         let a = answer(&l, 5, &json!({})).unwrap();
         assert_eq!(a.lines().count(), 4);
+    }
+
+    #[test]
+    fn the_sessions_configuration_is_never_shown() {
+        let mut l = log();
+        l[0].event = Event::new(SessionCreated::new(AgentConfig::new("m")));
+        let a = answer(&l, 21, &json!({"from": 1, "to": 2})).unwrap();
+        assert!(
+            a.starts_with("#2 ") && !a.contains("session.created"),
+            "{a}"
+        );
+        let a = answer(&l, 21, &json!({"types": ["session.created"]})).unwrap();
+        assert!(a.starts_with("No events match"), "{a}");
     }
 
     #[test]

@@ -47,6 +47,12 @@ impl ToolJob {
 /// names have no `.`), so no model call can be mistaken for it.
 pub const MCP_LIST_TOOLS: &str = "mcp.list_tools";
 
+/// The id of the job that lists the MCP server `server`'s tools for the turn that began at
+/// `turn_seq` (its `session.status_running`): one listing per server per turn.
+pub fn mcp_listing_id(turn_seq: u64, server: &str) -> String {
+    format!("mcplist_{turn_seq}_{server}")
+}
+
 /// How many characters a derived result id adds around its tool_use id
 /// (`sevt_result_<16 hex>_`): the harness keeps tool_use ids short enough for it.
 pub const RESULT_ID_OVERHEAD: usize = "sevt_result_".len() + 16 + 1;

@@ -124,7 +124,7 @@ pub const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: GET_EVENTS,
-        description: "Read this session's own event log (everything that happened before this call, including what a compaction summarised away), exactly as recorded. Choose events by stream sequence (from, to: inclusive; last: the newest N of what matches), by type (e.g. [\"user.message\", \"agent.tool_result\"]) and by text (a substring of message and tool text, or a regular expression with regex: true). Each event comes back as one line: its sequence, type, time and its fields as JSON.",
+        description: "Read this session's own event log (everything that happened before this call, including what a compaction summarised away), exactly as recorded. Choose events by stream sequence (from, to: inclusive; last: the newest N of what matches), by type (e.g. [\"user.message\", \"agent.tool_result\"]) and by text (a substring of message and tool text, or a regular expression with regex: true). Each event comes back as one line: its sequence, type, time and its fields as JSON. The session's configuration records (session.created, session.mcp_tools_listed) are not shown.",
         schema: r#"{"type": "object", "properties": {"from": {"type": "integer", "minimum": 1}, "to": {"type": "integer", "minimum": 1}, "last": {"type": "integer", "minimum": 1, "maximum": 1000}, "types": {"type": "array", "items": {"type": "string"}}, "text": {"type": "string"}, "regex": {"type": "boolean"}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}}"#,
         runner: Runner::Brain,
         touches: "the session's own log before the call (read only); no sandbox, no network",

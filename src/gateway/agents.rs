@@ -16,7 +16,7 @@ use super::error::HttpError;
 use super::input::{self, Query};
 use super::store::{Expect, Kind, Stored};
 use super::{Shared, Tenant, now, ok, page};
-use crate::event::{AgentConfig, PermissionPolicy, ToolConfig};
+use crate::event::{AgentConfig, McpServer, McpToolPolicy, PermissionPolicy, ToolConfig, ToolType};
 
 /// The Managed Agents toolset's tools, and what herd runs for each (`None`: herd has no such
 /// tool, so it can be in the toolset only disabled).
@@ -220,18 +220,18 @@ fn tools(v: Option<&Value>) -> Result<Vec<Value>, HttpError> {
         let resolved = match m.get("type").and_then(Value::as_str) {
             Some(TOOLSET_TYPE) => toolset(m)?,
             Some("custom") => custom_tool(m)?,
-            Some("mcp_toolset") => {
-                return Err(HttpError::invalid(
-                    "tools: mcp_toolset is not supported by herd's gateway yet",
-                ));
-            }
+            Some("mcp_toolset") => mcp_toolset(m)?,
             other => {
                 return Err(HttpError::invalid(format!(
-                    "tools: unknown type {other:?}; expected {TOOLSET_TYPE} or custom"
+                    "tools: unknown type {other:?}; expected {TOOLSET_TYPE}, mcp_toolset or custom"
                 )));
             }
         };
-        for name in herd_tools(&resolved).iter().map(|t| t.name.clone()) {
+        let key = |t: &ToolConfig| match &t.mcp_server_name {
+            Some(server) => format!("mcp_toolset {server}"),
+            None => t.name.clone(),
+        };
+        for name in herd_tools(&resolved).iter().map(key) {
             if !names.insert(name.clone()) {
                 return Err(HttpError::invalid(format!(
                     "tools: {name:?} is defined twice"
@@ -239,6 +239,128 @@ fn tools(v: Option<&Value>) -> Result<Vec<Value>, HttpError> {
             }
         }
         out.push(resolved);
+    }
+    Ok(out)
+}
+
+/// An `mcp_toolset` entry: the tools of one of the agent's MCP servers, all enabled and
+/// `always_ask` unless its configs say otherwise (a server's tools are someone else's code).
+fn mcp_toolset(m: &Map<String, Value>) -> Result<Value, HttpError> {
+    input::only(
+        "mcp_toolset",
+        m,
+        &["type", "mcp_server_name", "default_config", "configs"],
+    )?;
+    let server = input::string(m, "mcp_server_name", 64)?;
+    let config = |c: &Map<String, Value>, default_on: bool, default_policy: &str| {
+        let on = enabled(c, default_on)?;
+        let pol = policy(c.get("permission_policy"), default_policy)?;
+        Ok::<_, HttpError>((on, pol))
+    };
+    let default = match m.get("default_config") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(d)) => d.clone(),
+        Some(_) => return Err(HttpError::invalid("default_config must be an object")),
+    };
+    input::only(
+        "default_config",
+        &default,
+        &["enabled", "permission_policy"],
+    )?;
+    let (d_on, d_policy) = config(&default, true, "always_ask")?;
+    let mut configs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    match m.get("configs") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(cs)) if cs.len() <= 256 => {
+            for c in cs {
+                let Value::Object(c) = c else {
+                    return Err(HttpError::invalid("each of configs must be an object"));
+                };
+                input::only(
+                    "mcp_toolset config",
+                    c,
+                    &["name", "enabled", "permission_policy"],
+                )?;
+                let name = input::string(c, "name", 64)?;
+                if !seen.insert(name.clone()) {
+                    return Err(HttpError::invalid(format!(
+                        "mcp_toolset config {name:?} is given twice"
+                    )));
+                }
+                let (on, pol) = config(c, d_on, d_policy)?;
+                configs
+                    .push(json!({"name": name, "enabled": on, "permission_policy": {"type": pol}}));
+            }
+        }
+        Some(_) => {
+            return Err(HttpError::invalid(
+                "configs must be an array of at most 256",
+            ));
+        }
+    }
+    Ok(json!({
+        "type": "mcp_toolset", "mcp_server_name": server,
+        "default_config": {"enabled": d_on, "permission_policy": {"type": d_policy}},
+        "configs": configs,
+    }))
+}
+
+/// `mcp_servers` as the API returns them: `{type: "url", name, url}`, at most 20, names
+/// unique, each named by an `mcp_toolset` of `tools`.
+fn mcp_servers(v: Option<&Value>, tools: &Value) -> Result<Vec<Value>, HttpError> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(a)) if a.len() <= crate::event::tools::MAX_MCP_SERVERS => a,
+        Some(_) => {
+            return Err(HttpError::invalid(
+                "mcp_servers must be an array of at most 20",
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    for s in list {
+        let Value::Object(m) = s else {
+            return Err(HttpError::invalid("each MCP server must be an object"));
+        };
+        input::only("MCP server", m, &["type", "name", "url"])?;
+        if m.get("type").and_then(Value::as_str) != Some("url") {
+            return Err(HttpError::invalid("MCP server type must be \"url\""));
+        }
+        let name = input::string(m, "name", 64)?;
+        crate::event::check_token("MCP server name", &name)
+            .map_err(|e| HttpError::invalid(e.to_string()))?;
+        let url = input::string(m, "url", 2048)?;
+        crate::event::check_mcp_url(&url)
+            .map_err(|e| HttpError::invalid(format!("MCP server {name:?}: {e}")))?;
+        if out.iter().any(|o: &Value| o["name"] == json!(name)) {
+            return Err(HttpError::invalid(format!(
+                "the MCP server {name:?} is named twice"
+            )));
+        }
+        out.push(json!({"type": "url", "name": name, "url": url}));
+    }
+    let toolsets: Vec<&str> = tools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["type"] == "mcp_toolset")
+        .filter_map(|t| t["mcp_server_name"].as_str())
+        .collect();
+    for s in &out {
+        if !toolsets.contains(&s["name"].as_str().unwrap_or_default()) {
+            return Err(HttpError::invalid(format!(
+                "the MCP server {} is named by no mcp_toolset (each server needs one)",
+                s["name"]
+            )));
+        }
+    }
+    for t in toolsets {
+        if !out.iter().any(|s| s["name"] == json!(t)) {
+            return Err(HttpError::invalid(format!(
+                "mcp_toolset names the MCP server {t:?}, which is not in mcp_servers"
+            )));
+        }
     }
     Ok(out)
 }
@@ -276,7 +398,6 @@ pub fn resolve(
         known.push("version");
     }
     input::only("agent", body, &known)?;
-    empty_list(body, "mcp_servers")?;
     empty_list(body, "skills")?;
     if body.get("multiagent").is_some_and(|v| !v.is_null()) {
         return Err(HttpError::invalid(
@@ -312,6 +433,13 @@ pub fn resolve(
     if body.contains_key("tools") {
         a["tools"] = tools(body.get("tools"))?.into();
     }
+    // Servers and toolsets are checked together, whichever of the two an update changes.
+    let servers = if body.contains_key("mcp_servers") {
+        body.get("mcp_servers").cloned()
+    } else {
+        Some(a["mcp_servers"].clone())
+    };
+    a["mcp_servers"] = mcp_servers(servers.as_ref(), &a["tools"])?.into();
     if body.contains_key("metadata") {
         let mut m: BTreeMap<String, String> =
             serde_json::from_value(a["metadata"].clone()).unwrap_or_default();
@@ -348,6 +476,31 @@ fn herd_tools(tool: &Value) -> Vec<ToolConfig> {
                 })
             })
             .collect(),
+        Some("mcp_toolset") => {
+            let p = |c: &Value| McpToolPolicy {
+                name: c["name"].as_str().map(str::to_string),
+                enabled: c["enabled"].as_bool(),
+                permission_policy: Some(policy(c)),
+            };
+            vec![ToolConfig {
+                name: String::new(),
+                kind: ToolType::McpToolset,
+                description: None,
+                input_schema: None,
+                permission_policy: PermissionPolicy::AlwaysAsk,
+                mcp_server_name: tool["mcp_server_name"].as_str().map(str::to_string),
+                default_config: Some(McpToolPolicy {
+                    name: None,
+                    ..p(&tool["default_config"])
+                }),
+                configs: tool["configs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(p)
+                    .collect(),
+            }]
+        }
         Some("custom") => vec![ToolConfig {
             name: tool["name"].as_str().unwrap_or_default().to_string(),
             kind: "custom".into(),
@@ -372,6 +525,19 @@ pub fn agent_config(agent: &Value) -> AgentConfig {
             .into_iter()
             .flatten()
             .flat_map(herd_tools)
+            .collect(),
+        // The server's credential is found by the hand: a static_bearer credential of the
+        // session's vaults for the server's host (as the hosted API matches mcp_server_url).
+        mcp_servers: agent["mcp_servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| McpServer {
+                kind: "url".into(),
+                name: s["name"].as_str().unwrap_or_default().to_string(),
+                url: s["url"].as_str().unwrap_or_default().to_string(),
+                credential: None,
+            })
             .collect(),
         ..AgentConfig::new(agent["model"]["id"].as_str().unwrap_or_default())
     }
@@ -624,6 +790,36 @@ mod tests {
     }
 
     #[test]
+    fn mcp_servers_and_their_toolsets_become_herd_configuration() {
+        let body = json!({"name": "n", "model": "m",
+            "mcp_servers": [{"type": "url", "name": "docs", "url": "https://mcp.example.com/mcp"}],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "docs",
+                "configs": [{"name": "lookup", "permission_policy": {"type": "always_allow"}}, {"name": "drop", "enabled": false}]}]});
+        let a = resolve(body.as_object().unwrap(), None, "agent_1", "t").unwrap();
+        assert_eq!(a["mcp_servers"][0]["name"], "docs");
+        assert_eq!(
+            a["tools"][0]["default_config"]["permission_policy"]["type"],
+            "always_ask"
+        );
+        let cfg = agent_config(&a);
+        assert_eq!(cfg.mcp_servers[0].url, "https://mcp.example.com/mcp");
+        let set = &cfg.tools[0];
+        assert_eq!(set.kind, ToolType::McpToolset);
+        assert_eq!(
+            set.mcp_policy("lookup"),
+            Some(PermissionPolicy::AlwaysAllow)
+        );
+        assert_eq!(set.mcp_policy("other"), Some(PermissionPolicy::AlwaysAsk));
+        assert_eq!(set.mcp_policy("drop"), None);
+        let mut created = crate::event::SessionCreated::new(cfg);
+        created.validate().unwrap();
+        // Removing the servers while a toolset names one is refused.
+        let update = json!({"mcp_servers": []});
+        let e = resolve(update.as_object().unwrap(), Some(&a), "agent_1", "t").unwrap_err();
+        assert!(e.message.contains("not in mcp_servers"), "{}", e.message);
+    }
+
+    #[test]
     fn what_herd_cannot_honour_is_refused_by_name() {
         for (bad, named) in [
             (
@@ -632,7 +828,15 @@ mod tests {
             ),
             (
                 json!({"name": "n", "model": "m", "mcp_servers": [{"type": "url", "name": "a", "url": "https://x"}]}),
-                "mcp_servers",
+                "named by no mcp_toolset",
+            ),
+            (
+                json!({"name": "n", "model": "m", "tools": [{"type": "mcp_toolset", "mcp_server_name": "a"}]}),
+                "not in mcp_servers",
+            ),
+            (
+                json!({"name": "n", "model": "m", "mcp_servers": [{"type": "url", "name": "a", "url": "ftp://x"}], "tools": [{"type": "mcp_toolset", "mcp_server_name": "a"}]}),
+                "not an http(s) URL",
             ),
             (
                 json!({"name": "n", "model": {"id": "m", "effort": "high"}}),

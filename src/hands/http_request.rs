@@ -62,7 +62,7 @@ pub(crate) fn is_loopback(host: &str) -> bool {
 
 /// The percent-encoded form of a value (every byte outside the unreserved set), as it appears
 /// when a URL is echoed back.
-fn percent_encoded(value: &str) -> String {
+pub(crate) fn percent_encoded(value: &str) -> String {
     value
         .bytes()
         .map(|b| {
@@ -430,6 +430,30 @@ impl HttpRequests {
     }
 
     /// True when some credential of the session's vaults allows the host.
+    /// The name of the first `static_bearer` credential of the session's vaults whose hosts
+    /// cover `host:port` (how an MCP server without a named credential finds its token, as
+    /// the hosted API matches a credential's `mcp_server_url`).
+    pub(crate) async fn bearer_for(
+        &self,
+        access: &SessionAccess,
+        host: &str,
+        port: u16,
+    ) -> Result<Option<String>, ToolOutcome> {
+        let Some((vault, _)) = &self.vault else {
+            return Ok(None);
+        };
+        for v in &access.vault_ids {
+            let list = vault.list(v).await.map_err(|e| err(e.to_string()))?;
+            if let Some(c) = list
+                .iter()
+                .find(|c| c.kind == Kind::StaticBearer && host_allowed(&c.hosts, host, port))
+            {
+                return Ok(Some(c.name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     async fn vault_allows(
         &self,
         access: &SessionAccess,

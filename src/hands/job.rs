@@ -2,7 +2,7 @@
 //! still unanswered, what the session allows the tools it runs, and what the model is told
 //! about a replaced sandbox. The worker reads the log and acts; these functions decide.
 
-use crate::bus::jobs::{MCP_LIST_TOOLS, ToolJob};
+use crate::bus::jobs::{MCP_LIST_TOOLS, ToolJob, mcp_listing_id};
 use crate::event::{
     AgentMcpToolUse, AgentToolUse, EvaluatedPermission, EventBody, McpServer, PermissionPolicy,
     Record, Resource, SessionCreated, ToolConfig, ToolType,
@@ -29,20 +29,37 @@ pub enum JobFate {
 pub fn classify(records: &[Record], job: &ToolJob) -> JobFate {
     let records = records.iter().filter_map(|r| r.as_ref().ok());
     if job.name == MCP_LIST_TOOLS {
+        // Everything from the log and the id: the server is the one the id names, the turn is
+        // the latest one, and the server has no listing that worked since (rule 10: a forged
+        // or replayed job can neither pick another server nor list one again).
+        let Some(server) = job.input.get("mcp_server_name").and_then(|v| v.as_str()) else {
+            return JobFate::NotInLog;
+        };
+        if job.tool_use_id != mcp_listing_id(job.tool_use_seq, server) {
+            return JobFate::NotInLog;
+        }
         let mut turn = false;
         for r in records {
             match &r.event.body {
                 EventBody::SessionStatusRunning(_) if r.seq == job.tool_use_seq => turn = true,
+                EventBody::SessionStatusRunning(_) if r.seq > job.tool_use_seq => {
+                    return JobFate::NotInLog;
+                }
                 EventBody::McpToolsListed(l) if l.request_id == job.tool_use_id => {
+                    return JobFate::Answered(r.seq);
+                }
+                EventBody::McpToolsListed(l)
+                    if l.mcp_server_name == server && l.error.is_none() =>
+                {
                     return JobFate::Answered(r.seq);
                 }
                 _ => {}
             }
         }
-        let server = job.input.get("mcp_server_name").and_then(|v| v.as_str());
-        return match server {
-            Some(s) if turn => JobFate::ListMcp(s.to_string()),
-            _ => JobFate::NotInLog,
+        return if turn {
+            JobFate::ListMcp(server.to_string())
+        } else {
+            JobFate::NotInLog
         };
     }
     let mut call = None;
@@ -340,6 +357,118 @@ mod tests {
             tool_use_seq: seq,
             image: None,
         }
+    }
+
+    fn listed(request_id: &str, server: &str, error: Option<&str>) -> crate::event::McpToolsListed {
+        crate::event::McpToolsListed {
+            request_id: request_id.into(),
+            mcp_server_name: server.into(),
+            url: "https://x/mcp".into(),
+            tools: vec![],
+            skipped: vec![],
+            error: error.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_listing_job_names_its_server_and_turn_in_its_id_and_runs_once() {
+        let list = |id: &str, seq: u64, server: &str| ToolJob {
+            name: MCP_LIST_TOOLS.into(),
+            input: serde_json::json!({"mcp_server_name": server}),
+            ..job(id, seq)
+        };
+        let running = || crate::event::SessionStatusRunning {};
+        let log = vec![at(5, running())];
+        assert_eq!(
+            classify(&log, &list("mcplist_5_docs", 5, "docs")),
+            JobFate::ListMcp("docs".into())
+        );
+        // Another server than the id names, another turn, or no turn at all: refused.
+        assert_eq!(
+            classify(&log, &list("mcplist_5_docs", 5, "other")),
+            JobFate::NotInLog
+        );
+        assert_eq!(
+            classify(&log, &list("mcplist_4_docs", 5, "docs")),
+            JobFate::NotInLog
+        );
+        assert_eq!(
+            classify(&[at(5, result("x"))], &list("mcplist_5_docs", 5, "docs")),
+            JobFate::NotInLog
+        );
+        // A turn that is no longer the latest: refused (its own listing job is newer).
+        let moved = vec![at(5, running()), at(9, running())];
+        assert_eq!(
+            classify(&moved, &list("mcplist_5_docs", 5, "docs")),
+            JobFate::NotInLog
+        );
+        // Answered by its record, or by any listing of the server that worked since.
+        let done = vec![
+            at(5, running()),
+            at(6, listed("mcplist_5_docs", "docs", Some("down"))),
+        ];
+        assert_eq!(
+            classify(&done, &list("mcplist_5_docs", 5, "docs")),
+            JobFate::Answered(6)
+        );
+        let worked = vec![
+            at(5, running()),
+            at(7, listed("mcplist_3_docs", "docs", None)),
+        ];
+        assert_eq!(
+            classify(&worked, &list("mcplist_5_docs", 5, "docs")),
+            JobFate::Answered(7)
+        );
+    }
+
+    #[test]
+    fn an_mcp_call_runs_only_when_its_toolset_enables_and_allows_it() {
+        let access = SessionAccess {
+            mcp_servers: vec![McpServer {
+                kind: "url".into(),
+                name: "docs".into(),
+                url: "https://x/mcp".into(),
+                credential: None,
+            }],
+            tools: vec![
+                serde_json::from_value(serde_json::json!({"type": "mcp_toolset", "mcp_server_name": "docs",
+                    "configs": [{"name": "off", "enabled": false}, {"name": "free", "permission_policy": "always_allow"}]}))
+                .unwrap(),
+            ],
+            ..Default::default()
+        };
+        let call = |name: &str, server: &str, p: Option<EvaluatedPermission>| AgentMcpToolUse {
+            tool_use_id: "t1".into(),
+            mcp_server_name: server.into(),
+            name: name.into(),
+            input: serde_json::json!({}),
+            evaluated_permission: p,
+        };
+        let allow = Some(EvaluatedPermission::Allow);
+        assert!(authorize_mcp(&access, &call("free", "docs", allow), &[]).is_ok());
+        let refused = |c: AgentMcpToolUse, records: &[Record]| {
+            authorize_mcp(&access, &c, records).unwrap_err()
+        };
+        assert!(refused(call("free", "other", allow), &[]).contains("no MCP server"));
+        assert!(refused(call("off", "docs", allow), &[]).contains("not enabled"));
+        // The default policy of a server's tools is always_ask: the brain's claim is not enough.
+        assert!(refused(call("other", "docs", allow), &[]).contains("not allowed"));
+        let yes = at(
+            9,
+            crate::event::UserToolConfirmation {
+                tool_use_id: "t1".into(),
+                result: "allow".into(),
+                deny_message: None,
+            },
+        );
+        assert!(
+            authorize_mcp(
+                &access,
+                &call("other", "docs", Some(EvaluatedPermission::Ask)),
+                &[yes]
+            )
+            .is_ok()
+        );
     }
 
     #[test]

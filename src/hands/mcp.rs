@@ -69,6 +69,26 @@ pub struct Endpoint {
     pub url: String,
     /// The `Authorization` header's value, when the server has a credential.
     pub authorization: Option<String>,
+    /// The credential's forms (name, text) to redact from the server's words before they are
+    /// cut or kept: a server may echo what it was sent.
+    pub redact: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    /// `text` without the credential, cut to at most `max` bytes (after redaction, so no
+    /// prefix of a value survives a cut).
+    fn clean(&self, text: &str, max: usize) -> String {
+        let mut t = crate::credentials::placeholders::redact(text, &self.redact);
+        if t.len() > max {
+            let mut end = max;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+            t.push('…');
+        }
+        t
+    }
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -76,6 +96,7 @@ impl std::fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("url", &self.url)
             .field("authorization", &self.authorization.as_ref().map(|_| "…"))
+            .field("redact", &self.redact.len())
             .finish()
     }
 }
@@ -99,6 +120,7 @@ pub async fn list_tools(
         let mut s = Session::open(http, endpoint).await?;
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
+        let mut bytes = 0usize;
         for _ in 0..64 {
             let params = match &cursor {
                 Some(c) => json!({"cursor": c}),
@@ -111,6 +133,11 @@ pub async fn list_tools(
                 .ok_or_else(|| {
                     McpError::Protocol("tools/list answered without a tools array".into())
                 })?;
+            // Every page together stays within one answer's bound.
+            bytes += result.to_string().len();
+            if bytes > MAX_ANSWER {
+                return Err(McpError::TooLarge);
+            }
             tools.extend(page.iter().cloned());
             cursor = result
                 .get("nextCursor")
@@ -174,8 +201,16 @@ impl<'a> Session<'a> {
                 }),
             )
             .await?;
-        if let Some(v) = init.get("protocolVersion").and_then(Value::as_str) {
-            s.protocol = v.to_string();
+        match init.get("protocolVersion").and_then(Value::as_str) {
+            Some(v) if v.len() <= 32 && v.chars().all(|c| c.is_ascii_graphic()) => {
+                s.protocol = v.to_string();
+            }
+            Some(_) => {
+                return Err(McpError::Protocol(
+                    "the protocolVersion it answered is not a short visible-ASCII string".into(),
+                ));
+            }
+            None => {}
         }
         s.notify("notifications/initialized").await?;
         Ok(s)
@@ -206,10 +241,19 @@ impl<'a> Session<'a> {
             .map_err(|e| McpError::Connect(e.without_url().to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            let (body, _) = read_capped(response, 512).await;
+            let longest = self
+                .endpoint
+                .redact
+                .iter()
+                .map(|(_, f)| f.len())
+                .max()
+                .unwrap_or(0);
+            let (body, _) = read_capped(response, 512 + longest).await;
             return Err(McpError::Http {
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&body).trim().to_string(),
+                body: self
+                    .endpoint
+                    .clean(String::from_utf8_lossy(&body).trim(), 512),
             });
         }
         Ok(response)
@@ -258,7 +302,18 @@ impl<'a> Session<'a> {
             serde_json::from_slice(&body)
                 .map_err(|e| McpError::Protocol(format!("the body is not JSON ({e})")))?
         };
-        response_of(method, id, message)
+        response_of(method, id, message).map_err(|e| match e {
+            McpError::Rpc {
+                method,
+                code,
+                message,
+            } => McpError::Rpc {
+                method,
+                code,
+                message: self.endpoint.clean(&message, 1000),
+            },
+            other => other,
+        })
     }
 
     /// Ends the MCP session (best effort: a server that has gone already changes nothing).
@@ -294,13 +349,12 @@ fn response_of(method: &str, id: i64, message: Value) -> Result<Value, McpError>
         return Err(McpError::Rpc {
             method: method.into(),
             code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
+            // Whole here: the session cuts it after redacting the credential.
             message: e
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("(no message)")
-                .chars()
-                .take(1000)
-                .collect(),
+                .to_string(),
         });
     }
     match m.get("result") {
@@ -317,10 +371,14 @@ async fn read_event_stream(mut response: reqwest::Response, id: i64) -> Result<V
     let mut buf = BytesMut::new();
     let mut total = 0usize;
     let mut data = String::new();
+    // How much of `buf` is known to hold no newline: a server that dribbles bytes without
+    // one costs a scan of each new chunk only, not of the whole buffer again.
+    let mut scanned = 0usize;
     loop {
         // Whole lines first.
-        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            let line = buf.split_to(end + 1);
+        while let Some(end) = buf[scanned..].iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(scanned + end + 1);
+            scanned = 0;
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
@@ -342,6 +400,7 @@ async fn read_event_stream(mut response: reqwest::Response, id: i64) -> Result<V
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
             }
         }
+        scanned = buf.len();
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 total += chunk.len();

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::http_request::{HttpRequests, host_allowed, is_loopback, substituted};
+use super::http_request::{HttpRequests, host_allowed, is_loopback, percent_encoded, substituted};
 use super::job::SessionAccess;
 use super::mcp::{self, Endpoint};
 use super::tools::ToolOutcome;
@@ -20,8 +20,19 @@ pub const MAX_RESULT: usize = 256 * 1024;
 pub const MAX_DESCRIPTION: usize = 4 * 1024;
 /// The largest input schema recorded (as JSON).
 pub const MAX_SCHEMA: usize = 64 * 1024;
+/// The most bytes of tools one listing records (an event stays well under the server's
+/// message size); tools past it are left out, by name.
+pub const MAX_LISTING: usize = 256 * 1024;
 
-/// The endpoint of `server` for a session, and the forms of its credential to redact.
+/// A value as it appears inside a JSON string.
+fn json_escaped(value: &str) -> String {
+    let quoted = Value::String(value.to_string()).to_string();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// The endpoint of `server` for a session, and the forms of its credential to redact. The
+/// credential is the one the server names, else the first `static_bearer` credential of the
+/// session's vaults for the server's host, else none.
 async fn endpoint(
     http: &HttpRequests,
     access: &SessionAccess,
@@ -38,7 +49,14 @@ async fn endpoint(
     let port = url.port_or_known_default().unwrap_or(443);
     let mut authorization = None;
     let mut forms = Vec::new();
-    if let Some(name) = &server.credential {
+    let named = match &server.credential {
+        Some(name) => Some(name.clone()),
+        None => http
+            .bearer_for(access, &host, port)
+            .await
+            .map_err(|o| o.text)?,
+    };
+    if let Some(name) = &named {
         let c = http
             .credentials(access, std::slice::from_ref(name))
             .await
@@ -61,8 +79,19 @@ async fn endpoint(
             crate::credentials::vault::Kind::Basic => format!("Basic {value}"),
             _ => format!("Bearer {value}"),
         });
-        forms.push((name.clone(), c.value.expose().to_string()));
-        forms.push((name.clone(), value));
+        // Every form a server could echo it in: as is, as sent, percent- and JSON-encoded.
+        let raw = c.value.expose().to_string();
+        for f in [
+            percent_encoded(&raw),
+            percent_encoded(&value),
+            json_escaped(&raw),
+            raw,
+            value,
+        ] {
+            if !forms.iter().any(|(_, g)| *g == f) {
+                forms.push((name.clone(), f));
+            }
+        }
     }
     // A clear error for a refused address (the resolver refuses it again at connect time).
     http.policy()
@@ -73,6 +102,7 @@ async fn endpoint(
         Endpoint {
             url: server.url.clone(),
             authorization,
+            redact: forms.clone(),
         },
         forms,
     ))
@@ -103,13 +133,32 @@ pub async fn list(
     };
     match mcp::list_tools(http.client(), &endpoint, MAX_MCP_TOOLS).await {
         Ok(tools) => {
+            let mut bytes = 0;
             for t in tools {
-                match recorded_tool(&t) {
-                    Ok(tool) if record.tools.iter().any(|o| o.name == tool.name) => {
-                        record.skipped.push(format!("{}: listed twice", tool.name));
+                let tool = match recorded_tool(&t, &forms) {
+                    Ok(tool) => tool,
+                    Err(why) => {
+                        record.skipped.push(why);
+                        continue;
                     }
-                    Ok(tool) => record.tools.push(tool),
-                    Err(why) => record.skipped.push(placeholders::redact(&why, &forms)),
+                };
+                let json = serde_json::to_string(&tool).unwrap_or_default();
+                if placeholders::redact(&json, &forms) != json {
+                    // A server that echoes the credential into its listing: the tool is left
+                    // out whole (its name may be the echo, so it is not named either).
+                    record
+                        .skipped
+                        .push("a tool whose listing contains this session's credential".into());
+                } else if record.tools.iter().any(|o| o.name == tool.name) {
+                    record.skipped.push(format!("{}: listed twice", tool.name));
+                } else if bytes + json.len() > MAX_LISTING {
+                    record.skipped.push(format!(
+                        "{}: past the listing's budget of {MAX_LISTING} bytes",
+                        tool.name
+                    ));
+                } else {
+                    bytes += json.len();
+                    record.tools.push(tool);
                 }
             }
         }
@@ -119,9 +168,10 @@ pub async fn list(
 }
 
 /// A listed tool as herd records it, or why it is left out.
-fn recorded_tool(t: &Value) -> Result<McpTool, String> {
+fn recorded_tool(t: &Value, forms: &[(String, String)]) -> Result<McpTool, String> {
     let name = t.get("name").and_then(Value::as_str).unwrap_or("");
-    let shown: String = name.chars().take(80).collect();
+    // Redacted before it is cut, so no prefix of the credential is kept.
+    let shown: String = placeholders::redact(name, forms).chars().take(80).collect();
     if !valid_tool_name(name) {
         return Err(format!(
             "{shown:?}: not a name a model can call (1 to 64 letters, digits, _ or -)"
@@ -130,9 +180,12 @@ fn recorded_tool(t: &Value) -> Result<McpTool, String> {
     let schema = t
         .get("inputSchema")
         .filter(|s| s.get("type").and_then(Value::as_str) == Some("object"))
-        .ok_or_else(|| format!("{name}: no object inputSchema"))?;
+        .ok_or_else(|| format!("{shown}: no object inputSchema"))?;
     if schema.to_string().len() > MAX_SCHEMA {
-        return Err(format!("{name}: inputSchema over {MAX_SCHEMA} bytes"));
+        return Err(format!("{shown}: inputSchema over {MAX_SCHEMA} bytes"));
+    }
+    if schema.get("properties").is_some_and(|p| !p.is_object()) {
+        return Err(format!("{shown}: inputSchema properties is not an object"));
     }
     let description = t.get("description").and_then(Value::as_str).map(|d| {
         let mut end = d.len().min(MAX_DESCRIPTION);
@@ -200,7 +253,7 @@ mod tests {
     #[test]
     fn listed_tools_are_checked_before_they_are_recorded() {
         let ok = json!({"name": "lookup", "description": "d", "inputSchema": {"type": "object"}});
-        assert_eq!(recorded_tool(&ok).unwrap().name, "lookup");
+        assert_eq!(recorded_tool(&ok, &[]).unwrap().name, "lookup");
         for (bad, says) in [
             (
                 json!({"name": "a.b", "inputSchema": {"type": "object"}}),
@@ -216,10 +269,22 @@ mod tests {
                 "over",
             ),
         ] {
-            let e = recorded_tool(&bad).unwrap_err();
+            let e = recorded_tool(&bad, &[]).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
         let long = json!({"name": "x", "description": "é".repeat(5000), "inputSchema": {"type": "object"}});
-        assert!(recorded_tool(&long).unwrap().description.unwrap().len() <= MAX_DESCRIPTION);
+        assert!(
+            recorded_tool(&long, &[])
+                .unwrap()
+                .description
+                .unwrap()
+                .len()
+                <= MAX_DESCRIPTION
+        );
+        // A name that carries the credential is never shown, not even its prefix.
+        let forms = vec![("T".to_string(), "sekrit-token-value".to_string())];
+        let echo = json!({"name": "sekrit-token-value.x"});
+        let e = recorded_tool(&echo, &forms).unwrap_err();
+        assert!(!e.contains("sekrit"), "{e}");
     }
 }

@@ -886,10 +886,27 @@ impl Hands {
         }
         let id = result_event_id(session, &job.tool_use_id)
             .map_err(|e| JobError::Refused(e.to_string()))?;
-        let appended = self
+        let appended = match self
             .log
-            .append_fact(session, &Event::with_id(id, record))
-            .await?;
+            .append_fact(session, &Event::with_id(id.clone(), record.clone()))
+            .await
+        {
+            Ok(a) => a,
+            // A listing the log cannot hold as it is: recorded as a failure, so the turn goes
+            // on without the server (a retry would only list it again, forever).
+            Err(e @ (LogError::TooLarge { .. } | LogError::Invalid(_))) => {
+                let failed = crate::event::McpToolsListed {
+                    tools: vec![],
+                    skipped: vec![],
+                    error: Some(format!("the listing could not be recorded: {e}")),
+                    ..record
+                };
+                self.log
+                    .append_fact(session, &Event::with_id(id, failed))
+                    .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.wake(session, appended.last_seq).await
     }
 

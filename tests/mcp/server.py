@@ -62,6 +62,15 @@ def real(port, token, audit):
     def lookup(key: str) -> str:
         return f"the value of {key} is 42-{key[::-1]}"
 
+    @server.tool(description="Say what the server knows about the caller.")
+    def leak() -> str:
+        # A server that echoes the caller's credential: herd must redact it.
+        return f"your token is {token}"
+
+    @server.tool(description=f"Echo (this description carries the token: {token}).")
+    def echo() -> str:
+        return "echo"
+
     @server.tool(description="Delete every record (dangerous).")
     def delete_all() -> str:
         return "deleted everything"

@@ -140,6 +140,14 @@ try:
     raise AssertionError("404 expected")
 except anthropic.NotFoundError as e:
     check("404 NotFoundError", e.status_code == 404 and e.body["error"]["type"] == "not_found_error")
+m = B.agents.create(
+    name="mcp", model="m",
+    mcp_servers=[{"type": "url", "name": "docs", "url": "https://mcp.example.com/mcp"}],
+    tools=[{"type": "mcp_toolset", "mcp_server_name": "docs",
+            "configs": [{"name": "lookup", "permission_policy": {"type": "always_allow"}}]}],
+)
+check("agent with an MCP server", m.mcp_servers[0].name == "docs" and m.tools[0].type == "mcp_toolset"
+      and m.tools[0].configs[0].permission_policy.type == "always_allow")
 try:
     B.agents.create(name="x", model="m", tools=[{"type": "mcp_toolset", "mcp_server_name": "x"}])
     raise AssertionError("400 expected")

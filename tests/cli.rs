@@ -490,6 +490,28 @@ async fn the_gateway_benchmark_runs_and_reports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_benchmark_runs_and_reports() {
+    // A miniature run: checks the benchmark works end to end, not how fast anything is.
+    let report = herd::lab::bench::tools::run(herd::lab::bench::tools::Params {
+        samples: 3,
+        session_events: 300,
+        slice: 50,
+        python: concat!(env!("CARGO_MANIFEST_DIR"), "/.herd/sdk-venv/bin/python").into(),
+        server_script: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/server.py").into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!((report.get_events.n, report.raw_read.n), (3, 3));
+    let mcp = report.mcp.as_ref().expect("the MCP part ran");
+    assert_eq!(
+        (mcp.round_trip.n, mcp.client.n, mcp.direct_http.n),
+        (3, 3, 3)
+    );
+    assert!(report.get_events_p50_ratio > 0.0 && mcp.client_p50_ratio > 0.0);
+    assert!(report.table().contains("MCP call"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hands_benchmark_runs_and_reports() {
     // A miniature run: checks the benchmark works end to end, not how fast anything is.
     let status =

@@ -39,6 +39,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = bench::gateway::Params::default().streams)]
         streams: usize,
     },
+    /// The tools outside the sandbox: get_events vs a raw read of the same slice, and an MCP
+    /// call through a brain and a hand vs a direct HTTP call to the same server.
+    Tools {
+        /// Timed samples of each kind.
+        #[arg(long, default_value_t = bench::tools::Params::default().samples)]
+        samples: usize,
+        /// Events in the session get_events reads.
+        #[arg(long, default_value_t = bench::tools::Params::default().session_events)]
+        session_events: usize,
+        /// The Python that has the MCP SDK (scripts/ensure-sdk makes it).
+        #[arg(long, default_value_t = bench::tools::Params::default().python)]
+        python: String,
+    },
     /// Append latency and replay time of the session log vs raw JetStream.
     Log {
         /// Timed appends of each kind.
@@ -93,6 +106,20 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 samples,
                 list_events,
                 streams,
+            })
+            .await?;
+            println!("{}", bench::render(&report.table(), &report)?);
+        }
+        BenchCmd::Tools {
+            samples,
+            session_events,
+            python,
+        } => {
+            let report = bench::tools::run(bench::tools::Params {
+                samples,
+                session_events,
+                python,
+                ..Default::default()
             })
             .await?;
             println!("{}", bench::render(&report.table(), &report)?);

@@ -5,6 +5,7 @@ pub mod brain;
 pub mod gateway;
 pub mod hands;
 pub mod log;
+pub mod tools;
 
 use std::time::Duration;
 

@@ -101,6 +101,33 @@ fn summary(body: &EventBody) -> String {
         EventBody::SystemMessage(m) => content_text(&m.content),
         EventBody::AgentToolUse(t) => format!("{} {} {}", t.tool_use_id, t.name, t.input),
         EventBody::AgentCustomToolUse(t) => format!("{} {} {}", t.tool_use_id, t.name, t.input),
+        EventBody::AgentMcpToolUse(t) => format!(
+            "{} {}/{} {}",
+            t.tool_use_id, t.mcp_server_name, t.name, t.input
+        ),
+        EventBody::AgentMcpToolResult(r) => format!(
+            "{}{} {}",
+            r.mcp_tool_use_id,
+            if r.is_error { " [error]" } else { "" },
+            content_text(&r.content)
+        ),
+        EventBody::McpToolsListed(l) => match &l.error {
+            Some(e) => format!("{} [error] {e}", l.mcp_server_name),
+            None => format!(
+                "{}: {}{}",
+                l.mcp_server_name,
+                l.tools
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if l.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} left out)", l.skipped.len())
+                }
+            ),
+        },
         EventBody::AgentToolResult(r) => format!(
             "{}{} {}",
             r.tool_use_id,

@@ -180,16 +180,7 @@ async fn three_brains_fifty_sessions() {
             }
         })
     };
-    let bash = ToolConfig {
-        name: "bash".into(),
-        kind: "builtin".into(),
-        description: None,
-        input_schema: None,
-        permission_policy: PermissionPolicy::AlwaysAllow,
-        mcp_server_name: None,
-        default_config: None,
-        configs: Vec::new(),
-    };
+    let bash = ToolConfig::builtin("bash");
     let mut sessions = Vec::new();
     for _ in 0..50 {
         sessions.push(create(&t.log, vec![bash.clone()]).await);

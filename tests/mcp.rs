@@ -51,31 +51,6 @@ async fn python_server(port: u16, args: &[&str]) -> KillOnDrop {
     panic!("the MCP test server never listened on {port}");
 }
 
-/// A `herd hands` process that may reach loopback, with the vault key and a 3 s MCP call
-/// timeout, logging at debug level into `log`.
-fn hands_process(
-    url: &impl herd::lab::local_server::Target,
-    host: &str,
-    key: &str,
-    log: &std::path::Path,
-) -> KillOnDrop {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
-        .args(["hands", "--host", host, "--image", "herd-sandbox:busybox"])
-        .args(["--allow-private-range", "127.0.0.1/32"])
-        .args(["--mcp-call-timeout-secs", "3"])
-        .envs(herd_env(url))
-        .env("HERD_VAULT_KEY", key)
-        .env("HERD_LOG", "debug")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(
-            std::fs::File::create(log).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    KillOnDrop(child)
-}
-
 async fn confirm(t: &TestNats, id: &SessionId, tool_use_id: &str, allow: bool) {
     let e = Event::new(UserToolConfirmation {
         tool_use_id: tool_use_id.into(),
@@ -102,18 +77,6 @@ async fn parked_on(t: &TestNats, id: &SessionId, tool_use_id: &str) -> Vec<Store
         })
     })
     .await
-}
-
-fn mcp_result(events: &[StoredEvent], id: &str) -> (bool, String) {
-    events
-        .iter()
-        .find_map(|e| match &e.event.body {
-            EventBody::AgentMcpToolResult(r) if r.mcp_tool_use_id == id => {
-                Some((r.is_error, content_text(&r.content)))
-            }
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no agent.mcp_tool_result for {id}"))
 }
 
 fn toolset(server: &str, default: &str, configs: serde_json::Value) -> ToolConfig {
@@ -159,7 +122,15 @@ async fn a_real_mcp_server_is_called_through_the_hand_with_a_vault_token_that_go
         String::from_utf8_lossy(&put.stderr)
     );
     let hand_log = dir.path().join("hands.log");
-    let mut hand = hands_process(&t.server, &host("mcp"), &key, &hand_log);
+    // A hand process that may reach loopback, with a 3 s MCP call timeout.
+    let mut hand = spawn_hands_process_with(
+        &t.server,
+        &host("mcp"),
+        "herd-sandbox:busybox",
+        &key,
+        &hand_log,
+        &["--mcp-call-timeout-secs", "3"],
+    );
     let brain = start_brain(&t, "mcp-brain").await;
 
     let mut agent = AgentConfig::new("scripted");
@@ -281,22 +252,26 @@ async fn a_real_mcp_server_is_called_through_the_hand_with_a_vault_token_that_go
         uses[0].evaluated_permission,
         Some(EvaluatedPermission::Allow)
     );
-    let (err, text) = mcp_result(&events, "toolu_lookup");
+    // Every call, the denied one included, is answered by an agent.mcp_tool_result.
+    let count = |t: &str| events.iter().filter(|e| e.event.type_name() == t).count();
+    assert_eq!(count("agent.mcp_tool_result"), 7);
+    assert_eq!(count("agent.tool_result"), 0);
+    let (err, text) = tool_result(&events, "toolu_lookup");
     assert!(!err && text == "the value of alpha is 42-ahpla", "{text}");
-    let (err, text) = mcp_result(&events, "toolu_leak");
+    let (err, text) = tool_result(&events, "toolu_leak");
     assert!(
         !err && text == "your token is [secret DOCS_TOKEN]",
         "redacted: {text}"
     );
-    let (err, text) = mcp_result(&events, "toolu_del1");
+    let (err, text) = tool_result(&events, "toolu_del1");
     assert!(err && text.contains("denied"), "{text}");
-    let (err, text) = mcp_result(&events, "toolu_del2");
+    let (err, text) = tool_result(&events, "toolu_del2");
     assert!(!err && text == "deleted everything", "{text}");
-    let (err, text) = mcp_result(&events, "toolu_broken");
+    let (err, text) = tool_result(&events, "toolu_broken");
     assert!(err && text.contains("not valid MCP"), "{text}");
-    let (err, text) = mcp_result(&events, "toolu_slow");
+    let (err, text) = tool_result(&events, "toolu_slow");
     assert!(err && text.contains("did not answer within 3 s"), "{text}");
-    let (err, text) = mcp_result(&events, "toolu_crash");
+    let (err, text) = tool_result(&events, "toolu_crash");
     assert!(err && text.contains("failed"), "{text}");
     assert!(
         !events

@@ -107,8 +107,8 @@ fn enabled(m: &Map<String, Value>, default: bool) -> Result<bool, HttpError> {
     }
 }
 
-fn toolset(m: &Map<String, Value>) -> Result<Value, HttpError> {
-    input::only("agent toolset", m, &["type", "default_config", "configs"])?;
+/// A toolset's `default_config` (`enabled`, `permission_policy`), empty when absent.
+fn default_config(m: &Map<String, Value>) -> Result<Map<String, Value>, HttpError> {
     let default = match m.get("default_config") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(d)) => d.clone(),
@@ -119,6 +119,12 @@ fn toolset(m: &Map<String, Value>) -> Result<Value, HttpError> {
         &default,
         &["enabled", "permission_policy"],
     )?;
+    Ok(default)
+}
+
+fn toolset(m: &Map<String, Value>) -> Result<Value, HttpError> {
+    input::only("agent toolset", m, &["type", "default_config", "configs"])?;
+    let default = default_config(m)?;
     let d_enabled = enabled(&default, true)?;
     let d_policy = policy(default.get("permission_policy"), "always_allow")?;
     let mut given: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
@@ -257,16 +263,7 @@ fn mcp_toolset(m: &Map<String, Value>) -> Result<Value, HttpError> {
         let pol = policy(c.get("permission_policy"), default_policy)?;
         Ok::<_, HttpError>((on, pol))
     };
-    let default = match m.get("default_config") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(d)) => d.clone(),
-        Some(_) => return Err(HttpError::invalid("default_config must be an object")),
-    };
-    input::only(
-        "default_config",
-        &default,
-        &["enabled", "permission_policy"],
-    )?;
+    let default = default_config(m)?;
     let (d_on, d_policy) = config(&default, true, "always_ask")?;
     let mut configs = Vec::new();
     let mut seen = std::collections::HashSet::new();

@@ -803,6 +803,26 @@ impl Hands {
                 None,
             ),
         };
+        self.record_result(
+            job,
+            AgentToolResult {
+                tool_use_id: job.tool_use_id.clone(),
+                content: vec![ContentBlock::text(text)],
+                is_error: outcome.is_error,
+                output_ref,
+            },
+        )
+        .await
+    }
+
+    /// Appends a call's result under the id every writer derives for it, and wakes the
+    /// session; when a result is in the log already, only wakes it.
+    async fn record_result(
+        &self,
+        job: &ToolJob,
+        result: impl Into<crate::event::EventBody>,
+    ) -> Result<(), JobError> {
+        let session = &job.session_id;
         // The tool may have run long: a result may have landed meanwhile (an interrupt's, or a
         // redelivered job's), past the two-minute window in which the derived id alone would
         // deduplicate it.
@@ -811,16 +831,10 @@ impl Hands {
         }
         let id = result_event_id(session, &job.tool_use_id)
             .map_err(|e| JobError::Refused(e.to_string()))?;
-        let result = Event::with_id(
-            id,
-            AgentToolResult {
-                tool_use_id: job.tool_use_id.clone(),
-                content: vec![ContentBlock::text(text)],
-                is_error: outcome.is_error,
-                output_ref,
-            },
-        );
-        let appended = self.log.append_fact(session, &result).await?;
+        let appended = self
+            .log
+            .append_fact(session, &Event::with_id(id, result))
+            .await?;
         self.wake(session, appended.last_seq).await
     }
 
@@ -853,21 +867,15 @@ impl Hands {
                 }
             }
         };
-        if let Some(seq) = self.result_in_log(session, job).await? {
-            return self.wake(session, seq).await;
-        }
-        let id = result_event_id(session, &job.tool_use_id)
-            .map_err(|e| JobError::Refused(e.to_string()))?;
-        let result = Event::with_id(
-            id,
+        self.record_result(
+            job,
             crate::event::AgentMcpToolResult {
                 mcp_tool_use_id: job.tool_use_id.clone(),
                 content: vec![ContentBlock::text(outcome.text)],
                 is_error: outcome.is_error,
             },
-        );
-        let appended = self.log.append_fact(session, &result).await?;
-        self.wake(session, appended.last_seq).await
+        )
+        .await
     }
 
     /// Lists an MCP server's tools for a turn and records them (`session.mcp_tools_listed`,

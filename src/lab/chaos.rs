@@ -620,16 +620,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     for _ in 0..plan.sessions {
         let id = SessionId::generate();
         let mut agent = AgentConfig::new("claude-chaos");
-        agent.tools = vec![ToolConfig {
-            name: "bash".into(),
-            kind: "builtin".into(),
-            description: None,
-            input_schema: None,
-            permission_policy: PermissionPolicy::AlwaysAllow,
-            mcp_server_name: None,
-            default_config: None,
-            configs: Vec::new(),
-        }];
+        agent.tools = vec![ToolConfig::builtin("bash")];
         let created = Event::new(SessionCreated {
             environment: EnvironmentConfig {
                 image: Some(plan.image.clone()),

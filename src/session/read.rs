@@ -206,10 +206,19 @@ impl SessionLog {
         let mut bytes = 0u64;
         let mut next = slice.from.unwrap_or(1).max(1);
         'batches: loop {
-            let want = match (slice.limit, slice.last) {
+            let mut want = match (slice.limit, slice.last) {
                 (Some(limit), None) => (limit - out.len()).min(READ_BATCH),
                 _ => READ_BATCH,
             };
+            // A range holds at most as many of the session's messages as it spans sequences:
+            // a slice in the middle of a long session asks for that many, not for a whole
+            // batch of what follows it.
+            if let Some(to) = slice.to {
+                if to < next {
+                    break;
+                }
+                want = want.min((to - next + 1).min(READ_BATCH as u64) as usize);
+            }
             if want == 0 {
                 break;
             }

@@ -311,6 +311,19 @@ pub fn one_of_each() -> Vec<Event> {
             reason: "it ran out of memory".into(),
         }
         .into(),
+        McpToolsListed {
+            request_id: "mcplist_3_docs".into(),
+            mcp_server_name: "docs".into(),
+            url: "https://mcp.example.com/mcp".into(),
+            tools: vec![McpTool {
+                name: "search".into(),
+                description: Some("Search the docs.".into()),
+                input_schema: json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+            }],
+            skipped: vec!["bad.name: not a name a model can call".into()],
+            error: None,
+        }
+        .into(),
     ];
     bodies.into_iter().map(Event::new).collect()
 }
@@ -400,16 +413,7 @@ pub fn host(prefix: &str) -> String {
 
 /// A built-in tool, always allowed.
 pub fn builtin(name: &str) -> ToolConfig {
-    ToolConfig {
-        name: name.into(),
-        kind: "builtin".into(),
-        description: None,
-        input_schema: None,
-        permission_policy: PermissionPolicy::AlwaysAllow,
-        mcp_server_name: None,
-        default_config: None,
-        configs: Vec::new(),
-    }
+    ToolConfig::builtin(name)
 }
 
 /// A scripted assistant turn that calls one tool.
@@ -490,12 +494,15 @@ pub async fn wait_idles(t: &TestNats, id: &SessionId, n: usize) -> Vec<StoredEve
     .await
 }
 
-/// The text and error flag of the result of tool call `id`.
+/// The text and error flag of the result of tool call `id` (a built-in or an MCP call).
 pub fn tool_result(events: &[StoredEvent], id: &str) -> (bool, String) {
     events
         .iter()
         .find_map(|e| match &e.event.body {
             EventBody::AgentToolResult(r) if r.tool_use_id == id => {
+                Some((r.is_error, content_text(&r.content)))
+            }
+            EventBody::AgentMcpToolResult(r) if r.mcp_tool_use_id == id => {
                 Some((r.is_error, content_text(&r.content)))
             }
             _ => None,
@@ -528,8 +535,21 @@ pub fn spawn_hands_process(
     vault_key: &str,
     log: &std::path::Path,
 ) -> KillOnDrop {
+    spawn_hands_process_with(url, host, image, vault_key, log, &[])
+}
+
+/// [`spawn_hands_process`] with more flags.
+pub fn spawn_hands_process_with(
+    url: &impl Target,
+    host: &str,
+    image: &str,
+    vault_key: &str,
+    log: &std::path::Path,
+    flags: &[&str],
+) -> KillOnDrop {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(["hands", "--host", host, "--image", image])
+        .args(flags)
         // The tests' servers (git, mock APIs) listen on loopback, which hands refuse unless
         // the operator allows it.
         .args(["--allow-private-range", "127.0.0.1/32"])

@@ -145,16 +145,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
     };
     let session = SessionId::generate();
     let mut agent = AgentConfig::new("scripted");
-    agent.tools = vec![ToolConfig {
-        name: "bash".into(),
-        kind: "builtin".into(),
-        description: None,
-        input_schema: None,
-        permission_policy: PermissionPolicy::AlwaysAllow,
-        mcp_server_name: None,
-        default_config: None,
-        configs: Vec::new(),
-    }];
+    agent.tools = vec![ToolConfig::builtin("bash")];
     log.create(
         &session,
         &Event::new(SessionCreated {

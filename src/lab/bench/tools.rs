@@ -2,8 +2,8 @@
 //! one run.
 //!
 //! * `get_events` round trip (the `agent.tool_use` appended → its `agent.tool_result`
-//!   appended by a brain) for a 100-event slice of a 10,000-event session, vs a raw
-//!   direct-get read of the same slice;
+//!   appended by a brain) for a 100-event slice of a 10,000-event session, vs a direct-get
+//!   read of the same slice (`SessionLog::read`: one batched direct get, decoded);
 //! * an MCP call's round trip through a brain and a hand (`agent.mcp_tool_use` appended →
 //!   `agent.mcp_tool_result` appended) against a real MCP server (the official Python SDK's,
 //!   `tests/mcp/server.py`), with herd's MCP client alone (one MCP session per call: four HTTP
@@ -73,7 +73,7 @@ pub struct Report {
     pub params: Params,
     /// `agent.tool_use` (get_events) → `agent.tool_result`.
     pub get_events: Summary,
-    /// A direct-get read of the same slice.
+    /// A direct-get read of the same slice (one batched direct get, decoded).
     pub raw_read: Summary,
     /// get_events p50 / raw read p50.
     pub get_events_p50_ratio: f64,
@@ -94,7 +94,7 @@ impl Report {
             "get_events, {} of {} events: tool_use → tool_result",
             self.params.slice, self.params.session_events
         ));
-        s += &self.raw_read.row("raw direct-get read of the same slice");
+        s += &self.raw_read.row("batched direct get of the same slice");
         s += &format!(
             "  ratio p50 {:.2}x  p99 {:.2}x\n",
             self.get_events_p50_ratio, self.get_events_p99_ratio

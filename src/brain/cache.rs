@@ -126,6 +126,11 @@ pub async fn replay(
             .put(id.clone(), shared.clone());
         return Ok(shared);
     }
+    // The cache's own reference would make every update a deep copy of the whole replay
+    // (10,000 events: most of a wake's time): it gives its copy up while this one grows. A
+    // replay another wake still holds is copied, as it must be.
+    let released = cache.lock().unwrap_or_else(|p| p.into_inner()).take(id);
+    drop(released);
     let replay = Arc::make_mut(&mut shared);
     replay.bytes += bytes;
     for r in records {

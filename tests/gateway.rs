@@ -399,7 +399,14 @@ async fn bad_input_is_refused_in_the_envelope_and_appends_nothing() {
     let (agent, _, _, session) = make_objects(url, &key).await;
     let sid = SessionId::parse(&session).unwrap();
     let before = d.t.log.count(&sid).await.unwrap();
-    let c = http();
+    // A connection per case: the gateway closes one whose 5 MiB body it refused unread, and
+    // a pooled client could write the next case into it before it sees the close (a broken
+    // pipe seen once in a clean-clone CI run).
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let raw = |method: reqwest::Method, path: String, body: Vec<u8>| {
         c.request(method, format!("{url}{path}"))
             .bearer_auth(&key)

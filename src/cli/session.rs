@@ -354,18 +354,12 @@ pub async fn run(
                     None => (t.as_str(), false),
                 };
                 agent.tools.push(ToolConfig {
-                    name: name.to_string(),
-                    kind: "builtin".into(),
-                    description: None,
-                    input_schema: None,
                     permission_policy: if ask {
                         PermissionPolicy::AlwaysAsk
                     } else {
                         PermissionPolicy::AlwaysAllow
                     },
-                    mcp_server_name: None,
-                    default_config: None,
-                    configs: Vec::new(),
+                    ..ToolConfig::builtin(name)
                 });
             }
             let mut meta = BTreeMap::new();

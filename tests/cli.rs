@@ -180,6 +180,16 @@ async fn mistakes_get_clear_errors() {
     );
     herd.fails(&["session", "create", "--id", "a.b"], 1, "contains '.'");
     herd.fails(
+        &["hands", "--mcp-call-timeout-secs", "0"],
+        2,
+        "--mcp-call-timeout-secs",
+    );
+    herd.fails(
+        &["session", "create", "--tool", "get_event"],
+        1,
+        "is not a built-in tool",
+    );
+    herd.fails(
         &["session", "send", "nope", "hi"],
         1,
         "session nope does not exist",

@@ -57,14 +57,7 @@ async fn confirm(t: &TestNats, id: &SessionId, tool_use_id: &str, allow: bool) {
         result: if allow { "allow" } else { "deny" }.into(),
         deny_message: None,
     });
-    let a = t.log.append_fact(id, &e).await.unwrap();
-    herd::bus::wake::publish(
-        &async_nats::jetstream::new(t.client.clone()),
-        id,
-        a.last_seq,
-    )
-    .await
-    .unwrap();
+    append_and_wake(t, id, &e).await;
 }
 
 /// Waits until the session is parked on `requires_action` naming `tool_use_id`.

@@ -439,23 +439,7 @@ impl Api {
             .and_then(|m| m.get(id).map(|s| s.config.clone()));
         let config = match cached {
             Some(config) => config,
-            None => {
-                let first = self
-                    .log
-                    .read(
-                        id,
-                        &Slice {
-                            types: vec!["session.created".into()],
-                            limit: Some(1),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                first.into_iter().find_map(|r| match r.ok()?.event.body {
-                    crate::event::EventBody::SessionCreated(c) => Some(c),
-                    _ => None,
-                })
-            }
+            None => self.log.created(id).await?,
         };
         Ok(self.principal.may_see(id, config.as_ref())?)
     }

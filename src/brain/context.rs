@@ -277,16 +277,7 @@ mod tests {
     fn config() -> SessionCreated {
         let mut agent = AgentConfig::new("claude-test");
         agent.system = Some("Be brief.".into());
-        agent.tools = vec![ToolConfig {
-            name: "bash".into(),
-            kind: "builtin".into(),
-            description: None,
-            input_schema: None,
-            permission_policy: PermissionPolicy::AlwaysAllow,
-            mcp_server_name: None,
-            default_config: None,
-            configs: Vec::new(),
-        }];
+        agent.tools = vec![ToolConfig::builtin("bash")];
         SessionCreated::new(agent)
     }
 

@@ -102,8 +102,9 @@ fn mcp_listings_needed(
                 .mcp_listings
                 .iter()
                 .any(|l| l.mcp_server_name == server.name && l.error.is_none());
+            // This turn's listing can only stand after the turn began: read back to there.
             let id = mcp_listing_id(turn_seq, &server.name);
-            let asked = events.iter().any(
+            let asked = events.iter().rev().take_while(|e| e.seq > turn_seq).any(
                 |e| matches!(&e.event.body, EventBody::McpToolsListed(l) if l.request_id == id),
             );
             !listed && !asked
@@ -1327,14 +1328,8 @@ mod tests {
         let mut agent = AgentConfig::new("claude-test");
         agent.context_budget_tokens = Some(10);
         agent.tools = vec![ToolConfig {
-            name: "lookup".into(),
-            kind: "custom".into(),
-            description: None,
-            input_schema: None,
-            permission_policy: PermissionPolicy::AlwaysAllow,
-            mcp_server_name: None,
-            default_config: None,
-            configs: Vec::new(),
+            kind: ToolType::Custom,
+            ..ToolConfig::builtin("lookup")
         }];
         let g = Given(vec![])
             .and(SessionCreated::new(agent))

@@ -115,8 +115,10 @@ pub struct HandsArgs {
     /// (its workspace stays).
     #[arg(long, default_value_t = hands_defaults().max_sandboxes)]
     max_sandboxes: usize,
-    /// Seconds one MCP tool call may take before it is an error result the model sees.
-    #[arg(long, default_value_t = hands_defaults().mcp_call_timeout.as_secs())]
+    /// Seconds one MCP tool call may take before it is an error result the model sees
+    /// (1 to 3600).
+    #[arg(long, default_value_t = hands_defaults().mcp_call_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     mcp_call_timeout_secs: u64,
     /// herd's git helper image (built by sandbox-images/build).
     #[arg(long, default_value_t = SandboxConfig::default().git_image)]
@@ -185,7 +187,7 @@ fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
         allowed_ranges: a.allow_private_ranges,
         workspace_quota: a.workspace_quota_mib.max(1) << 20,
         max_sandboxes: a.max_sandboxes.max(1),
-        mcp_call_timeout: std::time::Duration::from_secs(a.mcp_call_timeout_secs.clamp(1, 3600)),
+        mcp_call_timeout: std::time::Duration::from_secs(a.mcp_call_timeout_secs),
         vault_key: herd::credentials::vault::VaultKey::from_env()?,
         blob_quota: a.blob_quota_mib.max(1) << 20,
         allowed_images: hands_defaults()

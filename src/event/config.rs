@@ -621,17 +621,8 @@ mod tests {
         assert!(refused(&|c| c.agent.model = " ".into()).contains("model must not be empty"));
         assert!(refused(&|c| c.agent.provider = Some("x".into())).contains("unknown provider"));
         assert!(
-            refused(&|c| c.agent.tools.push(ToolConfig {
-                name: "nope".into(),
-                kind: "builtin".into(),
-                description: None,
-                input_schema: None,
-                permission_policy: PermissionPolicy::AlwaysAllow,
-                mcp_server_name: None,
-                default_config: None,
-                configs: Vec::new(),
-            }))
-            .contains("is not a built-in tool")
+            refused(&|c| c.agent.tools.push(ToolConfig::builtin("nope")))
+                .contains("is not a built-in tool")
         );
         assert!(refused(&|c| c.vault_ids.push("a.b".into())).contains("vault name"));
         assert!(

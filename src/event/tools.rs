@@ -222,7 +222,7 @@ pub fn offered(
             out.push(o);
         }
     }
-    if compacted && !out.iter().any(|x| x.name == GET_EVENTS) {
+    if brain_answers(config, compacted, GET_EVENTS) && !out.iter().any(|x| x.name == GET_EVENTS) {
         let b = builtin(GET_EVENTS).expect("in the catalogue");
         out.push(Offered {
             name: b.name.into(),
@@ -258,6 +258,20 @@ pub fn offered(
         }
     }
     out
+}
+
+/// True when a call of `name` is one the brain answers from the log: a built-in the catalogue
+/// runs on the brain, offered because the agent lists it or (`get_events`) because the session
+/// has been compacted. What [`offered`] decides, without building every offered tool (the
+/// fold asks it for each call).
+pub fn brain_answers(config: &SessionCreated, compacted: bool, name: &str) -> bool {
+    builtin(name).is_some_and(|b| b.runner == Runner::Brain)
+        && ((compacted && name == GET_EVENTS)
+            || config
+                .agent
+                .tools
+                .iter()
+                .any(|t| t.name == name && t.kind == ToolType::Builtin))
 }
 
 /// A tool entry's type: `builtin`, `custom`, or `mcp_toolset` (the tools of one MCP server).

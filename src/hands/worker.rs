@@ -677,18 +677,12 @@ impl Hands {
     /// What the session allows the tools: its vaults, allowed hosts and repositories, from
     /// its `session.created`.
     async fn session_access(&self, session: &SessionId) -> Result<SessionAccess, JobError> {
-        let first = self
+        Ok(self
             .log
-            .read(
-                session,
-                &Slice {
-                    types: vec!["session.created".into()],
-                    limit: Some(1),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(SessionAccess::from_records(&first))
+            .created(session)
+            .await?
+            .map(|c| SessionAccess::from_created(&c))
+            .unwrap_or_default())
     }
 
     /// The session's log from the job's call on. Direct gets may be served by any replica, and

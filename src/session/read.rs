@@ -260,6 +260,28 @@ impl SessionLog {
         Ok((out.into(), bytes))
     }
 
+    /// The session's configuration: its first `session.created` (one direct get of that
+    /// type's subject), or `None` when it has none.
+    pub async fn created(
+        &self,
+        session: &SessionId,
+    ) -> Result<Option<crate::event::SessionCreated>, LogError> {
+        let first = self
+            .read(
+                session,
+                &Slice {
+                    types: vec!["session.created".into()],
+                    limit: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(first.into_iter().find_map(|r| match r.ok()?.event.body {
+            crate::event::EventBody::SessionCreated(c) => Some(c),
+            _ => None,
+        }))
+    }
+
     /// Reads a whole session, from sequence `from` on.
     pub async fn read_from(&self, session: &SessionId, from: u64) -> Result<Vec<Record>, LogError> {
         Ok(self.read_from_sized(session, from, None).await?.0)

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::event::{
     EvaluatedPermission, EventBody, EventId, McpToolsListed, Money, PriceTable, Rates, Record,
-    Runner, SessionCreated, SessionId, SessionLimits, StopReason, StoredEvent, ToolType, Usage,
+    SessionCreated, SessionId, SessionLimits, StopReason, StoredEvent, Usage,
     tools::{self, Offered},
 };
 
@@ -284,18 +284,13 @@ impl SessionState {
     }
 
     /// Who runs a call of the tool `name` the model made as an `agent.tool_use`.
-    /// The same answer as looking the name up in [`Self::tools`], without building every
-    /// offered tool (schemas of up to 20 MCP servers) for each call folded.
+    /// Who runs a call of the tool `name` the model made as an `agent.tool_use`.
     fn kind_of_call(&self, name: &str) -> ToolKind {
-        let offered_by_brain = tools::builtin(name).is_some_and(|b| b.runner == Runner::Brain)
-            && (self.compacted
-                || self.config.as_ref().is_some_and(|c| {
-                    c.agent
-                        .tools
-                        .iter()
-                        .any(|t| t.name == name && t.kind == ToolType::Builtin)
-                }));
-        if offered_by_brain {
+        let brain = self
+            .config
+            .as_ref()
+            .is_some_and(|c| tools::brain_answers(c, self.compacted, name));
+        if brain {
             ToolKind::Brain
         } else {
             ToolKind::Sandbox

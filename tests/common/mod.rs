@@ -440,7 +440,12 @@ pub async fn scripted_session(
 
 /// Appends a user message and wakes the session.
 pub async fn send(t: &TestNats, id: &SessionId, text: &str) {
-    let a = t.log.append_fact(id, &user(text)).await.unwrap();
+    append_and_wake(t, id, &user(text)).await;
+}
+
+/// Appends a user event (a fact) and wakes the session, as a client would.
+pub async fn append_and_wake(t: &TestNats, id: &SessionId, event: &Event) {
+    let a = t.log.append_fact(id, event).await.unwrap();
     herd::bus::wake::publish(
         &async_nats::jetstream::new(t.client.clone()),
         id,

@@ -57,19 +57,56 @@ impl ConsumerSpec {
     }
 
     /// Creates the consumer, or updates it to this configuration, and returns it.
+    ///
+    /// A request that timed out (or, for the stream lookup, went unanswered) is asked again (up to [`ENSURE_ATTEMPTS`] times, with a short
+    /// growing pause): creating a durable with the same configuration is idempotent, and a
+    /// loaded or electing server answering one API request late must not stop a worker from
+    /// starting. What the server refused (a bad configuration, a missing stream) is final.
     pub async fn ensure(
         &self,
         js: &jetstream::Context,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
-        let stream = js
-            .get_stream(self.stream)
-            .await
-            .map_err(|e| BusError::nats(format!("stream {} is missing", self.stream), e))?;
-        stream
-            .create_consumer(self.config())
-            .await
-            .map_err(|e| BusError::nats(format!("cannot create consumer {}", self.durable), e))
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        use async_nats::jetstream::stream::ConsumerErrorKind;
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= ENSURE_ATTEMPTS;
+            let stream = match js.get_stream(self.stream).await {
+                Ok(s) => s,
+                Err(e) if !last && e.kind() == GetStreamErrorKind::Request => {
+                    attempt = pause(attempt).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(BusError::nats(
+                        format!("stream {} is missing", self.stream),
+                        e,
+                    ));
+                }
+            };
+            match stream.create_consumer(self.config()).await {
+                Ok(c) => return Ok(c),
+                Err(e) if !last && e.kind() == ConsumerErrorKind::TimedOut => {
+                    attempt = pause(attempt).await;
+                }
+                Err(e) => {
+                    return Err(BusError::nats(
+                        format!("cannot create consumer {}", self.durable),
+                        e,
+                    ));
+                }
+            }
+        }
     }
+}
+
+/// How often [`ConsumerSpec::ensure`] asks before a timeout is final.
+pub const ENSURE_ATTEMPTS: u32 = 5;
+
+/// Waits before attempt `attempt + 1` (0.2 s, 0.4 s, 0.8 s, …) and returns its number.
+async fn pause(attempt: u32) -> u32 {
+    tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
+    attempt + 1
 }
 
 /// How long a message that failed for a passing reason waits before it is delivered again:

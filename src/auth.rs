@@ -259,6 +259,9 @@ pub fn permissions(role: Role) -> Permissions {
                 "$JS.API.STREAM.INFO.HERD_GATEWAY",
             ]));
             publish.extend(read_bucket("OBJ_herd-blobs"));
+            // A large tool output's chunks, read by `GET …/tool_outputs/{call}` (the object
+            // store reads them through an ordered consumer on the chunk subjects only).
+            publish.push("$JS.API.CONSUMER.CREATE.OBJ_herd-blobs.*.$O.herd-blobs.C.>".into());
             publish.extend(read_bucket("HERD_GATEWAY"));
             // API keys are read (by hash), never written: only the operator makes keys.
             publish.push("$JS.API.STREAM.INFO.HERD_KEYS".into());

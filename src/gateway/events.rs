@@ -263,6 +263,57 @@ pub async fn list(
     Ok(ok(json!({"data": data, "next_page": null})))
 }
 
+/// The most bytes of one whole tool output the gateway sends.
+pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+
+/// `GET /v1/sessions/{id}/tool_outputs/{tool_use_id}` (herd's addition): the whole output of
+/// a call whose `agent.tool_result` kept only its head and tail (`output_ref`), as text. The
+/// object's name is derived from the session (already checked to be the caller's) and the
+/// call, never taken from an event, so it cannot name another session's output.
+pub async fn output(
+    State(g): State<Shared>,
+    t: Tenant,
+    Path((id, call)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    let (sid, api, _) = sessions::visible(&g, &t.0, &id).await?;
+    let call = input::id("tool output", "", &call)?;
+    let js = async_nats::jetstream::new(api.log().client().clone());
+    let name = crate::hands::outputs::object_name(&sid, call);
+    let missing = || HttpError::not_found("tool output", call);
+    let store = js
+        .get_object_store(crate::hands::outputs::BLOBS)
+        .await
+        .map_err(|e| HttpError::unavailable(format!("the output store is unreachable: {e}")))?;
+    let mut object = store.get(name.as_str()).await.map_err(|e| {
+        use async_nats::jetstream::object_store::GetErrorKind;
+        match e.kind() {
+            GetErrorKind::NotFound | GetErrorKind::BucketLink => missing(),
+            _ => HttpError::unavailable(format!("reading the output failed: {e}")),
+        }
+    })?;
+    if object.info().size as u64 > MAX_OUTPUT_BYTES {
+        return Err(HttpError::too_large(format!(
+            "this output is {} bytes; the gateway sends at most {MAX_OUTPUT_BYTES}",
+            object.info().size
+        )));
+    }
+    let mut bytes = Vec::with_capacity(object.info().size);
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+        .await
+        .map_err(|e| HttpError::unavailable(format!("reading the output failed: {e}")))?;
+    let mut r = Response::new(axum::body::Body::from(bytes));
+    let h = r.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "x-content-type-options",
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

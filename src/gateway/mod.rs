@@ -16,8 +16,10 @@
 //! | [`sessions`] | `/v1/sessions…` |
 //! | [`events`], [`stream`] | `/v1/sessions/{id}/events…` |
 //! | [`vaults`] | `/v1/vaults…` |
+//! | [`console`] | `/console…`: the web console (no key needed to load it; it asks for one) |
 
 pub mod agents;
+pub mod console;
 pub mod environments;
 pub mod error;
 pub mod events;
@@ -362,6 +364,10 @@ async fn envelope(req: Request, next: Next) -> Response {
 /// The routes.
 pub fn router(g: Shared) -> Router {
     Router::new()
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .route("/v1/agents", post(agents::create).get(agents::list))
         .route(
             "/v1/agents/{id}",
@@ -393,6 +399,7 @@ pub fn router(g: Shared) -> Router {
             get(events::list).post(events::send),
         )
         .route("/v1/sessions/{id}/events/stream", get(stream::stream))
+        .route("/v1/sessions/{id}/tool_outputs/{call}", get(events::output))
         .route("/v1/vaults", post(vaults::create).get(vaults::list))
         .route(
             "/v1/vaults/{id}",

@@ -129,6 +129,10 @@ pub fn view(s: &Loaded) -> Value {
         "created_at": d["created_at"],
         "updated_at": d["updated_at"],
         "archived_at": d["archived_at"],
+        // herd's additions, for the console: when the newest event was written, and how
+        // many the log holds.
+        "last_event_at": s.state.last_event_at.map(crate::event::format_time),
+        "event_count": s.state.event_count,
     })
 }
 
@@ -496,9 +500,20 @@ pub async fn list(
             "statuses",
             "deployment_id",
             "memory_store_id",
+            "search",
         ]),
     )?;
     let limit = q.limit(20, 100)?;
+    // herd's addition: `search` keeps sessions whose title or id contains it (any case).
+    let search = match q.get("search") {
+        Some(s) if s.chars().count() > MAX_SEARCH => {
+            return Err(HttpError::invalid(format!(
+                "search: at most {MAX_SEARCH} characters"
+            )));
+        }
+        Some(s) if !s.trim().is_empty() => Some(s.trim().to_lowercase()),
+        _ => None,
+    };
     // The cursor is the last id returned: sessions made between two pages never shift one.
     let after = match q.get("page") {
         None => None,
@@ -564,6 +579,12 @@ pub async fn list(
         if !statuses.is_empty() && !statuses.contains(&status(&loaded)) {
             continue;
         }
+        if let Some(needle) = &search {
+            let title = loaded.state.title.as_deref().unwrap_or("").to_lowercase();
+            if !title.contains(needle) && !id.to_lowercase().contains(needle) {
+                continue;
+            }
+        }
         if data.len() == limit {
             let next = last.map(|l| format!("page_{l}"));
             return Ok(ok(
@@ -577,6 +598,9 @@ pub async fn list(
         json!({"data": data, "next_page": null, "prev_page": null}),
     ))
 }
+
+/// The longest `search` a sessions list takes.
+pub const MAX_SEARCH: usize = 200;
 
 /// Builds the request's events into herd events (used by `initial_events` too).
 pub fn parse_all(list: &Map<String, Value>) -> Result<Vec<Event>, HttpError> {

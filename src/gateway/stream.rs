@@ -63,7 +63,10 @@ pub async fn stream(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let q = Query::parse(q.as_deref(), &["event_deltas"])?;
+    let q = Query::parse(q.as_deref(), &["event_deltas", "types"])?;
+    // herd's addition, as on the list: `types[]` streams only those types, herd's own
+    // (`sandbox.*`, …) included when named; without it, the API's types.
+    let types = super::events::types(&q)?;
     for d in q.all("event_deltas") {
         if d != "agent.message" && d != "agent.thinking" {
             return Err(HttpError::invalid(format!(
@@ -134,16 +137,21 @@ pub async fn stream(
                 None => return,
             };
             let Ok(e) = record else { continue };
-            if !view::shown(e.event.type_name()) {
-                continue;
-            }
-            let sent = tokio::time::timeout(
-                SLOW_READER,
-                tx.send(frame(Some(e.seq), e.event.type_name(), &view::event(&e))),
-            )
-            .await;
-            if !matches!(sent, Ok(Ok(()))) {
-                return;
+            let name = e.event.type_name();
+            let wanted = if types.is_empty() {
+                view::shown(name)
+            } else {
+                types.iter().any(|t| t == name)
+            };
+            if wanted {
+                let sent = tokio::time::timeout(
+                    SLOW_READER,
+                    tx.send(frame(Some(e.seq), name, &view::event(&e))),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
             }
             // A session that ended for good sends nothing more: the stream ends with it
             // (after `session.deleted`, as the API sends it, when it was deleted).

@@ -31,6 +31,9 @@ pub fn shown(type_name: &str) -> bool {
 /// The event as the API shows it.
 pub fn event(e: &StoredEvent) -> Value {
     let mut v = e.event.to_json();
+    // herd's addition: the event's position in the log (the stream's `id:` and the list's
+    // cursor), so a client can order, resume and de-duplicate without a second key.
+    v["sequence"] = e.seq.into();
     match &e.event.body {
         EventBody::AgentToolUse(t) => {
             v["id"] = t.tool_use_id.clone().into();

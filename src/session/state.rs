@@ -101,6 +101,9 @@ pub struct SessionState {
     pub compacted: bool,
     /// The latest listing of each MCP server (see [`crate::event::tools::latest_listings`]).
     pub mcp_listings: Vec<McpToolsListed>,
+    /// When its newest event was written (`processed_at`), for "last activity".
+    #[serde(skip)]
+    pub last_event_at: Option<time::OffsetDateTime>,
     /// The prices `list_cost` is counted at.
     #[serde(skip)]
     rates: Option<Rates>,
@@ -134,6 +137,7 @@ impl SessionState {
             list_cost: None,
             compacted: false,
             mcp_listings: Vec::new(),
+            last_event_at: None,
             rates: None,
             seen: HashSet::new(),
         }
@@ -174,6 +178,7 @@ impl SessionState {
     pub fn apply(&mut self, e: &StoredEvent) -> bool {
         self.event_count += 1;
         self.last_seq = self.last_seq.max(e.seq);
+        self.last_event_at = self.last_event_at.max(Some(e.event.processed_at));
         if !self
             .seen
             .insert((e.event.type_name().to_string(), e.event.id.clone()))

@@ -259,9 +259,13 @@ pub fn permissions(role: Role) -> Permissions {
                 "$JS.API.STREAM.INFO.HERD_GATEWAY",
             ]));
             publish.extend(read_bucket("OBJ_herd-blobs"));
-            // A large tool output's chunks, read by `GET …/tool_outputs/{call}` (the object
-            // store reads them through an ordered consumer on the chunk subjects only).
-            publish.push("$JS.API.CONSUMER.CREATE.OBJ_herd-blobs.*.$O.herd-blobs.C.>".into());
+            // A large tool output's chunks, read by `GET …/tool_outputs/{call}` through an
+            // ordered consumer. Its create request is unnamed, so the filter is in the body,
+            // not the subject: the grant covers the whole bucket (whose names it can already
+            // read), not only tool outputs.
+            publish.push("$JS.API.CONSUMER.CREATE.OBJ_herd-blobs".into());
+            // …answering its flow control, or a large output stalls after ~2 MiB.
+            publish.push("$JS.FC.OBJ_herd-blobs.>".into());
             publish.extend(read_bucket("HERD_GATEWAY"));
             // API keys are read (by hash), never written: only the operator makes keys.
             publish.push("$JS.API.STREAM.INFO.HERD_KEYS".into());

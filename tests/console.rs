@@ -64,6 +64,10 @@ fn responder(model: &MockModel) {
                 Reply::text(&format!("hostile answer {text}"))
             } else if text.contains("console-allowed") {
                 Reply::text("done: console-allowed")
+            } else if text.contains("herd big output line") {
+                Reply::text("done: big output")
+            } else if text.contains("gpj.exe") {
+                Reply::text("done: bidi")
             } else {
                 Reply::text(&format!("the person said {}", text.trim()))
             };
@@ -71,6 +75,18 @@ fn responder(model: &MockModel) {
         if let Some(hostile) = text.strip_prefix("hostile ") {
             let command = format!("cat <<'HERD_EOF'\n{hostile}\nHERD_EOF");
             Reply::tool_use(&id(), "bash", json!({ "command": command }))
+        } else if text.contains("big output") {
+            Reply::tool_use(
+                &id(),
+                "bash",
+                json!({"command": "yes 'herd big output line' | head -c 100000"}),
+            )
+        } else if text.contains("bidi") {
+            Reply::tool_use(
+                &id(),
+                "bash",
+                json!({"command": "echo safe\u{202e}gpj.exe"}),
+            )
         } else if text.contains("approve") {
             Reply::tool_use(&id(), "bash", json!({"command": "echo console-allowed"}))
         } else if text.contains("lookup") {

@@ -52,6 +52,22 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = bench::tools::Params::default().python)]
         python: String,
     },
+    /// The console in headless Chromium: first paint of a long timeline and append → on the
+    /// page, vs plain HTTP clients of the same gateway; the size of its assets.
+    Console {
+        /// Events in the long session.
+        #[arg(long, default_value_t = bench::console::Params::default().events)]
+        events: usize,
+        /// Timed appends.
+        #[arg(long, default_value_t = bench::console::Params::default().samples)]
+        samples: usize,
+        /// Timed first paints.
+        #[arg(long, default_value_t = bench::console::Params::default().repeats)]
+        repeats: usize,
+        /// The Python with websocket-client (scripts/ensure-sdk makes it).
+        #[arg(long, default_value_t = bench::console::Params::default().python)]
+        python: String,
+    },
     /// Append latency and replay time of the session log vs raw JetStream.
     Log {
         /// Timed appends of each kind.
@@ -118,6 +134,22 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             let report = bench::tools::run(bench::tools::Params {
                 samples,
                 session_events,
+                python,
+                ..Default::default()
+            })
+            .await?;
+            println!("{}", bench::render(&report.table(), &report)?);
+        }
+        BenchCmd::Console {
+            events,
+            samples,
+            repeats,
+            python,
+        } => {
+            let report = bench::console::run(bench::console::Params {
+                events,
+                samples,
+                repeats,
                 python,
                 ..Default::default()
             })

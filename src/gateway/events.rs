@@ -263,6 +263,9 @@ pub async fn list(
     Ok(ok(json!({"data": data, "next_page": null})))
 }
 
+/// How long reading one whole output from the object store may take.
+pub const OUTPUT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The most bytes of one whole tool output the gateway sends.
 pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
 
@@ -298,9 +301,25 @@ pub async fn output(
         )));
     }
     let mut bytes = Vec::with_capacity(object.info().size);
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-        .await
-        .map_err(|e| HttpError::unavailable(format!("reading the output failed: {e}")))?;
+    match tokio::time::timeout(
+        OUTPUT_READ_TIMEOUT,
+        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(HttpError::unavailable(format!(
+                "reading the output failed: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(HttpError::unavailable(format!(
+                "reading the output took over {} s",
+                OUTPUT_READ_TIMEOUT.as_secs()
+            )));
+        }
+    }
     let mut r = Response::new(axum::body::Body::from(bytes));
     let h = r.headers_mut();
     h.insert(

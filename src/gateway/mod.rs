@@ -358,6 +358,15 @@ async fn envelope(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         r.headers_mut().insert("request-id", v);
     }
+    // No answer of the API is a page: a browser must never sniff one into HTML or frame it.
+    r.headers_mut()
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    r.headers_mut()
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     r
 }
 

@@ -50,6 +50,15 @@ def call(method, path, body=None, key=KEY):
         return e.code, json.loads(e.read() or b"null")
 
 
+def get_raw(path, key=KEY):
+    req = urllib.request.Request(URL + path, headers={"authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers.get("content-type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("content-type"), e.read()
+
+
 def ctl(command):
     """Asks the Rust side to do something this script cannot (restart the gateway)."""
     print(f"CTL {command}", flush=True)
@@ -121,6 +130,8 @@ def events_of(sid=SID):
             return out
 
 
+IDLES = "document.querySelectorAll('#timeline [data-type=\"session.status_idle\"]').length"
+
 with Browser() as browser:
     page = browser.new_page()
     page.navigate(URL + "/console")
@@ -176,6 +187,42 @@ with Browser() as browser:
     page.wait_for("[...document.querySelectorAll('.ev.agent')].some(e => e.textContent.includes('the person said forty-two'))", timeout=30)
     check("a custom tool answered from the page", True)
 
+    # A large output: its head and tail in the event, the whole from the object store.
+    call("POST", f"/v1/sessions/{SID}/events",
+         {"events": [{"type": "user.message", "content": [{"type": "text", "text": "big output please"}]}]})
+    page.wait_for("!!document.querySelector('.ask button.allow')", timeout=30)
+    page.click(".ask button.allow")
+    page.wait_for("!!document.querySelector('button.whole-output')", timeout=30)
+    page.click("button.whole-output")
+    try:
+        whole = page.wait_for("[...document.querySelectorAll('pre')].map(p => p.textContent).find(t => t.length >= 100000)", timeout=30)
+    except TimeoutError:
+        raise AssertionError("no whole output shown: " + page.evaluate("(document.querySelector('button.whole-output') || document.querySelector('.whole-output-box') || document.body).closest('.ev').textContent.slice(-1500)"))
+    check("a large output's whole object is fetched and shown",
+          whole.count("herd big output line") >= 4700, (len(whole), whole[:200]))
+    big_call = [e for e in events_of() if e["type"] == "agent.tool_use"][-1]["id"]
+    s, ctype, body = get_raw(f"/v1/sessions/{SID}/tool_outputs/{big_call}")
+    check("the output route sends the whole as text", s == 200 and ctype.startswith("text/plain")
+          and body.decode() == whole, (s, ctype, len(body)))
+    s, _, body = get_raw(f"/v1/sessions/{SID}/tool_outputs/{big_call}", key=RIVAL_KEY)
+    check("another tenant cannot fetch that output", s == 404 and b"herd big" not in body, s)
+    s, _, _ = get_raw(f"/v1/sessions/{SID}/tool_outputs/..%2F..%2Fetc")
+    check("a call id that is not one is refused", s == 404, s)
+    s, _, _ = get_raw(f"/v1/sessions/{SID}/tool_outputs/toolu_never_made")
+    check("a call without a stored output is not found", s == 404, s)
+    page.wait_for("document.querySelector('#session-status').textContent === 'idle'", timeout=30)
+
+    # What is approved is what is read: a right-to-left override is written out.
+    call("POST", f"/v1/sessions/{SID}/events",
+         {"events": [{"type": "user.message", "content": [{"type": "text", "text": "bidi please"}]}]})
+    page.wait_for("!!document.querySelector('.ask button.allow')", timeout=30)
+    shown = page.text(".ask .approve-input")
+    check("an invisible direction override is shown as \\u{202e}", "safe\\u{202e}gpj.exe" in shown, shown)
+    idles = page.evaluate(IDLES)
+    page.click(".ask button.deny")
+    page.wait_for(f"{IDLES} > {idles}", timeout=30)
+    check("a denied call ends its turn", "denied" in page.text("#timeline"))
+
     # ---- hostile content: a message, a model answer and a tool output ---------------------------
     before = len(page.requests)
     call("POST", f"/v1/sessions/{SID}/events",
@@ -201,6 +248,16 @@ with Browser() as browser:
           page.evaluate("getComputedStyle(document.body).display !== 'none' && getComputedStyle(document.querySelector('#timeline')).color !== 'rgb(255, 0, 0)'"))
     check("the page's script threw nothing", not page.exceptions, page.exceptions)
 
+    # Text built to make a regular expression backtrack for minutes renders at once.
+    pathological = "x " + "`" * 15000 + "a" * 15000 + "\n" + "[" * 40000 + "\n" + "> " * 20000 + "x"
+    t0 = time.time()
+    s, r = call("POST", f"/v1/sessions/{SID}/events",
+                {"events": [{"type": "user.message", "content": [{"type": "text", "text": pathological}]}]})
+    check("a pathological message is taken", s == 200, (s, r))
+    page.wait_for("[...document.querySelectorAll('.ev[data-type=\"user.message\"]')].some(e => e.textContent.includes('aaaaaaaaaa'))", timeout=20)
+    check("pathological Markdown renders without freezing the tab", time.time() - t0 < 20)
+    page.wait_for("document.querySelector('#session-status').textContent === 'idle'", timeout=30)
+
     # ---- a gateway restart mid-session ----------------------------------------------------------
     connections = page.evaluate("herdConsole.connections")
     ctl(f"restart {SID}")
@@ -220,12 +277,27 @@ with Browser() as browser:
           {"sandbox.provisioned", "span.model_request_end", "session.usage"} <= set(types), types)
     check("the waterfall drew the spans",
           page.evaluate("document.querySelectorAll('#waterfall .wf-bar').length") >= 4)
-    page.screenshot(os.path.join(ARTIFACTS, "console-timeline.png"), full_page=False)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(os.path.join(ARTIFACTS, "console-timeline.png"))
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.screenshot(os.path.join(ARTIFACTS, "console-timeline-end.png"))
 
     # ---- the list, and another tenant -----------------------------------------------------------
+    # Pages: 55 newer sessions push this one to the second page of 50.
+    for i in range(55):
+        s, _ = call("POST", "/v1/sessions", {"agent": agent["id"], "environment_id": env["id"],
+                                             "title": f"bulk session {i}"})
+        assert s == 200
     page.evaluate("location.hash = '#/'")
-    page.wait_for(f"herdConsole.view === 'list' && (herdConsole.listed || []).includes('{SID}')")
+    page.wait_for("herdConsole.view === 'list' && (herdConsole.listed || []).length === 50")
+    check("the first page holds 50 sessions, newest first, without this one",
+          SID not in page.evaluate("herdConsole.listed") and "bulk session 54" in page.text("#sessions"))
     page.screenshot(os.path.join(ARTIFACTS, "console-list.png"))
+    page.click("#next")
+    page.wait_for(f"(herdConsole.listed || []).includes('{SID}')")
+    check("the second page holds the rest", len(page.evaluate("herdConsole.listed")) == 6)
+    page.click("#prev")
+    page.wait_for("(herdConsole.listed || []).length === 50")
 
     rival = browser.new_page()
     rival.navigate(URL + "/console")

@@ -66,21 +66,50 @@
     } catch { return null; }
   }
 
+  // Lines longer than this are shown as plain text: Markdown's cost must stay linear in what
+  // a hostile model can write.
+  const MAX_MARKDOWN_LINE = 5000;
+  // Bold, italic and links, each with bounded parts (no pattern here can backtrack without end).
+  const SPANS = /\*\*([^*]{1,500})\*\*|__([^_]{1,500})__|\*([^*\s][^*]{0,500})\*|_([^_\s][^_]{0,500})_|(!?)\[([^\][]{0,500})\]\(([^()\s]{0,2000})\)/g;
+
   /** Inline Markdown (code, bold, italic, links; images as text) as nodes. */
   function inline(text) {
+    if (text.length > MAX_MARKDOWN_LINE) return [text];
     const out = [];
-    const re = /(`+)([\s\S]*?)\1|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_|(!?)\[([^\]]*)\]\(([^)\s]*)\)/g;
+    // Code spans first, by a plain scan: a run of k backticks closes at the next run of k.
+    let i = 0;
+    while (i < text.length) {
+      const open = text.indexOf('`', i);
+      if (open < 0) { out.push(...spans(text.slice(i))); break; }
+      let k = open;
+      while (text[k] === '`') k++;
+      const fence = text.slice(open, k);
+      let close = text.indexOf(fence, k);
+      while (close >= 0 && text[close + fence.length] === '`') {
+        let j = close;
+        while (text[j] === '`') j++;
+        close = text.indexOf(fence, j);
+      }
+      if (close < 0) { out.push(...spans(text.slice(i, k))); i = k; continue; }
+      out.push(...spans(text.slice(i, open)), h('code', { text: text.slice(k, close) }));
+      i = close + fence.length;
+    }
+    return out;
+  }
+
+  function spans(text) {
+    const out = [];
     let last = 0, m;
+    const re = new RegExp(SPANS);
     while ((m = re.exec(text))) {
       if (m.index > last) out.push(text.slice(last, m.index));
-      if (m[1]) out.push(h('code', { text: m[2] }));
-      else if (m[3] || m[4]) out.push(h('strong', {}, inline(m[3] || m[4])));
-      else if (m[5] || m[6]) out.push(h('em', {}, inline(m[5] || m[6])));
-      else if (m[7] === '!') out.push(`[image: ${m[8] || 'untitled'} — ${m[9]}]`);
+      if (m[1] || m[2]) out.push(h('strong', {}, spans(m[1] || m[2])));
+      else if (m[3] || m[4]) out.push(h('em', {}, spans(m[3] || m[4])));
+      else if (m[5] === '!') out.push(`[image: ${m[6] || 'untitled'} — ${m[7]}]`);
       else {
-        const url = safeUrl(m[9]);
-        out.push(url ? h('a', { href: url, rel: 'noopener noreferrer nofollow', target: '_blank', title: url }, m[8] || url)
-                     : `${m[8]} (${m[9]})`);
+        const url = safeUrl(m[7]);
+        out.push(url ? h('a', { href: url, rel: 'noopener noreferrer nofollow', target: '_blank', title: url }, m[6] || url)
+                     : `${m[6]} (${m[7]})`);
       }
       last = re.lastIndex;
     }
@@ -89,7 +118,7 @@
   }
 
   /** Block Markdown: fenced code, headings, lists, quotes, paragraphs. */
-  function markdown(src) {
+  function markdown(src, depth = 0) {
     const lines = String(src).replace(/\r\n?/g, '\n').split('\n');
     const blocks = [];
     let i = 0;
@@ -115,10 +144,10 @@
         blocks.push(list);
         continue;
       }
-      if (/^\s*>/.test(line)) {
+      if (/^\s*>/.test(line) && depth < 8) {
         const quote = [];
         while (i < lines.length && /^\s*>/.test(lines[i])) quote.push(lines[i++].replace(/^\s*>\s?/, ''));
-        blocks.push(h('blockquote', {}, markdown(quote.join('\n'))));
+        blocks.push(h('blockquote', {}, markdown(quote.join('\n'), depth + 1)));
         continue;
       }
       if (!line.trim()) { i++; continue; }
@@ -162,9 +191,11 @@
   }
 
   function sendEvents(sid, events) {
-    // An Idempotency-Key makes a retried click land once.
+    // An Idempotency-Key makes a retried click land once. (crypto.randomUUID exists only in
+    // secure contexts; getRandomValues everywhere.)
+    const id = [...crypto.getRandomValues(new Uint8Array(16))].map(b => b.toString(16).padStart(2, '0')).join('');
     return api('POST', `/v1/sessions/${encodeURIComponent(sid)}/events`, { events },
-      { 'idempotency-key': crypto.randomUUID() });
+      { 'idempotency-key': `console-${id}` });
   }
 
   // ---- formatting ---------------------------------------------------------------------------
@@ -191,6 +222,11 @@
     return (content || []).map(b => (b.type === 'text' ? b.text : `[${b.type}]`)).join('\n');
   }
   function pretty(v) { try { return JSON.stringify(v, null, 2); } catch { return String(v); } }
+  /** Text with every invisible or direction-changing character written out as `\u{…}`, so
+   * what a person approves is exactly what they read. */
+  function visible(text) {
+    return text.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, c => (c === '\n' || c === '\t' ? c : `\\u{${c.codePointAt(0).toString(16)}}`));
+  }
 
   // ---- sign in ------------------------------------------------------------------------------
 
@@ -304,8 +340,13 @@
     if (tl) { tl.closed = true; if (tl.abort) tl.abort.abort(); tl = null; }
   }
 
+  /** The event's raw JSON, written out only when opened (a replay of thousands stays cheap). */
   function rawLink(e) {
-    const d = h('details', { class: 'raw' }, h('summary', { text: 'raw JSON' }), h('pre', { text: pretty(e) }));
+    const pre = h('pre', { class: 'raw-json' });
+    const d = h('details', {
+      class: 'raw',
+      ontoggle: () => { if (d.open && !pre.textContent) pre.textContent = pretty(e); },
+    }, h('summary', { text: 'raw JSON' }), pre);
     return d;
   }
 
@@ -318,7 +359,7 @@
   }
 
   function wholeOutput(sid, callId, ref) {
-    const box = h('div');
+    const box = h('div', { class: 'whole-output-box' });
     const btn = h('button', {
       type: 'button', class: 'whole-output', text: `whole output (${ref.size} bytes, from the object store)`,
       onclick: async () => {
@@ -366,7 +407,8 @@
       }
     };
     box.append(h('b', { text: `Waiting for you: run ${e.mcp_server_name ? `${e.mcp_server_name}/` : ''}${e.name} with exactly this input?` }),
-      h('pre', { class: 'approve-input', text: pretty(e.input) }),
+      h('pre', { class: 'approve-input', text: visible(pretty(e.input)) }),
+      h('div', { class: 'note', text: `${pretty(e.input).length} characters; invisible characters are shown as \\u{…}` }),
       h('div', { class: 'actions' },
         h('button', { class: 'primary allow', type: 'button', text: 'Allow', onclick: decide('allow') }),
         h('button', { class: 'danger deny', type: 'button', text: 'Deny', onclick: decide('deny') }), deny));
@@ -498,8 +540,8 @@
     if (!tl) return;
     const spans = tl.spans.filter(s => s.start && s.end);
     if (!spans.length) { tl.waterfall.replaceChildren(h('p', { class: 'muted', text: 'No model requests or tool calls yet.' })); return; }
-    const t0 = Math.min(...spans.map(s => Date.parse(s.start)));
-    const t1 = Math.max(...spans.map(s => Date.parse(s.end)));
+    let t0 = Infinity, t1 = -Infinity;
+    for (const s of spans) { t0 = Math.min(t0, Date.parse(s.start)); t1 = Math.max(t1, Date.parse(s.end)); }
     const width = Math.max(1, t1 - t0);
     const rows = spans.slice(-40).map(s => {
       const a = Date.parse(s.start), b = Date.parse(s.end);
@@ -515,7 +557,6 @@
   /** Renders what arrived since the last frame in one go (a replay of thousands is one paint). */
   function flush() {
     if (!tl) return;
-    tl.scheduled = false;
     const batch = tl.queue.splice(0);
     if (!batch.length) return;
     const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
@@ -542,7 +583,6 @@
 
   function receive(e) {
     tl.queue.push(e);
-    if (!tl.scheduled) { tl.scheduled = true; requestAnimationFrame(flush); setTimeout(flush, 100); }
   }
 
   /** Reads the session's SSE stream: frames `id:`/`event:`/`data:`, resumed by `Last-Event-ID`. */
@@ -563,6 +603,7 @@
         probe.connections++;
         setConn('live');
         const reader = r.body.getReader();
+        state.reader = reader;
         const dec = new TextDecoder();
         let buf = '';
         for (;;) {
@@ -588,18 +629,24 @@
             // (the deletion frame shares its termination's sequence, so it goes by type).
             const dup = `${seq}:${f.event}`;
             if (!Number.isFinite(seq) || tl.seen.has(dup) || (seq <= probe.lastSeq && f.event !== 'session.deleted')) continue;
+            // Parsed before it counts as seen: a frame that does not parse is asked for again.
+            const e = JSON.parse(f.data.join('\n'));
             tl.seen.add(dup);
             probe.lastSeq = Math.max(probe.lastSeq, seq);
-            const e = JSON.parse(f.data.join('\n'));
             if (e.sequence === undefined) e.sequence = seq;
             receive(e);
             delay = 250;
             if (f.event === 'session.status_terminated' || f.event === 'session.deleted') ended = true;
           }
+          // One render per chunk read: a replay arrives in a few large chunks, a live
+          // event alone in its own.
+          flush();
         }
       } catch (err) {
         if (state.closed) return;
         probe.errors.push(String(err));
+      } finally {
+        if (state.reader) { state.reader.cancel().catch(() => {}); state.reader = null; }
       }
       if (state.closed) return;
       if (ended) { setConn('ended', 'the session has ended'); return; }
@@ -626,15 +673,10 @@
       sid, queue: [], seen: new Set(), calls: new Map(), requests: new Map(), spans: [],
       pending: new Map(), answered: new Set(), status: null, closed: false,
     };
-    let session;
-    try { session = await api('GET', `/v1/sessions/${encodeURIComponent(sid)}`); } catch (e) {
-      if (tl !== state) return;
-      probe.view = 'missing';
-      show(h('div', { class: 'panel' }, h('p', { class: 'error', id: 'timeline-error', text: e.message }), h('a', { href: '#/', text: '← all sessions' })));
-      return;
-    }
-    if (tl !== state) return;
-    state.session = session;
+    // The stream opens at once, beside the session's own read: the replay need not wait.
+    const session = api('GET', `/v1/sessions/${encodeURIComponent(sid)}`);
+    session.catch(() => {});
+    state.session = { id: sid, status: '…' };
     state.conn = h('span', { class: 'badge', id: 'conn', text: 'connecting' });
     state.facts = h('div', { class: 'facts' });
     state.list = h('div', { id: 'timeline' });
@@ -659,7 +701,7 @@
     function alertLine(m) { problems.textContent = m; }
     show(
       h('div', { class: 'panel' },
-        h('div', { class: 'head' }, h('h1', { id: 'session-title', text: session.title || '(untitled)' }), h('span', { class: 'sid', text: sid }), state.conn),
+        h('div', { class: 'head' }, state.title = h('h1', { id: 'session-title', text: '…' }), h('span', { class: 'sid', text: sid }), state.conn),
         state.facts),
       h('details', { class: 'panel', open: true }, h('summary', { text: 'Waterfall: model requests and tool calls' }), state.waterfall),
       state.list,
@@ -668,6 +710,17 @@
     updateFacts();
     drawWaterfall();
     follow(state);
+    try {
+      state.session = await session;
+      if (tl !== state) return;
+      state.title.textContent = state.session.title || '(untitled)';
+      updateFacts();
+    } catch (e) {
+      if (tl !== state) return;
+      stopTimeline();
+      probe.view = 'missing';
+      show(h('div', { class: 'panel' }, h('p', { class: 'error', id: 'timeline-error', text: e.message }), h('a', { href: '#/', text: '← all sessions' })));
+    }
   }
 
   // ---- routing --------------------------------------------------------------------------------

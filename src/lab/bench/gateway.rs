@@ -16,11 +16,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Environment, Summary, ratio};
-use crate::auth::Role;
 use crate::bus::subjects;
 use crate::event::*;
-use crate::gateway::{Gateway, GatewayConfig, keys, store::Store};
-use crate::lab::local_server::Target;
+use crate::gateway::GatewayConfig;
 use crate::lab::mock_model::MockModel;
 
 /// Sizes of a run.
@@ -121,7 +119,13 @@ fn rss_kib() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn post(http: &reqwest::Client, url: &str, key: &str, body: Value) -> anyhow::Result<Value> {
+/// POSTs a JSON body with the key; the answer's JSON, or an error naming the status.
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
     let r = http
         .post(url)
         .bearer_auth(key)
@@ -186,25 +190,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         max_streams_per_tenant: params.streams + 16,
         ..Default::default()
     };
-    let gw = Gateway::open(
-        nats.server
-            .nats_config(Role::Gateway)
-            .connect("bench-gateway")
-            .await?,
-        &config,
-        None,
-    )
-    .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(crate::gateway::serve_on(
-        gw,
-        listener,
-        std::future::pending(),
-    ));
-    let key = keys::create(&Store::open(nats.js.clone()).await?, "bench", None)
-        .await?
-        .0;
+    let (base, key) = nats.start_gateway(&config, "bench").await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
         .build()?;

@@ -2,6 +2,7 @@
 //! on the same server, and report ratios. They print figures; they assert nothing about time.
 
 pub mod brain;
+pub mod console;
 pub mod gateway;
 pub mod hands;
 pub mod log;
@@ -132,6 +133,37 @@ impl PrivateNats {
         Ok(tokio::spawn(async move {
             let _ = brain.run(std::future::pending()).await;
         }))
+    }
+}
+
+impl PrivateNats {
+    /// A gateway on this server, as its role, on a free loopback port, and a key for `tenant`:
+    /// its base URL and the key. It serves until the task is aborted.
+    pub(crate) async fn start_gateway(
+        &self,
+        config: &crate::gateway::GatewayConfig,
+        tenant: &str,
+    ) -> anyhow::Result<(String, String)> {
+        use crate::lab::local_server::Target;
+        let gw = crate::gateway::Gateway::open(
+            self.server
+                .nats_config(crate::auth::Role::Gateway)
+                .connect("bench-gateway")
+                .await?,
+            config,
+            None,
+        )
+        .await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(crate::gateway::serve_on(
+            gw,
+            listener,
+            std::future::pending(),
+        ));
+        let store = crate::gateway::store::Store::open(self.js.clone()).await?;
+        let key = crate::gateway::keys::create(&store, tenant, None).await?.0;
+        Ok((base, key))
     }
 }
 

@@ -18,7 +18,7 @@
 //!   a custom tool, read), with their admission rules. The CLI, the wake path and the gateway
 //!   call it.
 //! * [`gateway`]: the Managed Agents HTTP API (axum): tenants' API keys, agents, environments,
-//!   sessions, events over SSE straight from the log.
+//!   sessions, events over SSE straight from the log; and the web console on top of it.
 //! * [`brain`]: the brain plane: the pure harness and context builder, model providers, and
 //!   the worker around them.
 //! * [`hands`]: the hands plane: sandboxes, tools, and the worker that runs jobs.

@@ -522,6 +522,37 @@ async fn the_tools_benchmark_runs_and_reports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_benchmark_runs_and_reports() {
+    // A miniature run in headless Chromium: checks the benchmark works end to end, not how
+    // fast anything is.
+    let report = herd::lab::bench::console::run(herd::lab::bench::console::Params {
+        events: 700,
+        samples: 3,
+        repeats: 1,
+        python: concat!(env!("CARGO_MANIFEST_DIR"), "/.herd/sdk-venv/bin/python").into(),
+        driver: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/bench.py").into(),
+    })
+    .await
+    .unwrap();
+    // Past the 600 cards kept at once: the bench also checks the earlier ones draw in order.
+    assert_eq!(report.params.events, 700);
+    assert_eq!(
+        (
+            report.first_paint.n,
+            report.raw_replay.n,
+            report.append_to_page.n,
+            report.append_to_sse.n
+        ),
+        (1, 1, 3, 3)
+    );
+    assert!(
+        report.first_paint.p50_us >= report.first_events.p50_us && report.first_events.p50_us > 0.0
+    );
+    assert!(report.append_p50_ratio > 0.0 && report.asset_bytes > 10_000);
+    assert!(report.table().contains("first paint"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hands_benchmark_runs_and_reports() {
     // A miniature run: checks the benchmark works end to end, not how fast anything is.
     let status =

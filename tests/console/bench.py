@@ -104,11 +104,21 @@ with Browser() as browser:
         # The flush that put the last event in the DOM, measured from navigation start.
         t = page.evaluate("herdConsole.flushes[herdConsole.flushes.length - 1].t - performance.timeOrigin")
         page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        drawn = page.evaluate("document.querySelectorAll('#timeline [data-seq]').length")
+        assert min(N, 300) <= drawn <= 600, f"{drawn} cards drawn of {N} events"
+        assert page.evaluate("document.querySelector('#earlier').hidden") == (drawn == N)
         if r:
             out["first_paint_ms"].append(t)
             out.setdefault("flushes", []).append(page.evaluate("herdConsole.flushes.length"))
             out.setdefault("opened_ms", []).append(page.evaluate("herdConsole.opened - performance.timeOrigin"))
             out.setdefault("first_flush_ms", []).append(page.evaluate("herdConsole.flushes[0].t - performance.timeOrigin"))
+            out.setdefault("stream_opened_ms", []).append(page.evaluate("herdConsole.streamOpened - performance.timeOrigin"))
+            out.setdefault("first_chunk_ms", []).append(page.evaluate("herdConsole.firstChunk - performance.timeOrigin"))
+    if drawn < N:
+        # The earlier events are drawn on demand, in order, before the rest.
+        page.click("#earlier")
+        seqs = page.evaluate("[...document.querySelectorAll('#timeline [data-seq]')].map(e => Number(e.dataset.seq))")
+        assert len(seqs) == min(N, drawn + 300) and seqs == sorted(seqs), (len(seqs), seqs[:5])
     out["assets_transferred"] = page.evaluate(
         "performance.getEntriesByType('resource').filter(e => e.name.includes('/console/'))"
         ".reduce((a, e) => a + (e.transferSize || e.encodedBodySize || 0), 0)")
@@ -120,8 +130,11 @@ with Browser() as browser:
     raw = stream(LIVE)
 
     def read_raw():
-        for fid in frames(raw):
-            seen[fid] = now_ms()
+        try:
+            for fid in frames(raw):
+                seen[fid] = now_ms()
+        except (AttributeError, OSError, ValueError):
+            pass  # closed at the end
 
     threading.Thread(target=read_raw, daemon=True).start()
     time.sleep(0.3)

@@ -13,6 +13,8 @@
   const KEY = 'herd.console.key';
   const PAGE_SIZE = 50;
   const TRUNCATE = 4000;
+  // Cards drawn at once on a timeline; earlier events are drawn on demand.
+  const WINDOW = 300;
   // Every event type the stream may carry: herd's own (sandbox lifecycle, the session's
   // creation, limits) are sent only when named.
   const TYPES = [
@@ -417,11 +419,37 @@
 
   function settle(callId) {
     if (!tl) return;
-    tl.pending.delete(callId);
-    // The call's card may still be in the batch being built (a replay holds both).
-    const sel = `[data-ask="${CSS.escape(callId)}"]`;
-    const box = tl.list.querySelector(sel) || (tl.frag && tl.frag.querySelector(sel));
+    const box = tl.list.querySelector(`[data-ask="${CSS.escape(callId)}"]`);
     if (box) box.replaceWith(h('p', { class: 'note', text: 'answered' }));
+  }
+
+  /** What an event changes in the timeline's state (calls, answers, spans, usage, status):
+   * run for every event, whether or not its card is drawn. */
+  function track(e) {
+    switch (e.type) {
+      case 'agent.tool_use': case 'agent.mcp_tool_use': case 'agent.custom_tool_use':
+        tl.calls.set(e.id, { name: e.name, at: e.processed_at });
+        break;
+      case 'agent.tool_result': case 'agent.mcp_tool_result': {
+        const call = tl.calls.get(e.tool_use_id);
+        tl.answered.add(e.tool_use_id); settle(e.tool_use_id);
+        tl.spans.push({ label: `tool ${call ? call.name : e.tool_use_id}${e.is_error ? ' (error)' : ''}`, start: call && call.at, end: e.processed_at, tool: true, error: e.is_error });
+        break;
+      }
+      case 'user.custom_tool_result': tl.answered.add(e.custom_tool_use_id); settle(e.custom_tool_use_id); break;
+      case 'user.tool_confirmation': tl.answered.add(e.tool_use_id); settle(e.tool_use_id); break;
+      case 'session.usage': tl.usage = e; break;
+      case 'span.model_request_start': tl.requests.set(e.id, e); break;
+      case 'span.model_request_end': {
+        const start = tl.requests.get(e.model_request_start_id);
+        tl.spans.push({ label: `model${start && start.model ? ` ${start.model}` : ''}`, start: start && start.processed_at, end: e.processed_at, error: e.is_error });
+        break;
+      }
+      case 'session.status_idle': case 'session.status_running': case 'session.status_rescheduled': case 'session.status_terminated':
+        tl.status = e.type.replace('session.status_', '');
+        break;
+      default:
+    }
   }
 
   /** One event as a card: its sequence, time, kind, a body by type, and its raw JSON. */
@@ -440,11 +468,10 @@
         cls += ' tool';
         const where = e.type === 'agent.custom_tool_use' ? 'custom tool, answered by the client'
           : e.type === 'agent.mcp_tool_use' ? `MCP server ${e.mcp_server_name}` : 'tool';
-        calls.set(e.id, { name: e.name, at: e.processed_at });
         kind = `${e.name} — ${where}${e.evaluation ? ` (${e.evaluation.type})` : ''}`;
         body = [h('details', { open: true }, h('summary', { text: 'input' }), h('pre', { class: 'tool-input', text: pretty(e.input) }))];
         const asks = e.type === 'agent.custom_tool_use' || (e.evaluation && e.evaluation.type === 'always_ask');
-        if (asks && !tl.answered.has(e.id)) { tl.pending.set(e.id, e); body.push(askBox(sid, e)); }
+        if (asks && !tl.answered.has(e.id)) body.push(askBox(sid, e));
         break;
       }
       case 'agent.tool_result': case 'agent.mcp_tool_result': {
@@ -453,19 +480,15 @@
         kind = `result of ${call ? call.name : e.tool_use_id}${e.is_error ? ' (error)' : ''}`;
         body = [h('details', { open: true }, h('summary', { text: 'output' }), clipped(textOf(e.content)))];
         if (e.output_ref) body.push(wholeOutput(sid, e.tool_use_id, e.output_ref));
-        tl.answered.add(e.tool_use_id); settle(e.tool_use_id);
-        tl.spans.push({ label: kind.replace(/^result of /, 'tool '), start: call && call.at, end: e.processed_at, tool: true, error: e.is_error });
         break;
       }
       case 'user.custom_tool_result':
         cls += ' user'; kind = `client answered ${e.custom_tool_use_id}${e.is_error ? ' (error)' : ''}`;
         body = [clipped(textOf(e.content))];
-        tl.answered.add(e.custom_tool_use_id); settle(e.custom_tool_use_id);
         break;
       case 'user.tool_confirmation':
         cls += ' user'; kind = `${e.result === 'allow' ? 'allowed' : 'denied'} ${e.tool_use_id}`;
         if (e.deny_message) body = [e.deny_message];
-        tl.answered.add(e.tool_use_id); settle(e.tool_use_id);
         break;
       case 'user.interrupt': cls += ' user'; kind = 'interrupted by the user'; break;
       case 'agent.thread_context_compacted':
@@ -489,18 +512,15 @@
       case 'session.deleted': cls += ' marker'; kind = 'deleted'; break;
       case 'session.usage':
         cls += ' small'; kind = `usage: ${tokens(e.usage)}${e.usage && e.usage.cache_read_input_tokens ? `, ${e.usage.cache_read_input_tokens} cached` : ''}${e.list_cost ? `, ${cost(e.list_cost)}` : ''}`;
-        tl.usage = e; updateFacts();
         break;
       case 'span.model_request_start':
         cls += ' small'; kind = `model request${e.model ? ` to ${e.model}` : ''}`;
-        tl.requests.set(e.id, e);
         break;
       case 'span.model_request_end': {
         const start = tl.requests.get(e.model_request_start_id);
         const ms = start ? Date.parse(e.processed_at) - Date.parse(start.processed_at) : null;
         cls += e.is_error ? ' bad' : ' small';
         kind = `model request ${e.is_error ? 'failed' : 'done'}${ms !== null ? ` in ${ms} ms` : ''}: ${tokens(e.model_usage)}`;
-        tl.spans.push({ label: `model${start && start.model ? ` ${start.model}` : ''}`, start: start && start.processed_at, end: e.processed_at, error: e.is_error });
         break;
       }
       case 'sandbox.provisioned': cls += ' small'; kind = `sandbox ${e.container ? e.container.slice(0, 12) : ''} on ${e.host} (${e.image})`; break;
@@ -554,31 +574,68 @@
     tl.waterfall.replaceChildren(h('div', { class: 'note', text: `spans: ${spans.length}${spans.length > 40 ? ' (the last 40 drawn)' : ''} over ${width} ms` }), ...rows);
   }
 
-  /** Renders what arrived since the last frame in one go (a replay of thousands is one paint). */
-  function flush() {
-    if (!tl) return;
-    const batch = tl.queue.splice(0);
-    if (!batch.length) return;
-    const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
-    const frag = tl.frag = document.createDocumentFragment();
-    for (const e of batch) {
-      if (e.type === 'session.status_idle' || e.type === 'session.status_running' || e.type === 'session.status_rescheduled' || e.type === 'session.status_terminated') {
-        tl.status = e.type.replace('session.status_', '');
-      }
+  /** The cards of `events` (in order) in a fragment. */
+  function cards(events) {
+    const frag = document.createDocumentFragment();
+    for (const e of events) {
       try { frag.append(card(tl.sid, e)); } catch (err) {
         probe.errors.push(String(err));
         frag.append(h('article', { class: 'ev bad', data: { seq: String(e.sequence), type: e.type } }, `#${e.sequence} could not be shown: ${err}`));
       }
     }
-    tl.list.append(frag);
-    tl.frag = null;
+    return frag;
+  }
+
+  /** Takes what arrived in one go: every event updates the state; only the newest WINDOW of a
+   * batch get cards (a replay of thousands paints about as fast as one of hundreds), earlier
+   * ones on demand with the button above the timeline. */
+  function flush() {
+    if (!tl) return;
+    const batch = tl.queue.splice(0);
+    if (!batch.length) return;
+    const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
+    for (const e of batch) {
+      try { track(e); } catch (err) { probe.errors.push(String(err)); }
+      tl.all.push(e);
+    }
+    const end = tl.all.length;
+    const from = Math.max(tl.lastShown, end - WINDOW);
+    if (from > tl.lastShown) { tl.list.replaceChildren(); tl.firstShown = from; }
+    const shown = tl.all.slice(from, end);
+    tl.list.append(cards(shown));
+    tl.lastShown = end;
+    // A long live session (or a replay that came in several chunks) keeps at most twice the
+    // window in the DOM: past it, the oldest cards go (the button draws them again).
+    if (tl.lastShown - tl.firstShown > 2 * WINDOW) {
+      const drop = tl.lastShown - tl.firstShown - WINDOW;
+      for (let i = 0; i < drop && tl.list.firstChild; i++) tl.list.firstChild.remove();
+      tl.firstShown += drop;
+    }
+    showEarlier();
     const t = clock();
-    for (const e of batch) probe.renderedAt[e.sequence] = t;
-    probe.rendered += batch.length;
+    for (const e of shown) probe.renderedAt[e.sequence] = t;
+    probe.rendered = end;
+    probe.cards = tl.lastShown - tl.firstShown;
     probe.flushes.push({ t, n: batch.length, lastSeq: probe.lastSeq });
     updateFacts();
     drawWaterfall();
     if (nearBottom) window.scrollTo(0, document.body.scrollHeight);
+  }
+
+  /** The button that draws the cards before the first one shown. */
+  function showEarlier() {
+    const n = tl.firstShown;
+    tl.earlier.hidden = n === 0;
+    tl.earlier.textContent = `show ${Math.min(n, WINDOW)} earlier events (${n} not drawn)`;
+  }
+
+  function drawEarlier() {
+    if (!tl || !tl.firstShown) return;
+    const from = Math.max(0, tl.firstShown - WINDOW);
+    tl.list.prepend(cards(tl.all.slice(from, tl.firstShown)));
+    tl.firstShown = from;
+    probe.cards = tl.lastShown - tl.firstShown;
+    showEarlier();
   }
 
   function receive(e) {
@@ -601,6 +658,7 @@
         if (r.status === 404) { setConn('ended', 'this session is not found'); return; }
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
         probe.connections++;
+        probe.streamOpened = probe.streamOpened || clock();
         setConn('live');
         const reader = r.body.getReader();
         state.reader = reader;
@@ -609,6 +667,7 @@
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
+          probe.firstChunk = probe.firstChunk || clock();
           buf += dec.decode(value, { stream: true });
           let cut;
           while ((cut = buf.indexOf('\n\n')) >= 0) {
@@ -667,11 +726,13 @@
     stopTimeline();
     probe.view = 'timeline';
     probe.lastSeq = 0; probe.rendered = 0; probe.renderedAt = {}; probe.flushes = []; probe.connections = 0;
+    probe.streamOpened = 0; probe.firstChunk = 0;
     probe.opened = clock();
     document.getElementById('crumb').textContent = `sessions / ${sid}`;
     const state = tl = {
       sid, queue: [], seen: new Set(), calls: new Map(), requests: new Map(), spans: [],
-      pending: new Map(), answered: new Set(), status: null, closed: false,
+      answered: new Set(), status: null, closed: false,
+      all: [], firstShown: 0, lastShown: 0,
     };
     // The stream opens at once, beside the session's own read: the replay need not wait.
     const session = api('GET', `/v1/sessions/${encodeURIComponent(sid)}`);
@@ -680,6 +741,7 @@
     state.conn = h('span', { class: 'badge', id: 'conn', text: 'connecting' });
     state.facts = h('div', { class: 'facts' });
     state.list = h('div', { id: 'timeline' });
+    state.earlier = h('button', { id: 'earlier', type: 'button', hidden: true, onclick: drawEarlier });
     state.waterfall = h('div', { class: 'waterfall', id: 'waterfall' });
     const text = h('textarea', { id: 'message', placeholder: 'Send a message to the agent (Markdown)…' });
     const send = h('button', {
@@ -704,6 +766,7 @@
         h('div', { class: 'head' }, state.title = h('h1', { id: 'session-title', text: '…' }), h('span', { class: 'sid', text: sid }), state.conn),
         state.facts),
       h('details', { class: 'panel', open: true }, h('summary', { text: 'Waterfall: model requests and tool calls' }), state.waterfall),
+      state.earlier,
       state.list,
       problems,
       h('div', { class: 'composer' }, text, send, interrupt));
@@ -733,6 +796,10 @@
   }
 
   window.addEventListener('hashchange', route);
+  // A page left (or kept in the back/forward cache) gives its stream back: a browser holds
+  // six connections per host, and a stream is one of them for as long as it is open.
+  window.addEventListener('pagehide', stopTimeline);
+  window.addEventListener('pageshow', (e) => { if (e.persisted) route(); });
   document.getElementById('signout').addEventListener('click', () => signOut());
   document.getElementById('home').addEventListener('click', () => { list.page = 0; list.cursors = [null]; });
   route();

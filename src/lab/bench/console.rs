@@ -58,6 +58,10 @@ pub struct Report {
     /// Navigation start → the console's script opening the timeline (the browser loading the
     /// page and its two files).
     pub page_ready: Summary,
+    /// Navigation start → the stream's response headers at the page.
+    pub stream_opened: Summary,
+    /// Navigation start → the stream's first bytes at the page.
+    pub first_chunk: Summary,
     /// Navigation start → the first events in the DOM (page, script, session read, stream
     /// opened): what is left of first paint is the replay's arrival and rendering.
     pub first_events: Summary,
@@ -93,6 +97,10 @@ impl Report {
         s += &self
             .page_ready
             .row("  of which: page loaded, script running");
+        s += &self
+            .stream_opened
+            .row("  of which: stream response headers");
+        s += &self.first_chunk.row("  of which: stream's first bytes");
         s += &self.first_events.row("  of which: first events in the DOM");
         s += &self.raw_replay.row("plain HTTP read of the same replay");
         s += &format!("  ratio p50 {:.2}x\n", self.first_paint_p50_ratio);
@@ -248,9 +256,11 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         .env("HERD_LIVE_SESSION", sessions[1].as_str())
         .env("HERD_SAMPLES", params.samples.to_string())
         .env("HERD_REPEATS", params.repeats.to_string())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)
-        .output()
+        .spawn()?
+        .wait_with_output()
         .await?;
     anyhow::ensure!(
         out.status.success(),
@@ -288,6 +298,8 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         append_p99_ratio: ratio(page.p99_us, sse.p99_us),
         first_paint,
         page_ready: Summary::of(&ms("opened_ms")),
+        stream_opened: Summary::of(&ms("stream_opened_ms")),
+        first_chunk: Summary::of(&ms("first_chunk_ms")),
         first_events: Summary::of(&ms("first_flush_ms")),
         flushes: v["flushes"]
             .as_array()

@@ -578,3 +578,108 @@ async fn the_hands_benchmark_runs_and_reports() {
     );
     assert!(report.table().contains("overhead"));
 }
+
+/// `herd up` stops cleanly on SIGTERM (what `docker stop` and systemd send) and says what it
+/// leaves behind; `herd down` removes a host's sandboxes and workspace volumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herd_up_stops_on_sigterm_and_herd_down_removes_what_is_left() {
+    ensure_image("busybox");
+    let t = TestNats::start().await;
+    let mut up = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .envs(herd_env(&t.server))
+        .args([
+            "up",
+            "--no-gateway",
+            "--sandbox-image",
+            "herd-sandbox:busybox",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = up.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("running (Ctrl-C or SIGTERM to stop)"))
+    {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("herd up never said it runs: {seen:?}"));
+        seen.push(line);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = up.wait().unwrap();
+    seen.extend(rx.try_iter());
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+        seen.push(line);
+    }
+    let text = seen.join("\n");
+    assert!(exit.success(), "herd up on SIGTERM: {exit:?}\n{text}");
+    assert!(text.contains("herd up: stopping (SIGTERM)"), "{text}");
+    assert!(
+        text.contains("left on Docker:") && text.contains("herd down"),
+        "{text}"
+    );
+
+    // A sandbox and its workspace volume on a host of this test's own.
+    let host = host("down-");
+    let sandboxes = herd::hands::sandbox::Sandboxes::connect(
+        &host,
+        herd::hands::sandbox::SandboxConfig {
+            default_image: "herd-sandbox:busybox".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let session = herd::event::SessionId::parse("sesn_downtest").unwrap();
+    sandboxes
+        .ensure(&session, Some("herd-sandbox:busybox"))
+        .await
+        .unwrap();
+    assert_eq!(sandboxes.managed_containers(false).await.unwrap().len(), 1);
+    let down = |extra: &[&str]| {
+        let mut args = vec!["down", "--host", host.as_str()];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_herd"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let dry = down(&["--dry-run"]);
+    let out = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{out}");
+    assert!(out.contains("1 containers, 1 volumes"), "{out}");
+    assert_eq!(sandboxes.managed_containers(false).await.unwrap().len(), 1);
+    let gone = down(&[]);
+    let out = String::from_utf8_lossy(&gone.stdout);
+    assert!(
+        gone.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    assert!(out.contains("removed 1 containers, 1 volumes"), "{out}");
+    assert!(
+        sandboxes
+            .managed_containers(false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(sandboxes.workspace_volumes(false).await.unwrap().is_empty());
+}

@@ -51,7 +51,7 @@ pub async fn run(g: &Global, a: GatewayArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         r = herd::gateway::serve(gw, &config, std::future::pending()) => r?,
-        _ = tokio::signal::ctrl_c() => {}
+        _ = super::workers::stop_signal() => {}
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ mod bench;
 mod chaos;
 mod check;
 mod decode;
+mod down;
 mod gateway;
 mod gc;
 mod output;
@@ -114,6 +115,9 @@ enum Cmd {
     /// Remove workspace volumes left on this Docker engine: no container, and a session gone
     /// from the log or idle longer than --idle-days.
     Gc(gc::GcArgs),
+    /// Remove everything herd left on this Docker engine: every sandbox, git helper and egress
+    /// proxy, every workspace volume, herd's networks (the session logs stay in NATS).
+    Down(down::DownArgs),
     /// Verify the session logs' invariants: unique ids, whole brain steps, every tool call
     /// answered exactly once, legal status order. Exit 1 on any violation.
     Check(check::CheckArgs),
@@ -233,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Check(a) => check::run(connect(&cli.global).await?, a).await,
         Cmd::Status(a) => status::run(connect(&cli.global).await?, a).await,
         Cmd::Gc(a) => gc::run(connect(&cli.global).await?, a).await,
+        Cmd::Down(a) => down::run(a).await,
         Cmd::Chaos(a) => chaos::run(a).await,
         Cmd::Decode { pretty } => decode::decode(pretty),
         Cmd::Bench { cmd } => bench::run(cmd).await,
@@ -243,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "mock model (Anthropic protocol) on {}",
                 model.anthropic_url()
             );
-            let _ = tokio::signal::ctrl_c().await;
+            workers::stop_signal().await;
             Ok(())
         }
     }

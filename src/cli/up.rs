@@ -137,29 +137,67 @@ pub async fn run(
         }
     };
     eprintln!(
-        "herd up: brain{} running (Ctrl-C to stop)",
+        "herd up: brain{} running (Ctrl-C or SIGTERM to stop)",
         if hands_task.is_some() {
             " and hands"
         } else {
             ""
         }
     );
-    match gateway_task {
+    let why = match gateway_task {
         Some(mut gw) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => gw.abort(),
+            why = super::workers::stop_signal() => { gw.abort(); why }
             r = &mut gw => {
                 let _ = stop_tx.send(true);
                 r??;
+                "the gateway stopped"
             }
         },
-        None => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+        None => super::workers::stop_signal().await,
+    };
+    eprintln!("herd up: stopping ({why}): the brain and hand finish what they hold…");
     let _ = stop_tx.send(true);
     brain_task.await??;
+    let hands_ran = hands_task.is_some();
     if let Some(h) = hands_task {
         h.await??;
     }
+    let server = _own.is_some();
+    drop(_own);
+    eprintln!(
+        "herd up: stopped{}.",
+        if server {
+            ", with the nats-server it started"
+        } else {
+            ""
+        }
+    );
+    report_leftovers(hands_ran, server).await;
     Ok(())
+}
+
+/// Says what a stopped `herd up` leaves on this machine, and how to remove it: nothing is
+/// removed on its own, since the next `herd up` resumes every session from there.
+async fn report_leftovers(hands_ran: bool, started_server: bool) {
+    if hands_ran {
+        match herd::hands::sandbox::Sandboxes::connect("up", Default::default()).await {
+            Ok(sandboxes) => match super::down::leftovers(&sandboxes, true).await {
+                Ok((containers, volumes, networks)) => eprintln!(
+                    "  left on Docker: {} sandbox containers, {} workspace volumes, {} networks \
+                     (kept for the next run; `herd down` removes them all, `herd gc` only idle ones)",
+                    containers.len(),
+                    volumes.len(),
+                    networks.len()
+                ),
+                Err(e) => eprintln!("  could not list what is left on Docker: {e}"),
+            },
+            Err(e) => eprintln!("  could not ask Docker what is left: {e}"),
+        }
+    }
+    if started_server {
+        eprintln!(
+            "  left on disk: the session logs in .herd/nats (nats-server's store; the next \
+             `herd up` resumes from it; delete the folder to start afresh) and its log .herd/nats.log"
+        );
+    }
 }

@@ -199,8 +199,23 @@ fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
     })
 }
 
-async fn until_ctrl_c() {
-    let _ = tokio::signal::ctrl_c().await;
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what `docker stop`, systemd and Kubernetes send),
+/// naming it: workers drain and stop cleanly on either.
+pub async fn stop_signal() -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => "SIGTERM",
+    }
+}
+
+async fn until_stopped() {
+    stop_signal().await;
 }
 
 /// `herd brain`.
@@ -213,8 +228,8 @@ pub async fn brain(g: &Global, a: BrainArgs) -> anyhow::Result<()> {
     herd::bus::streams::ensure(&js, g.stream_replicas as usize).await?;
     let config = brain_config(g, &a)?;
     let brain = herd::brain::Brain::new(client, config).await?;
-    eprintln!("herd brain: taking wakes (Ctrl-C to stop)");
-    brain.run(until_ctrl_c()).await?;
+    eprintln!("herd brain: taking wakes (Ctrl-C or SIGTERM to stop)");
+    brain.run(until_stopped()).await?;
     Ok(())
 }
 
@@ -227,8 +242,8 @@ pub async fn hands(g: &Global, a: HandsArgs) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client.clone());
     herd::bus::streams::ensure(&js, g.stream_replicas as usize).await?;
     let hands = herd::hands::Hands::new(client, hands_config(a)?).await?;
-    eprintln!("herd hands: taking tool jobs (Ctrl-C to stop)");
-    hands.run(until_ctrl_c()).await?;
+    eprintln!("herd hands: taking tool jobs (Ctrl-C or SIGTERM to stop)");
+    hands.run(until_stopped()).await?;
     Ok(())
 }
 

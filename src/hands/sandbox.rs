@@ -852,6 +852,59 @@ impl Sandboxes {
             .map_err(docker_err)
     }
 
+    /// Every container herd made on this engine (sandboxes, git helpers, egress proxies),
+    /// of this host or of every host: id and name.
+    pub async fn managed_containers(
+        &self,
+        every_host: bool,
+    ) -> Result<Vec<(String, String)>, SandboxError> {
+        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
+        if !every_host {
+            labels.push(format!("{LABEL_HOST}={}", self.host));
+        }
+        let filters = HashMap::from([("label".to_string(), labels)]);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let name = c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default();
+                Some((c.id?, name.trim_start_matches('/').to_string()))
+            })
+            .collect())
+    }
+
+    /// The networks herd made on this engine (the egress proxies' internal networks).
+    pub async fn managed_networks(&self) -> Result<Vec<String>, SandboxError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let list = self
+            .docker
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err)?;
+        Ok(list.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    /// Removes a network herd made (Docker refuses while a container is attached).
+    pub async fn remove_network(&self, name: &str) -> Result<(), SandboxError> {
+        self.docker.remove_network(name).await.map_err(docker_err)
+    }
+
     /// The sessions whose sandboxes this host runs (from the labels).
     pub async fn list(&self) -> Result<Vec<(String, String)>, SandboxError> {
         let filters = HashMap::from([(

@@ -308,7 +308,11 @@ impl Providers {
                     .complete(request)
                     .await
                 }
-                ProviderKind::Scripted => Ok(Scripted::from_agent(agent).complete(request)),
+                ProviderKind::Scripted => {
+                    let scripted = Scripted::from_agent(agent);
+                    tokio::time::sleep(scripted.delay_for(request)).await;
+                    Ok(scripted.complete(request))
+                }
             }
         };
         match tokio::time::timeout(total, call).await {

@@ -20,7 +20,14 @@ pub struct ScriptedTurn {
     /// The stop reason; `tool_use` when a block is a tool call, else `end_turn`, when absent.
     #[serde(default)]
     pub stop_reason: Option<String>,
+    /// How long the model takes to answer this turn, in milliseconds (at most
+    /// [`MAX_THINK_MS`]): a slow model call, for demos and tests that kill a brain during one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub think_ms: Option<u64>,
 }
+
+/// The longest a scripted turn takes to answer.
+pub const MAX_THINK_MS: u64 = 60_000;
 
 /// A script of turns.
 #[derive(Debug, Clone, Default)]
@@ -61,16 +68,32 @@ impl Scripted {
         }
     }
 
-    /// Answers a request.
-    pub fn complete(&self, req: &ModelRequest) -> ModelResponse {
+    /// The turn that answers `req`: the n-th assistant turn of its conversation.
+    fn turn_for(&self, req: &ModelRequest) -> Option<&ScriptedTurn> {
         let turn = req
             .messages
             .iter()
             .filter(|m| m.role == "assistant")
             .count();
-        let scripted = self.turns.get(turn).cloned().unwrap_or_else(|| ScriptedTurn {
+        self.turns.get(turn)
+    }
+
+    /// How long the answer to `req` takes (its turn's `think_ms`, bounded).
+    pub fn delay_for(&self, req: &ModelRequest) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.turn_for(req)
+                .and_then(|t| t.think_ms)
+                .unwrap_or(0)
+                .min(MAX_THINK_MS),
+        )
+    }
+
+    /// Answers a request.
+    pub fn complete(&self, req: &ModelRequest) -> ModelResponse {
+        let scripted = self.turn_for(req).cloned().unwrap_or_else(|| ScriptedTurn {
             content: vec![json!({"type": "text", "text": format!("(scripted model) You said: {}", last_user_text(req))})],
             stop_reason: None,
+            think_ms: None,
         });
         let content: Vec<ContentBlock> = scripted
             .content
@@ -98,5 +121,53 @@ impl Scripted {
             },
             content,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::brain::provider::Message;
+
+    fn request(assistant_turns: usize) -> ModelRequest {
+        let mut messages = vec![Message {
+            role: "user".into(),
+            content: vec![json!({"type": "text", "text": "go"})],
+        }];
+        for _ in 0..assistant_turns {
+            messages.push(Message {
+                role: "assistant".into(),
+                content: vec![json!({"type": "text", "text": "…"})],
+            });
+            messages.push(Message {
+                role: "user".into(),
+                content: vec![json!({"type": "text", "text": "more"})],
+            });
+        }
+        ModelRequest {
+            model: "scripted".into(),
+            system: None,
+            tools: vec![],
+            messages,
+            max_tokens: 100,
+        }
+    }
+
+    #[test]
+    fn a_turn_takes_its_think_time_bounded_and_answers_the_same_after_it() {
+        let turn = |think_ms| ScriptedTurn {
+            content: vec![json!({"type": "text", "text": "hi"})],
+            stop_reason: None,
+            think_ms,
+        };
+        let s = Scripted {
+            turns: vec![turn(None), turn(Some(1500)), turn(Some(10 * MAX_THINK_MS))],
+        };
+        assert_eq!(s.delay_for(&request(0)), std::time::Duration::ZERO);
+        assert_eq!(s.delay_for(&request(1)).as_millis(), 1500);
+        assert_eq!(s.delay_for(&request(2)).as_millis(), MAX_THINK_MS as u128);
+        // Past the script: no delay, an echo.
+        assert_eq!(s.delay_for(&request(3)), std::time::Duration::ZERO);
+        assert_eq!(s.complete(&request(1)), s.complete(&request(1)));
     }
 }

@@ -36,7 +36,9 @@ fn the_demo_tells_its_story_and_survives_both_crashes() {
     for stage in [
         "nats-server 2.12+ (from PyPI when missing)… done in",
         "using herd at ",
-        "sandbox images busybox, debian and git",
+        "sandbox image herd-sandbox:busybox (seconds, once)… done in",
+        "sandbox image herd-sandbox:debian (debootstrap, minutes, once)… done in",
+        "the git helper image herd-git (seconds, once)… done in",
         "$ herd session create",
         "== Crashes, live",
         "kill -9 the hand",

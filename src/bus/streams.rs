@@ -161,6 +161,36 @@ impl Definitions {
     }
 }
 
+impl StreamsError {
+    /// True when the request went unanswered in time (the client's "timed out"): the server
+    /// may be loaded or electing a leader, and asking again is safe, since every step here
+    /// creates or updates to the same definition.
+    fn timed_out(&self) -> bool {
+        matches!(self, Self::Server { detail, .. } if detail.contains("timed out"))
+    }
+}
+
+/// How often one stream or bucket is asked for before a timeout is final.
+const APPLY_ATTEMPTS: u32 = 5;
+
+/// Runs `step` again after a timeout (0.4 s, 0.8 s, … apart), at most [`APPLY_ATTEMPTS`] times.
+async fn patiently<T, F, Fut>(mut step: F) -> Result<T, StreamsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StreamsError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Err(e) if e.timed_out() && attempt < APPLY_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn server_err(kind: &'static str, name: &str, e: impl std::fmt::Display) -> StreamsError {
     StreamsError::Server {
         kind,
@@ -464,7 +494,7 @@ async fn apply_all(
     let defs = Definitions::load(n)?;
     let mut out = Vec::new();
     for (cfg, defined) in &defs.streams {
-        let action = apply_stream(js, cfg, defined, replicas).await?;
+        let action = patiently(|| apply_stream(js, cfg, defined, replicas)).await?;
         out.push(Outcome {
             kind: "stream",
             name: cfg.name.clone(),
@@ -472,7 +502,7 @@ async fn apply_all(
         });
     }
     for b in &defs.buckets {
-        out.push(apply_bucket(js, b, replicas).await?);
+        out.push(patiently(|| apply_bucket(js, b, replicas)).await?);
     }
     Ok(out)
 }

@@ -427,6 +427,8 @@ async fn bad_input_is_refused_in_the_envelope_and_appends_nothing() {
         (reqwest::Method::GET, format!("{events}?types[]=user.nope"), vec![], 400, "not an event type"),
         (reqwest::Method::GET, format!("{events}?limit=1001"), vec![], 400, "limit"),
         (reqwest::Method::GET, format!("{events}?frob=1"), vec![], 400, "unknown query parameter"),
+        (reqwest::Method::GET, format!("/v1/sessions?search={}", "x".repeat(201)), vec![], 400, "search: at most 200"),
+        (reqwest::Method::GET, format!("/v1/sessions/{session}/tool_outputs/a.b"), vec![], 404, "not found"),
         (reqwest::Method::GET, "/v1/sessions/sesn_a.b".into(), vec![], 404, "not found"),
         (reqwest::Method::GET, "/v1/sessions/../etc".into(), vec![], 404, ""),
         (reqwest::Method::GET, format!("/v1/agents/{agent}?version=0"), vec![], 400, "version"),
@@ -747,6 +749,7 @@ async fn streams_are_bounded_per_tenant_and_their_inputs_checked() {
     for (query, last, needle) in [
         ("?event_deltas[]=agent.bogus", None, "event_deltas"),
         ("?nope=1", None, "unknown query parameter"),
+        ("?types[]=sandbox.bogus", None, "not an event type"),
         ("", Some("abc"), "Last-Event-ID"),
         ("", Some("18446744073709551615"), "out of range"),
     ] {

@@ -279,6 +279,9 @@ pub async fn output(
     Path((id, call)): Path<(String, String)>,
 ) -> Result<Response, HttpError> {
     let (sid, api, _) = sessions::visible(&g, &t.0, &id).await?;
+    // The object store is read directly, not through the log, so the shared tenant rule is
+    // asked here as every `Api` read asks it (the index record above is the gateway's own).
+    api.may_see(&sid).await?;
     let call = input::id("tool output", "", &call)?;
     let js = async_nats::jetstream::new(api.log().client().clone());
     let name = crate::hands::outputs::object_name(&sid, call);

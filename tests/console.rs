@@ -196,42 +196,34 @@ async fn a_person_watches_and_answers_a_live_session_in_a_real_browser() {
 
     // The rival tenant's session, which acme's page must never show.
     let http = reqwest::Client::new();
-    let post = |path: &str, key: &str, body: Value| {
-        http.post(format!("{url}{path}"))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
+    let post = |path: &str, body: Value| {
+        let (http, key, url) = (&http, &rival_key, format!("{url}{path}"));
+        async move {
+            let text = http
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
     };
-    let agent: Value = post(
+    let agent = post(
         "/v1/agents",
-        &rival_key,
         json!({"name": "r", "model": "claude-sonnet-4-6"}),
     )
-    .await
-    .unwrap()
-    .text()
-    .await
-    .map(|t| serde_json::from_str::<Value>(&t).unwrap())
-    .unwrap();
-    let env: Value = post("/v1/environments", &rival_key, json!({"name": "r"}))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .map(|t| serde_json::from_str::<Value>(&t).unwrap())
-        .unwrap();
-    let rival: Value = post(
+    .await;
+    let env = post("/v1/environments", json!({"name": "r"})).await;
+    let rival = post(
         "/v1/sessions",
-        &rival_key,
         json!({"agent": agent["id"], "environment_id": env["id"], "title": "rival secret plans"}),
     )
-    .await
-    .unwrap()
-    .text()
-    .await
-    .map(|t| serde_json::from_str::<Value>(&t).unwrap())
-    .unwrap();
+    .await;
     let rival_session = rival["id"].as_str().unwrap().to_string();
 
     let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/target/artifacts/console");

@@ -102,5 +102,13 @@ mod tests {
             "the key stays in the tab only"
         );
         assert!(POLICY.contains("trusted-types 'none'"));
+        // The timeline asks the stream for every event type herd has: none may be missing
+        // from the console's list (a new type would otherwise never be shown).
+        for t in crate::event::EventBody::KNOWN_TYPES {
+            assert!(
+                SCRIPT.contains(&format!("'{t}'")),
+                "console.js TYPES lacks {t}"
+            );
+        }
     }
 }

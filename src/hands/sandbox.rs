@@ -862,18 +862,9 @@ impl Sandboxes {
         if !every_host {
             labels.push(format!("{LABEL_HOST}={}", self.host));
         }
-        let filters = HashMap::from([("label".to_string(), labels)]);
-        let list = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(docker_err)?;
-        Ok(list
+        Ok(self
+            .labelled(labels)
+            .await?
             .into_iter()
             .filter_map(|c| {
                 let name = c
@@ -905,17 +896,13 @@ impl Sandboxes {
         self.docker.remove_network(name).await.map_err(docker_err)
     }
 
-    /// The sessions whose sandboxes this host runs (from the labels).
-    pub async fn list(&self) -> Result<Vec<(String, String)>, SandboxError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_HOST}={}", self.host),
-                format!("{LABEL_MANAGED}=true"),
-            ],
-        )]);
-        let list = self
-            .docker
+    /// Every container (running or not) carrying all of `labels` (`key=value`).
+    async fn labelled(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, SandboxError> {
+        let filters = HashMap::from([("label".to_string(), labels)]);
+        self.docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
                     .all(true)
@@ -923,8 +910,17 @@ impl Sandboxes {
                     .build(),
             ))
             .await
-            .map_err(docker_err)?;
-        Ok(list
+            .map_err(docker_err)
+    }
+
+    /// The sessions whose sandboxes this host runs (from the labels).
+    pub async fn list(&self) -> Result<Vec<(String, String)>, SandboxError> {
+        Ok(self
+            .labelled(vec![
+                format!("{LABEL_HOST}={}", self.host),
+                format!("{LABEL_MANAGED}=true"),
+            ])
+            .await?
             .into_iter()
             .filter_map(|c| {
                 let session = c.labels.as_ref()?.get(LABEL_SESSION)?.clone();

@@ -21,6 +21,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cdp import Browser, now_ms  # noqa: E402
+from event_types import TYPES  # noqa: E402
 
 URL = os.environ["HERD_URL"]
 KEY = os.environ["HERD_KEY"]
@@ -57,18 +58,6 @@ def frames(resp):
                     fid = int(line[4:])
             if fid is not None:
                 yield fid
-
-
-TYPES = [
-    "session.created", "user.message", "user.interrupt", "user.tool_confirmation",
-    "user.custom_tool_result", "system.message", "agent.message", "agent.thinking",
-    "agent.tool_use", "agent.tool_result", "agent.custom_tool_use", "agent.mcp_tool_use",
-    "agent.mcp_tool_result", "session.mcp_tools_listed", "agent.thread_context_compacted",
-    "session.status_running", "session.status_idle", "session.status_rescheduled",
-    "session.status_terminated", "session.error", "session.usage", "session.limit_reached",
-    "session.updated", "span.model_request_start", "span.model_request_end",
-    "sandbox.provisioned", "sandbox.lost",
-]
 
 
 def log(msg):

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cdp import Browser  # noqa: E402
+from event_types import TYPES  # noqa: E402
 
 URL = os.environ["HERD_URL"]
 KEY = os.environ["HERD_KEY"]
@@ -111,15 +112,7 @@ SID = session["id"]
 
 def events_of(sid=SID):
     """Every event of the session (herd's own types included), from the list API."""
-    types = "&".join(f"types[]={t}" for t in [
-        "session.created", "user.message", "user.interrupt", "user.tool_confirmation",
-        "user.custom_tool_result", "system.message", "agent.message", "agent.thinking",
-        "agent.tool_use", "agent.tool_result", "agent.custom_tool_use", "agent.mcp_tool_use",
-        "agent.mcp_tool_result", "session.mcp_tools_listed", "agent.thread_context_compacted",
-        "session.status_running", "session.status_idle", "session.status_rescheduled",
-        "session.status_terminated", "session.error", "session.usage", "session.limit_reached",
-        "session.updated", "span.model_request_start", "span.model_request_end",
-        "sandbox.provisioned", "sandbox.lost"])
+    types = "&".join(f"types[]={t}" for t in TYPES)
     out, page = [], None
     while True:
         s, r = call("GET", f"/v1/sessions/{sid}/events?limit=1000&{types}" + (f"&page={page}" if page else ""))

@@ -12,7 +12,7 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::gateway::post;
+use super::gateway::{agent_and_environment, post};
 use super::{Environment, PrivateNats, Summary, ratio};
 use crate::event::*;
 use crate::gateway::GatewayConfig;
@@ -199,20 +199,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         .await?;
     crate::tls::install_crypto();
     let http = reqwest::Client::new();
-    let agent = post(
-        &http,
-        &format!("{base}/v1/agents"),
-        &key,
-        json!({"name": "bench", "model": "claude-bench"}),
-    )
-    .await?;
-    let env = post(
-        &http,
-        &format!("{base}/v1/environments"),
-        &key,
-        json!({"name": "bench"}),
-    )
-    .await?;
+    let (agent, env) = agent_and_environment(&http, &base, &key).await?;
     let mut sessions = Vec::new();
     for title in ["long", "live"] {
         let s: Value = post(

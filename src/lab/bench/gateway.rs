@@ -119,6 +119,29 @@ fn rss_kib() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The agent (model `claude-bench`) and environment every benchmark session is made from.
+pub(crate) async fn agent_and_environment(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+) -> anyhow::Result<(Value, Value)> {
+    let agent = post(
+        http,
+        &format!("{base}/v1/agents"),
+        key,
+        json!({"name": "bench", "model": "claude-bench"}),
+    )
+    .await?;
+    let env = post(
+        http,
+        &format!("{base}/v1/environments"),
+        key,
+        json!({"name": "bench"}),
+    )
+    .await?;
+    Ok((agent, env))
+}
+
 /// POSTs a JSON body with the key; the answer's JSON, or an error naming the status.
 pub(crate) async fn post(
     http: &reqwest::Client,
@@ -194,20 +217,7 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
         .build()?;
-    let agent = post(
-        &http,
-        &format!("{base}/v1/agents"),
-        &key,
-        json!({"name": "bench", "model": "claude-bench"}),
-    )
-    .await?;
-    let env = post(
-        &http,
-        &format!("{base}/v1/environments"),
-        &key,
-        json!({"name": "bench"}),
-    )
-    .await?;
+    let (agent, env) = agent_and_environment(&http, &base, &key).await?;
     let sessions_url = format!("{base}/v1/sessions");
     let new_session = || {
         post(

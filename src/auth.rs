@@ -223,9 +223,13 @@ pub fn permissions(role: Role) -> Permissions {
                 "herd.deadletter.tool",
                 "$KV.herd-hands.>",
                 "$JS.API.STREAM.MSG.DELETE.HERD_TOOLS",
-                // Large outputs; replacing an object purges its old chunks.
+                // Large outputs and workspace snapshots; replacing or deleting an object
+                // purges its old chunks.
                 "$O.herd-blobs.>",
                 "$JS.API.STREAM.PURGE.OBJ_herd-blobs",
+                // Reading a snapshot back (a restore): an ordered consumer and its flow control.
+                "$JS.API.CONSUMER.CREATE.OBJ_herd-blobs",
+                "$JS.FC.OBJ_herd-blobs.>",
             ]));
             publish.extend(take_work("HERD_TOOLS", "*"));
             publish.extend(read_bucket("HERD_TOOLS"));

@@ -7,6 +7,10 @@
 //! an exit code, the gateway to an HTTP status.
 
 mod admit;
+mod fork;
+mod workspace;
+
+pub use fork::Forked;
 
 pub use admit::{ACCEPTED_TYPES, Principal, Refusal, VaultGrant, admit, admit_from};
 

@@ -1033,6 +1033,18 @@ pub fn jobs_to_dispatch(state: &SessionState, events: &[StoredEvent]) -> Vec<Too
         })
         .collect();
     jobs.extend(mcp_listings_needed(state, events, s.running_at));
+    // The end of a turn that may have changed the workspace: save it (to the host holding
+    // the sandbox, like the turn's calls).
+    if let Some((request_id, idle_seq)) = crate::bus::workspace_jobs::needed(events) {
+        jobs.push(ToolJob {
+            session_id: state.id.clone(),
+            tool_use_id: request_id,
+            name: crate::bus::workspace_jobs::JOB.into(),
+            input: serde_json::json!({}),
+            tool_use_seq: idle_seq,
+            image,
+        });
+    }
     jobs
 }
 

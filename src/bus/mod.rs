@@ -17,6 +17,7 @@ pub mod streams;
 pub mod subjects;
 pub mod wake;
 pub mod work_queue;
+pub mod workspace_jobs;
 
 /// A NATS operation of the bus failed.
 #[derive(Debug, thiserror::Error)]

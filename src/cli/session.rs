@@ -183,6 +183,24 @@ pub enum SessionCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fork a session: a new session whose log is the parent's up to its last turn boundary
+    /// at or before --at (default: its last event), with the workspace snapshot of that point.
+    /// The parent is untouched. Rewinding is forking at an earlier sequence.
+    Fork {
+        /// The parent session.
+        id: String,
+        /// The parent's sequence to fork at (moved back to the turn boundary before it).
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Save a session's workspace now (to the object store); prints the snapshot.
+    Snapshot {
+        /// The session.
+        id: String,
+        /// Give up waiting for the hand after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// List sessions with their event counts.
     List {
         /// As JSON lines.
@@ -498,6 +516,71 @@ pub async fn run(
                 );
             } else {
                 print!("{}", output::state_text(&state));
+            }
+        }
+        SessionCmd::Fork { id, at } => {
+            let id = parse_session(&id)?;
+            let f = api.fork(&id, at).await?;
+            let moved = if f.forked.at == f.forked.requested {
+                String::new()
+            } else {
+                format!(
+                    " (asked at {}; the last turn boundary at or before it)",
+                    f.forked.requested
+                )
+            };
+            println!(
+                "forked {id} at sequence {}{moved}: {} events copied",
+                f.forked.at, f.forked.copied
+            );
+            match &f.forked.workspace {
+                Some(_) => println!(
+                    "workspace: the parent's snapshot of that point, {} bytes",
+                    f.workspace_bytes
+                ),
+                None => println!("workspace: empty (the parent had no snapshot by then)"),
+            }
+            println!("{}", f.child);
+        }
+        SessionCmd::Snapshot { id, timeout_secs } => {
+            let id = parse_session(&id)?;
+            let from = log.last_sequence(&id).await? + 1;
+            let request = api.request_snapshot(&id).await?;
+            let mut live = log.follow(&id, from).await?;
+            let found = tokio::time::timeout(std::time::Duration::from_secs(timeout_secs), async {
+                while let Some(r) = live.next().await {
+                    if let Ok(e) = r?
+                        && let herd::event::EventBody::SandboxWorkspaceSaved(s) = &e.event.body
+                        && s.request_id == request
+                    {
+                        return Ok::<_, anyhow::Error>(Some((e.seq, s.clone())));
+                    }
+                }
+                Ok(None)
+            })
+            .await;
+            match found {
+                Ok(Ok(Some((seq, s)))) => match &s.error {
+                    Some(why) => bail!("the workspace was not saved: {why}"),
+                    None => println!(
+                        "saved at sequence {seq} on {}: {} bytes in {} chunks ({} new, {} bytes written{}) in {} ms\n{}",
+                        s.host,
+                        s.bytes,
+                        s.chunks,
+                        s.new_chunks,
+                        s.stored_bytes,
+                        if s.unchanged { ", unchanged" } else { "" },
+                        s.duration_ms,
+                        s.manifest.unwrap_or_default()
+                    ),
+                },
+                Ok(r) => {
+                    r?;
+                    bail!("the session's log ended before its snapshot")
+                }
+                Err(_) => bail!(
+                    "no hand saved the workspace within {timeout_secs} s (is the `herd hands` holding its sandbox running?)"
+                ),
             }
         }
         SessionCmd::List { json } => {

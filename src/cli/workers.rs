@@ -117,6 +117,10 @@ pub struct HandsArgs {
     max_sandboxes: usize,
     /// Seconds one MCP tool call may take before it is an error result the model sees
     /// (1 to 3600).
+    /// The largest workspace archive a snapshot saves, in MiB (a larger workspace is not
+    /// saved, and the session's log says so).
+    #[arg(long, default_value_t = hands_defaults().snapshot_limit >> 20)]
+    snapshot_limit_mib: u64,
     #[arg(long, default_value_t = hands_defaults().mcp_call_timeout.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     mcp_call_timeout_secs: u64,
@@ -188,6 +192,7 @@ fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
         workspace_quota: a.workspace_quota_mib.max(1) << 20,
         max_sandboxes: a.max_sandboxes.max(1),
         mcp_call_timeout: std::time::Duration::from_secs(a.mcp_call_timeout_secs),
+        snapshot_limit: a.snapshot_limit_mib.max(1) << 20,
         vault_key: herd::credentials::vault::VaultKey::from_env()?,
         blob_quota: a.blob_quota_mib.max(1) << 20,
         allowed_images: hands_defaults()

@@ -438,6 +438,121 @@ payload!(
     }
 );
 
+payload!(
+    /// `sandbox.workspace_saved` (herd): a hand saved the session's `/workspace` to the object
+    /// store (see `hands::snapshot`), at the end of a turn that ran a tool able to change it,
+    /// or on demand. One per request; `error` says why none was written.
+    SandboxWorkspaceSaved {
+        /// The request it answers: `snap_<seq>` for the turn whose `session.status_idle` is at
+        /// that sequence, `snapnow_<seq>` on demand, `fork` for a fork's starting workspace.
+        request_id: String,
+        /// The hand host that saved it.
+        host: String,
+        /// The manifest's object name in `herd-blobs` (an unchanged workspace names the
+        /// previous one); `None` when nothing could be saved.
+        #[serde(default, skip_serializing_if = "Option::is_none")] manifest: Option<String>,
+        /// The archive's size in bytes.
+        #[serde(default)] bytes: u64,
+        /// Its chunks.
+        #[serde(default)] chunks: u64,
+        /// Chunks written by this snapshot (the rest were already stored).
+        #[serde(default)] new_chunks: u64,
+        /// Bytes written by this snapshot.
+        #[serde(default)] stored_bytes: u64,
+        /// Nothing changed since the previous snapshot: nothing was written.
+        #[serde(default)] unchanged: bool,
+        /// Why no snapshot was saved.
+        #[serde(default, skip_serializing_if = "Option::is_none")] error: Option<String>,
+        /// How long it took.
+        #[serde(default)] duration_ms: u64,
+    }
+);
+payload!(
+    /// `sandbox.workspace_restored` (herd): a fresh sandbox whose workspace volume was new (its
+    /// host gone, or a fork's first) got the session's latest snapshot.
+    SandboxWorkspaceRestored {
+        /// The hand host.
+        host: String,
+        /// The manifest restored.
+        manifest: String,
+        /// The sequence of the `sandbox.workspace_saved` it came from.
+        saved_seq: u64,
+        /// Bytes of archive restored.
+        #[serde(default)] bytes: u64,
+        /// Why the restore failed (the sandbox then starts empty).
+        #[serde(default, skip_serializing_if = "Option::is_none")] error: Option<String>,
+        /// How long it took.
+        #[serde(default)] duration_ms: u64,
+    }
+);
+payload!(
+    /// `session.forked` (herd): this session was made from another's log: the events before
+    /// this one are the parent's up to `at` (see `session::fork`). The parent is untouched.
+    SessionForked {
+        /// The parent session.
+        parent: String,
+        /// The parent's sequence the fork was asked at.
+        requested: u64,
+        /// The parent's sequence it was taken at: its last turn boundary at or before
+        /// `requested`.
+        at: u64,
+        /// Events copied.
+        copied: u64,
+        /// The parent's snapshot its workspace starts from (copied into this session's own
+        /// objects), if the parent had one by `at`.
+        #[serde(default, skip_serializing_if = "Option::is_none")] workspace: Option<String>,
+    }
+);
+payload!(
+    /// `session.schedule_set` (herd): a scheduled wake was set (or replaced) for the session.
+    SessionScheduleSet {
+        /// Its name, unique in the session.
+        name: String,
+        /// When it fires: `at <RFC 3339>`, `every <duration>` or `cron <6 fields>` (UTC).
+        spec: String,
+        /// What the session is told when it fires.
+        prompt: String,
+    }
+);
+payload!(
+    /// `session.schedule_cancelled` (herd): a scheduled wake was cancelled before it fired
+    /// again.
+    SessionScheduleCancelled {
+        /// Its name.
+        name: String,
+    }
+);
+payload!(
+    /// `session.schedule_fired` (herd): a scheduled wake fired; the `user.message` after it
+    /// carries its prompt.
+    SessionScheduleFired {
+        /// Its name.
+        name: String,
+        /// When it was due to fire, as the server recorded the firing (RFC 3339).
+        fired_at: String,
+        /// When it fires next (RFC 3339), or `None` when this was its last time.
+        #[serde(default, skip_serializing_if = "Option::is_none")] next: Option<String>,
+    }
+);
+
+impl SandboxWorkspaceSaved {
+    /// The answer to `request_id` from `host`, before anything is known of the snapshot.
+    pub fn answering(request_id: &str, host: &str) -> Self {
+        Self {
+            request_id: request_id.to_string(),
+            host: host.to_string(),
+            manifest: None,
+            bytes: 0,
+            chunks: 0,
+            new_chunks: 0,
+            stored_bytes: 0,
+            unchanged: false,
+            error: None,
+            duration_ms: 0,
+        }
+    }
+}
+
 /// A large output kept in the object store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputRef {
@@ -575,6 +690,18 @@ event_types! {
     "sandbox.provisioned" => SandboxProvisioned(SandboxProvisioned),
     /// See [`SandboxLost`].
     "sandbox.lost" => SandboxLost(SandboxLost),
+    /// See [`SandboxWorkspaceSaved`].
+    "sandbox.workspace_saved" => SandboxWorkspaceSaved(SandboxWorkspaceSaved),
+    /// See [`SandboxWorkspaceRestored`].
+    "sandbox.workspace_restored" => SandboxWorkspaceRestored(SandboxWorkspaceRestored),
+    /// See [`SessionForked`].
+    "session.forked" => SessionForked(SessionForked),
+    /// See [`SessionScheduleSet`].
+    "session.schedule_set" => SessionScheduleSet(SessionScheduleSet),
+    /// See [`SessionScheduleCancelled`].
+    "session.schedule_cancelled" => SessionScheduleCancelled(SessionScheduleCancelled),
+    /// See [`SessionScheduleFired`].
+    "session.schedule_fired" => SessionScheduleFired(SessionScheduleFired),
 }
 
 /// Checks an event type name: dot-separated lowercase tokens (`user.message`), which become the

@@ -7,7 +7,7 @@
 //!   the hosted API;
 //! - `session.error` carries `retry_status` inside `error`, and `session.usage` its counts
 //!   under `usage`, as the API has them (herd's own fields stay too);
-//! - herd's own types (`session.created`, `sandbox.*`, `session.limit_reached`, `session.mcp_tools_listed`) are not
+//! - herd's own types (`session.created`, `sandbox.*`, `session.limit_reached`, `session.mcp_tools_listed`, `session.forked`, `session.schedule_*`) are not
 //!   shown unless asked for by type: they are not in the SDK's union.
 
 use serde_json::{Value, json};
@@ -21,6 +21,12 @@ pub const HERD_ONLY: &[&str] = &[
     "sandbox.lost",
     "session.limit_reached",
     "session.mcp_tools_listed",
+    "sandbox.workspace_saved",
+    "sandbox.workspace_restored",
+    "session.forked",
+    "session.schedule_set",
+    "session.schedule_cancelled",
+    "session.schedule_fired",
 ];
 
 /// True when the event is shown by default.

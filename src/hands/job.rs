@@ -3,6 +3,7 @@
 //! about a replaced sandbox. The worker reads the log and acts; these functions decide.
 
 use crate::bus::jobs::{MCP_LIST_TOOLS, ToolJob, mcp_listing_id};
+use crate::bus::workspace_jobs;
 use crate::event::{
     AgentMcpToolUse, AgentToolUse, EvaluatedPermission, EventBody, McpServer, PermissionPolicy,
     Record, Resource, SessionCreated, ToolConfig, ToolType,
@@ -21,6 +22,8 @@ pub enum JobFate {
     /// List the tools of this MCP server (a listing job of a turn whose start is at the
     /// job's sequence).
     ListMcp(String),
+    /// Save the session's workspace for this request (see `bus::workspace_jobs`).
+    Snapshot(String),
     /// The log has no such call at the job's sequence: the job is refused, never run.
     NotInLog,
 }
@@ -28,6 +31,29 @@ pub enum JobFate {
 /// Classifies a job against the log records from its call's sequence on.
 pub fn classify(records: &[Record], job: &ToolJob) -> JobFate {
     let records = records.iter().filter_map(|r| r.as_ref().ok());
+    if job.name == workspace_jobs::JOB {
+        // A turn's request names the `session.status_idle` at its sequence; an on-demand one
+        // any event there. Answered once a `sandbox.workspace_saved` names it.
+        let Some(turn) = workspace_jobs::request_kind(&job.tool_use_id, job.tool_use_seq) else {
+            return JobFate::NotInLog;
+        };
+        let mut found = false;
+        for r in records {
+            match &r.event.body {
+                EventBody::SandboxWorkspaceSaved(s) if s.request_id == job.tool_use_id => {
+                    return JobFate::Answered(r.seq);
+                }
+                EventBody::SessionStatusIdle(_) if r.seq == job.tool_use_seq => found = true,
+                _ if r.seq == job.tool_use_seq && !turn => found = true,
+                _ => {}
+            }
+        }
+        return if found {
+            JobFate::Snapshot(job.tool_use_id.clone())
+        } else {
+            JobFate::NotInLog
+        };
+    }
     if job.name == MCP_LIST_TOOLS {
         // Everything from the log and the id: the server is the one the id names, the turn is
         // the latest one, and the server has no listing that worked since (rule 10: a forged
@@ -302,8 +328,18 @@ pub fn previous_host(records: &[Record]) -> Option<String> {
         })
 }
 
-/// What the model is told when a fresh sandbox replaces the session's earlier one: the
-/// workspace survives on the same host, nothing does across hosts.
+/// What the model is told when a fresh sandbox starts with a new, empty workspace volume and
+/// the session had a sandbox before, with no snapshot to restore.
+pub fn empty_workspace_note(previous_host: &str, this_host: &str) -> String {
+    if previous_host == this_host {
+        "Note: this session's sandbox and its workspace volume are gone and it has no workspace snapshot; this call ran in a fresh sandbox, so files written before are not here.".to_string()
+    } else {
+        replaced_sandbox_note(previous_host, this_host)
+    }
+}
+
+/// What the model is told when a fresh sandbox replaces the session's earlier one over the
+/// same workspace volume (same host), or on another host with no snapshot to restore.
 pub fn replaced_sandbox_note(previous_host: &str, this_host: &str) -> String {
     if previous_host == this_host {
         "Note: this session's sandbox was replaced by a fresh one. Files in /workspace were kept; processes and files elsewhere are gone.".to_string()

@@ -28,6 +28,8 @@ pub mod mcp_calls;
 pub mod outputs;
 pub mod registry;
 pub mod sandbox;
+pub mod snapshot;
+pub mod snapshots;
 pub mod tools;
 pub mod worker;
 pub mod workspace;

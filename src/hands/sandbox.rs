@@ -188,6 +188,9 @@ pub struct Sandbox {
     pub id: String,
     /// True when it was created for this call.
     pub fresh: bool,
+    /// True when its workspace volume was created with it (the session's first sandbox on
+    /// this host, or its volume was removed): a snapshot, if the session has one, belongs in it.
+    pub fresh_volume: bool,
 }
 
 /// Which network a container gets.
@@ -265,7 +268,11 @@ impl Sandboxes {
                 let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
                 let id = c.id.unwrap_or(name.clone());
                 if running {
-                    return Ok(Sandbox { id, fresh: false });
+                    return Ok(Sandbox {
+                        id,
+                        fresh: false,
+                        fresh_volume: false,
+                    });
                 }
                 self.remove_container(&id).await;
             }
@@ -281,8 +288,37 @@ impl Sandboxes {
             None => Net::None,
         };
         let body = self.hardened(session, image, user, net);
-        self.create_and_start(&container_name(&self.host, session), body)
+        let fresh_volume = match self
+            .docker
+            .inspect_volume(&volume_name(&self.host, session))
             .await
+        {
+            Ok(_) => false,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => true,
+            Err(e) => return Err(docker_err(e)),
+        };
+        let mut sandbox = self
+            .create_and_start(&container_name(&self.host, session), body)
+            .await?;
+        sandbox.fresh_volume = fresh_volume;
+        Ok(sandbox)
+    }
+
+    /// The session's sandbox on this host when it is running (nothing is created).
+    pub async fn running(&self, session: &SessionId) -> Option<Sandbox> {
+        let c = self
+            .docker
+            .inspect_container(&container_name(&self.host, session), None)
+            .await
+            .ok()?;
+        c.state.as_ref()?.running.filter(|r| *r)?;
+        Some(Sandbox {
+            id: c.id?,
+            fresh: false,
+            fresh_volume: false,
+        })
     }
 
     async fn create_and_start(
@@ -305,6 +341,7 @@ impl Sandboxes {
         Ok(Sandbox {
             id: created.id,
             fresh: true,
+            fresh_volume: false,
         })
     }
 

@@ -26,11 +26,13 @@ use super::outputs::{self, BlobError};
 use super::registry::{Registry, check_host};
 use super::sandbox::{Sandbox, SandboxConfig, SandboxError, Sandboxes};
 use super::tools;
+use super::{snapshot, snapshots};
 use crate::bus::jobs::{ToolJob, result_event_id};
 use crate::bus::work_queue::{self, ConsumerSpec, Delivery};
 use crate::bus::{BusError, subjects};
 use crate::event::{
-    AgentToolResult, AgentToolUse, ContentBlock, Event, SandboxLost, SandboxProvisioned, SessionId,
+    AgentToolResult, AgentToolUse, ContentBlock, Event, SandboxLost, SandboxProvisioned,
+    SandboxWorkspaceRestored, SandboxWorkspaceSaved, SessionId,
 };
 use crate::session::{LogError, SessionLog, Slice};
 use crate::tasks::{AbortOnDrop, SessionLocks};
@@ -79,6 +81,9 @@ pub struct HandsConfig {
     /// How long one MCP tool call may take (all its requests); past it the call is an error
     /// result the model sees.
     pub mcp_call_timeout: Duration,
+    /// The largest workspace archive a snapshot takes (rule 11); a larger workspace is not
+    /// saved, and its `sandbox.workspace_saved` says so.
+    pub snapshot_limit: u64,
 }
 
 /// The images every deployment allows: herd's own sandbox images.
@@ -105,6 +110,7 @@ impl Default for HandsConfig {
             workspace_check_every: Duration::from_secs(30),
             max_sandboxes: 32,
             mcp_call_timeout: super::mcp::CALL_TIMEOUT,
+            snapshot_limit: 1 << 30,
         }
     }
 }
@@ -487,7 +493,14 @@ impl Hands {
         let outcome = match ensured {
             Ok(sandbox) => {
                 let mut note = if sandbox.fresh {
-                    self.provisioned(session, image, &sandbox.id).await?
+                    let previous = self.provisioned(session, image, &sandbox.id).await?;
+                    if sandbox.fresh_volume {
+                        // A new volume: the session's files are wherever its last snapshot is.
+                        self.restore_workspace(session, &sandbox, previous.as_deref())
+                            .await?
+                    } else {
+                        previous.map(|h| job::replaced_sandbox_note(&h, &self.config.host))
+                    }
                 } else {
                     None
                 };
@@ -740,6 +753,9 @@ impl Hands {
             JobFate::Run(call) => call,
             JobFate::RunMcp(call) => return self.run_mcp_call(job, &call, &records).await,
             JobFate::ListMcp(server) => return self.list_mcp_tools(job, &server).await,
+            JobFate::Snapshot(request) => {
+                return self.save_workspace(job, &request, last_try).await;
+            }
             JobFate::NotInLog => {
                 return Err(JobError::Refused(format!(
                     "no agent.tool_use {} at sequence {} in session {session}",
@@ -971,9 +987,7 @@ impl Hands {
         Ok(job::result_seq(&records, &job.tool_use_id))
     }
 
-    /// Records a new sandbox in the log; when the session had one before, returns the note
-    /// that tells the model what survived (the workspace on the same host; nothing across
-    /// hosts).
+    /// Records a new sandbox in the log; the host of the session's sandbox before it, if any.
     async fn provisioned(
         &self,
         session: &SessionId,
@@ -998,7 +1012,192 @@ impl Hands {
             container: container.to_string(),
         });
         self.log.append_fact(session, &event).await?;
-        Ok(previous_host.map(|h| job::replaced_sandbox_note(&h, &self.config.host)))
+        Ok(previous_host)
+    }
+
+    /// The object store of large outputs and workspace snapshots.
+    async fn blobs(&self) -> Result<async_nats::jetstream::object_store::ObjectStore, JobError> {
+        self.js
+            .get_object_store(outputs::BLOBS)
+            .await
+            .map_err(|e| JobError::Docker(format!("opening the object store: {e}")))
+    }
+
+    /// The session's recorded snapshots, oldest first: (sequence, request id, manifest).
+    async fn recorded_snapshots(
+        &self,
+        session: &SessionId,
+    ) -> Result<Vec<(u64, String, String)>, JobError> {
+        let events: Vec<crate::event::StoredEvent> = self
+            .log
+            .read(
+                session,
+                &Slice {
+                    types: vec!["sandbox.workspace_saved".into()],
+                    ..Default::default()
+                },
+            )
+            .await?
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        Ok(snapshot::recorded(&events))
+    }
+
+    /// Puts the session's latest snapshot into a fresh sandbox whose volume is new, records
+    /// it, and returns what the model is told (`None`: a first sandbox, nothing to say).
+    async fn restore_workspace(
+        &self,
+        session: &SessionId,
+        sandbox: &Sandbox,
+        previous_host: Option<&str>,
+    ) -> Result<Option<String>, JobError> {
+        let host = &self.config.host;
+        let Some((saved_seq, _, manifest)) = self.recorded_snapshots(session).await?.pop() else {
+            return Ok(previous_host.map(|h| job::empty_workspace_note(h, host)));
+        };
+        let started = Instant::now();
+        let restored = match self.blobs().await {
+            Ok(store) => {
+                snapshots::restore(
+                    self.sandboxes.docker(),
+                    &store,
+                    &sandbox.id,
+                    session,
+                    &manifest,
+                )
+                .await
+            }
+            Err(e) => Err(snapshots::SnapshotError::Store(e.to_string())),
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let saved_at = self
+            .log
+            .read(
+                session,
+                &Slice {
+                    from: Some(saved_seq),
+                    to: Some(saved_seq),
+                    ..Default::default()
+                },
+            )
+            .await?
+            .into_iter()
+            .find_map(Result::ok)
+            .and_then(|e| {
+                e.event
+                    .processed_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| format!("event {saved_seq}"));
+        let (event, note) = match restored {
+            Ok(bytes) => {
+                tracing::info!(session = %session, bytes, duration_ms, "Restored the workspace from its snapshot.");
+                (
+                    SandboxWorkspaceRestored {
+                        host: host.clone(),
+                        manifest,
+                        saved_seq,
+                        bytes,
+                        error: None,
+                        duration_ms,
+                    },
+                    snapshot::restored_note(previous_host, host, &saved_at, saved_seq, bytes),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(session = %session, error = %e, "Restoring the workspace failed.");
+                (
+                    SandboxWorkspaceRestored {
+                        host: host.clone(),
+                        manifest,
+                        saved_seq,
+                        bytes: 0,
+                        error: Some(e.to_string()),
+                        duration_ms,
+                    },
+                    snapshot::restore_failed_note(previous_host, host, &e.to_string()),
+                )
+            }
+        };
+        self.log.append_fact(session, &Event::new(event)).await?;
+        Ok(Some(note))
+    }
+
+    /// Saves the session's workspace for a snapshot request and records it once (its event
+    /// id is derived from the request), then deletes what only older snapshots used.
+    async fn save_workspace(
+        &self,
+        job: &ToolJob,
+        request_id: &str,
+        last_try: bool,
+    ) -> Result<(), JobError> {
+        let session = &job.session_id;
+        let recorded = self.recorded_snapshots(session).await?;
+        let store = self.blobs().await?;
+        let previous = match recorded.last() {
+            Some((_, _, name)) => snapshots::read_manifest(&store, session, name)
+                .await
+                .ok()
+                .map(|m| (name.clone(), m)),
+            None => None,
+        };
+        let mut event = SandboxWorkspaceSaved::answering(request_id, &self.config.host);
+        let mut written = None;
+        match self.sandboxes.running(session).await {
+            None => {
+                event.error = Some(format!(
+                    "no running sandbox of this session on host {}: nothing to save",
+                    self.config.host
+                ))
+            }
+            Some(sandbox) => match snapshots::save(
+                self.sandboxes.docker(),
+                &store,
+                &sandbox.id,
+                session,
+                request_id,
+                previous.as_ref().map(|(n, m)| (n.as_str(), m)),
+                self.config.snapshot_limit,
+            )
+            .await
+            {
+                Ok(o) => {
+                    tracing::info!(session = %session, bytes = o.manifest.bytes, new_chunks = o.new_chunks, unchanged = o.unchanged, ms = o.duration_ms, "Saved the workspace.");
+                    event.manifest = Some(o.name.clone());
+                    event.bytes = o.manifest.bytes;
+                    event.chunks = o.manifest.chunks.len() as u64;
+                    event.new_chunks = o.new_chunks;
+                    event.stored_bytes = o.stored_bytes;
+                    event.unchanged = o.unchanged;
+                    event.duration_ms = o.duration_ms;
+                    if !o.unchanged {
+                        written = Some(o);
+                    }
+                }
+                Err(e @ snapshots::SnapshotError::TooLarge { .. }) => {
+                    event.error = Some(e.to_string())
+                }
+                Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
+                Err(e) => event.error = Some(e.to_string()),
+            },
+        }
+        let id =
+            result_event_id(session, request_id).map_err(|e| JobError::Refused(e.to_string()))?;
+        self.log
+            .append_fact(session, &Event::with_id(id, event))
+            .await?;
+        if let Some(o) = written {
+            let names: Vec<String> = recorded.into_iter().map(|(_, _, n)| n).collect();
+            let dropped = snapshot::to_drop(&names, &o.name);
+            let mut kept = vec![&o.manifest];
+            if let Some((_, m)) = &previous {
+                kept.push(m);
+            }
+            snapshots::collect(&store, session, &dropped, &kept).await;
+        }
+        Ok(())
     }
 
     async fn wake(&self, session: &SessionId, seq: u64) -> Result<(), JobError> {

@@ -53,6 +53,8 @@ pub enum Rule {
     IllegalStatus,
     /// The session is still running where a settled log was required.
     NotSettled,
+    /// A fork's copied events are not its parent's (see `session::fork`).
+    ForkMismatch,
 }
 
 impl Rule {
@@ -69,6 +71,7 @@ impl Rule {
             Rule::OrphanResult => "orphan result",
             Rule::IllegalStatus => "illegal status",
             Rule::NotSettled => "not settled",
+            Rule::ForkMismatch => "fork not its parent's prefix",
         }
     }
 }

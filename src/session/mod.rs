@@ -7,6 +7,7 @@
 mod append;
 mod check;
 mod error;
+pub mod fork;
 mod read;
 mod retry;
 mod state;

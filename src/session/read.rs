@@ -520,11 +520,38 @@ impl SessionLog {
                 Err(bad) => bad.seq >= last,
             });
             if reached {
-                return Ok(super::check::check_session(
-                    session.clone(),
-                    &records,
-                    settled,
-                ));
+                let mut report = super::check::check_session(session.clone(), &records, settled);
+                // A fork: its copied prefix must be its parent's.
+                let forked = records.iter().find_map(|r| match r {
+                    Ok(e) => match &e.event.body {
+                        crate::event::EventBody::SessionForked(f) => {
+                            Some((e.seq, f.parent.clone()))
+                        }
+                        _ => None,
+                    },
+                    Err(_) => None,
+                });
+                if let Some((seq, parent)) = forked {
+                    let diffs = match SessionId::parse(&parent) {
+                        Ok(p) => {
+                            let parent_records = self.read_from(&p, 1).await?;
+                            if parent_records.is_empty() {
+                                vec![format!("its parent {parent} is not in the log")]
+                            } else {
+                                super::fork::compare(&parent_records, &records)
+                            }
+                        }
+                        Err(e) => vec![format!("its parent {parent:?} is not a session id: {e}")],
+                    };
+                    for detail in diffs {
+                        report.violations.push(super::check::Violation {
+                            seq,
+                            rule: super::check::Rule::ForkMismatch,
+                            detail,
+                        });
+                    }
+                }
+                return Ok(report);
             }
             tokio::time::sleep(std::time::Duration::from_millis(25 * attempt)).await;
         }

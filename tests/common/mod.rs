@@ -357,6 +357,34 @@ pub async fn start_brain(t: &TestNats, name: &str) -> tokio::task::JoinHandle<()
     tokio::spawn(async move { brain.run(std::future::pending()).await.unwrap() })
 }
 
+/// An in-process brain on the test server whose Anthropic API is the mock `model`.
+pub async fn start_brain_on(
+    t: &TestNats,
+    model: &herd::lab::mock_model::MockModel,
+    name: &str,
+) -> tokio::task::JoinHandle<()> {
+    use herd::brain::provider::{ProviderSettings, Timeouts};
+    let brain = herd::brain::Brain::new(
+        connect_as(&t.server, Role::Brain).await,
+        herd::brain::BrainConfig {
+            name: name.into(),
+            providers: ProviderSettings {
+                anthropic_api_key: Some(herd::config::Secret::new("sk-ant-test-key")),
+                anthropic_base_url: Some(model.anthropic_url()),
+                timeouts: Timeouts {
+                    idle: Duration::from_secs(10),
+                    total: Duration::from_secs(30),
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("brain");
+    tokio::spawn(async move { brain.run(std::future::pending()).await.unwrap() })
+}
+
 /// An in-process hand on the test server, on `host`, with `image` as its default.
 pub async fn start_hands(
     t: &TestNats,

@@ -10,5 +10,6 @@ TYPES = [
     "session.status_running", "session.status_idle", "session.status_rescheduled",
     "session.status_terminated", "session.error", "session.usage", "session.limit_reached",
     "session.updated", "span.model_request_start", "span.model_request_end",
-    "sandbox.provisioned", "sandbox.lost",
+    "sandbox.provisioned", "sandbox.lost", "sandbox.workspace_saved", "sandbox.workspace_restored",
+    "session.forked", "session.schedule_set", "session.schedule_cancelled", "session.schedule_fired",
 ]

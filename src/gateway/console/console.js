@@ -25,7 +25,8 @@
     'session.status_running', 'session.status_idle', 'session.status_rescheduled',
     'session.status_terminated', 'session.error', 'session.usage', 'session.limit_reached',
     'session.updated', 'span.model_request_start', 'span.model_request_end',
-    'sandbox.provisioned', 'sandbox.lost',
+    'sandbox.provisioned', 'sandbox.lost', 'sandbox.workspace_saved', 'sandbox.workspace_restored',
+    'session.forked', 'session.schedule_set', 'session.schedule_cancelled', 'session.schedule_fired',
   ];
 
   // What tests and the benchmark read: counts and times, never content.
@@ -532,6 +533,18 @@
         cls += e.error ? ' bad' : ' small';
         kind = `MCP ${e.mcp_server_name}: ${e.error ? `listing failed: ${e.error}` : `${(e.tools || []).length} tools listed`}`;
         break;
+      case 'sandbox.workspace_saved':
+        cls += e.error ? ' bad' : ' small';
+        kind = e.error ? `workspace not saved: ${e.error}` : `workspace saved${e.unchanged ? ' (unchanged)' : ''}: ${e.bytes} bytes, ${e.new_chunks} of ${e.chunks} chunks new, ${e.duration_ms} ms`;
+        break;
+      case 'sandbox.workspace_restored':
+        cls += e.error ? ' bad' : ' small';
+        kind = e.error ? `workspace restore failed on ${e.host}: ${e.error}` : `workspace restored on ${e.host}: ${e.bytes} bytes from event #${e.saved_seq}`;
+        break;
+      case 'session.forked': cls += ' marker'; kind = `forked from ${e.parent} at #${e.at} (${e.copied} events)`; break;
+      case 'session.schedule_set': cls += ' small'; kind = `schedule "${e.name}" set: ${e.spec}`; body = [e.prompt]; break;
+      case 'session.schedule_cancelled': cls += ' small'; kind = `schedule "${e.name}" cancelled`; break;
+      case 'session.schedule_fired': cls += ' marker'; kind = `schedule "${e.name}" fired at ${e.fired_at}${e.next ? `, next ${e.next}` : ''}`; break;
       default: kind = e.type;
     }
     return h('article', { class: cls, id: `seq-${e.sequence}`, data: { seq: String(e.sequence), type: e.type } },

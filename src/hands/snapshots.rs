@@ -1,0 +1,346 @@
+//! Workspace snapshots, the effects: saving a sandbox's `/workspace` into the object store,
+//! restoring it into a fresh sandbox, and deleting what old snapshots alone used. The
+//! decisions (chunking, manifests, names, what to keep) are in [`super::snapshot`].
+//!
+//! The archive comes from and goes back through Docker's archive API, never through a command
+//! in the sandbox: nothing the model runs can stand in for `tar`, and the hand needs no access
+//! to the volume's directory. Docker extracts as root, keeping the archive's owners, inside
+//! the container's own filesystem view (paths cannot leave it).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use async_nats::jetstream::object_store::ObjectStore;
+use bollard::Docker;
+use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use super::snapshot::{self, Chunker, Manifest};
+use crate::event::SessionId;
+
+/// Why a snapshot or a restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The Docker engine refused or the container is gone.
+    #[error("docker: {0}")]
+    Docker(String),
+    /// The object store refused or is out of reach.
+    #[error("object store: {0}")]
+    Store(String),
+    /// The workspace is larger than a snapshot may be (rule 11).
+    #[error("the workspace's archive is over this deployment's snapshot limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// A stored object is not what its name or manifest says.
+    #[error("the snapshot is damaged: {0}")]
+    Damaged(String),
+}
+
+fn store_err(e: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Store(e.to_string())
+}
+
+/// What a save did.
+#[derive(Debug, Clone)]
+pub struct SaveOutcome {
+    /// The manifest's object name (the previous one's when nothing changed).
+    pub name: String,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Chunks written.
+    pub new_chunks: u64,
+    /// Bytes written.
+    pub stored_bytes: u64,
+    /// Nothing changed since the previous snapshot; nothing was written.
+    pub unchanged: bool,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// Reads a manifest from the store and checks it is `owner`'s.
+pub async fn read_manifest(
+    store: &ObjectStore,
+    owner: &SessionId,
+    name: &str,
+) -> Result<Manifest, SnapshotError> {
+    if !snapshot::owns_manifest(owner, name) {
+        return Err(SnapshotError::Damaged(format!(
+            "{name:?} is not a snapshot of session {owner}"
+        )));
+    }
+    let data = read_object(store, name, snapshot::MAX_MANIFEST).await?;
+    let m: Manifest = serde_json::from_slice(&data)
+        .map_err(|e| SnapshotError::Damaged(format!("manifest {name}: {e}")))?;
+    m.check(owner).map_err(SnapshotError::Damaged)?;
+    Ok(m)
+}
+
+async fn read_object(
+    store: &ObjectStore,
+    name: &str,
+    limit: usize,
+) -> Result<Vec<u8>, SnapshotError> {
+    let object = store.get(name).await.map_err(store_err)?;
+    let mut data = Vec::new();
+    object
+        .take(limit as u64 + 1)
+        .read_to_end(&mut data)
+        .await
+        .map_err(store_err)?;
+    if data.len() > limit {
+        return Err(SnapshotError::Damaged(format!(
+            "object {name} is over {limit} bytes"
+        )));
+    }
+    Ok(data)
+}
+
+/// Saves a container's `/workspace` as `session`'s snapshot for `request_id`: only chunks the
+/// `previous` snapshot lacks are written; when all are its chunks, nothing is written.
+pub async fn save(
+    docker: &Docker,
+    store: &ObjectStore,
+    container: &str,
+    session: &SessionId,
+    request_id: &str,
+    previous: Option<(&str, &Manifest)>,
+    limit: u64,
+) -> Result<SaveOutcome, SnapshotError> {
+    let started = Instant::now();
+    let mut known: HashSet<String> = previous
+        .map(|(_, m)| m.chunks.iter().map(|c| c.id.clone()).collect())
+        .unwrap_or_default();
+    let mut archive = docker.download_from_container(
+        container,
+        Some(DownloadFromContainerOptions {
+            path: "/workspace/.".into(),
+        }),
+    );
+    let mut chunker = Chunker::default();
+    let mut manifest = Manifest {
+        version: 1,
+        session: session.to_string(),
+        bytes: 0,
+        chunks: Vec::new(),
+    };
+    let (mut new_chunks, mut stored_bytes) = (0u64, 0u64);
+    let mut done = Vec::new();
+    let mut finished = false;
+    while !finished {
+        match archive.next().await {
+            Some(Ok(data)) => {
+                manifest.bytes += data.len() as u64;
+                if manifest.bytes > limit {
+                    return Err(SnapshotError::TooLarge { limit });
+                }
+                chunker.push(&data, &mut |c| done.push(c));
+            }
+            Some(Err(e)) => return Err(SnapshotError::Docker(e.to_string())),
+            None => {
+                finished = true;
+                done.extend(std::mem::take(&mut chunker).finish());
+            }
+        }
+        for chunk in done.drain(..) {
+            let id = snapshot::chunk_id(&chunk);
+            if known.insert(id.clone()) {
+                store
+                    .put(
+                        snapshot::chunk_object(session, &id).as_str(),
+                        &mut chunk.as_slice(),
+                    )
+                    .await
+                    .map_err(store_err)?;
+                new_chunks += 1;
+                stored_bytes += chunk.len() as u64;
+            }
+            manifest.chunks.push(snapshot::ChunkRef {
+                id,
+                size: chunk.len() as u64,
+            });
+        }
+    }
+    if let Some((name, prev)) = previous
+        && prev.same_content(&manifest)
+    {
+        return Ok(SaveOutcome {
+            name: name.to_string(),
+            manifest,
+            new_chunks: 0,
+            stored_bytes: 0,
+            unchanged: true,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    let name = snapshot::manifest_object(session, request_id);
+    let json = serde_json::to_vec(&manifest).map_err(store_err)?;
+    store
+        .put(name.as_str(), &mut json.as_slice())
+        .await
+        .map_err(store_err)?;
+    Ok(SaveOutcome {
+        name,
+        manifest,
+        new_chunks,
+        stored_bytes: stored_bytes + json.len() as u64,
+        unchanged: false,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Restores `session`'s snapshot `name` into a container's `/workspace`; the archive's bytes.
+/// Every chunk is checked against its id on the way.
+pub async fn restore(
+    docker: &Docker,
+    store: &ObjectStore,
+    container: &str,
+    session: &SessionId,
+    name: &str,
+) -> Result<u64, SnapshotError> {
+    let manifest = read_manifest(store, session, name).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let mut reader = {
+        let store = store.clone();
+        let session = session.clone();
+        let chunks = manifest.chunks.clone();
+        tokio::spawn(async move {
+            for c in chunks {
+                let object = snapshot::chunk_object(&session, &c.id);
+                let data = read_object(&store, &object, snapshot::MAX_CHUNK).await?;
+                if snapshot::chunk_id(&data) != c.id {
+                    let why = format!("chunk {} does not match its id", c.id);
+                    // The upload stops on this error: Docker keeps what it extracted so far.
+                    let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
+                    return Err(SnapshotError::Damaged(why));
+                }
+                if tx.send(Ok(Bytes::from(data))).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), SnapshotError>(())
+        })
+    };
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let uploaded = docker
+        .upload_to_container(
+            container,
+            Some(UploadToContainerOptions {
+                path: "/workspace".into(),
+                ..Default::default()
+            }),
+            bollard::body_try_stream(body),
+        )
+        .await;
+    // The body is gone once the upload ends, so the reader ends too (its sends fail).
+    let read = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut reader).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(SnapshotError::Store(format!("the reader stopped: {e}"))),
+        Err(_) => {
+            reader.abort();
+            Err(SnapshotError::Store("the reader did not finish".into()))
+        }
+    };
+    read?;
+    uploaded.map_err(|e| SnapshotError::Docker(e.to_string()))?;
+    Ok(manifest.bytes)
+}
+
+/// Deletes the manifests `dropped` and the chunks only they used (none that `kept` uses).
+/// Best effort: what cannot be deleted now is collected with the session (`herd gc`).
+pub async fn collect(
+    store: &ObjectStore,
+    session: &SessionId,
+    dropped: &[String],
+    kept: &[&Manifest],
+) -> usize {
+    let mut deleted = 0;
+    for name in dropped {
+        let Ok(old) = read_manifest(store, session, name).await else {
+            continue;
+        };
+        for id in snapshot::orphaned_chunks(&old, kept) {
+            if store
+                .delete(snapshot::chunk_object(session, &id))
+                .await
+                .is_ok()
+            {
+                deleted += 1;
+            }
+        }
+        if store.delete(name).await.is_ok() {
+            deleted += 1;
+        }
+    }
+    deleted
+}
+
+/// Copies `from`'s snapshot `name` into `to`'s own objects (a fork's starting workspace), so
+/// either session's collection never touches the other's; the new manifest's name.
+pub async fn copy(
+    store: &ObjectStore,
+    from: &SessionId,
+    name: &str,
+    to: &SessionId,
+    request_id: &str,
+) -> Result<(String, Manifest), SnapshotError> {
+    let mut manifest = read_manifest(store, from, name).await?;
+    let mut seen = HashSet::new();
+    for c in &manifest.chunks {
+        if !seen.insert(c.id.clone()) {
+            continue;
+        }
+        let data = read_object(
+            store,
+            &snapshot::chunk_object(from, &c.id),
+            snapshot::MAX_CHUNK,
+        )
+        .await?;
+        if snapshot::chunk_id(&data) != c.id {
+            return Err(SnapshotError::Damaged(format!(
+                "chunk {} does not match its id",
+                c.id
+            )));
+        }
+        store
+            .put(
+                snapshot::chunk_object(to, &c.id).as_str(),
+                &mut data.as_slice(),
+            )
+            .await
+            .map_err(store_err)?;
+    }
+    manifest.session = to.to_string();
+    let new = snapshot::manifest_object(to, request_id);
+    let json = serde_json::to_vec(&manifest).map_err(store_err)?;
+    store
+        .put(new.as_str(), &mut json.as_slice())
+        .await
+        .map_err(store_err)?;
+    Ok((new, manifest))
+}
+
+/// Deletes every snapshot object of `session` (its manifests and chunks); how many.
+pub async fn remove_all(store: &ObjectStore, session: &SessionId) -> Result<usize, SnapshotError> {
+    let prefix = snapshot::session_prefix(session);
+    let mut names = Vec::new();
+    let mut list = store.list().await.map_err(store_err)?;
+    while let Some(info) = list.next().await {
+        let info = info.map_err(store_err)?;
+        if info.name.starts_with(&prefix) {
+            names.push(info.name);
+        }
+    }
+    let mut n = 0;
+    for name in names {
+        if store.delete(&name).await.is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -186,6 +186,7 @@ pub fn permissions(role: Role) -> Permissions {
                 "herd.session.*.session.error",
                 "herd.session.*.session.usage",
                 "herd.session.*.session.limit_reached",
+                "herd.session.*.session.schedule_fired",
                 "herd.session.*.user.>",
                 "herd.tools.>",
                 "herd.deadletter.wake",
@@ -196,6 +197,8 @@ pub fn permissions(role: Role) -> Permissions {
                 "herd.wake.*",
             ]));
             publish.extend(take_work("HERD_WAKE", "brain"));
+            // Scheduled wakes as they fire (one consumer for every brain).
+            publish.extend(take_work("HERD_SCHEDULES", "scheduler"));
             // The sweep checks for queued wakes.
             publish.extend(read_bucket("HERD_WAKE"));
             publish.extend(read_bucket("KV_herd-leases"));
@@ -252,9 +255,15 @@ pub fn permissions(role: Role) -> Permissions {
                 "herd.session.*.session.created",
                 "herd.session.*.session.updated",
                 "herd.session.*.session.status_terminated",
+                "herd.session.*.session.schedule_set",
+                "herd.session.*.session.schedule_cancelled",
                 "herd.session.*.system.message",
                 "herd.session.*.user.>",
                 "herd.wake.*",
+                // Tenants' scheduled wakes: set (the server fires them), listed, cancelled.
+                "herd.schedule.def.>",
+                "$JS.API.STREAM.INFO.HERD_SCHEDULES",
+                "$JS.API.STREAM.MSG.DELETE.HERD_SCHEDULES",
                 // Tenants' credentials: written sealed, never read back (the bucket takes no
                 // rollups, so a write replaces one key, never the bucket).
                 "$KV.herd-vault.>",
@@ -271,6 +280,7 @@ pub fn permissions(role: Role) -> Permissions {
             // …answering its flow control, or a large output stalls after ~2 MiB.
             publish.push("$JS.FC.OBJ_herd-blobs.>".into());
             publish.extend(read_bucket("HERD_GATEWAY"));
+            publish.extend(read_bucket("HERD_SCHEDULES"));
             // API keys are read (by hash), never written: only the operator makes keys.
             publish.push("$JS.API.STREAM.INFO.HERD_KEYS".into());
             publish.extend(read_bucket("HERD_KEYS"));

@@ -16,7 +16,7 @@ use herd::auth::Role;
 use herd::brain::BrainConfig;
 use herd::brain::provider::{ProviderSettings, Timeouts};
 use herd::config::Secret;
-use herd::event::SessionId;
+use herd::event::{EventBody, SessionId};
 use herd::gateway::{Gateway, GatewayConfig, keys, store::Store};
 use herd::lab::mock_model::{MockModel, Reply, answers_a_tool_result};
 use serde_json::{Value, json};
@@ -841,5 +841,95 @@ fn keys_refuse_bad_tenants_and_unknown_ids() {
     assert!(
         listed.contains(" ok ") && !listed.contains(&key),
         "{listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_through_the_gateway_fire_and_stay_the_tenants() {
+    let d = Deployment::start().await;
+    let a = d.key("tenant-a").await;
+    let b = d.key("tenant-b").await;
+    let url = &d.url;
+    let (_, _, _, session) = make_objects(url, &a).await;
+    let base = format!("{url}/v1/sessions/{session}/schedules");
+    let (s, set) = call(
+        "POST",
+        &base,
+        &a,
+        Some(json!({"name": "ping", "when": "in 3s", "prompt": "scheduled hello"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{set}");
+    assert!(set["when"].as_str().unwrap().starts_with("at "), "{set}");
+    let (s, later) = call(
+        "POST",
+        &base,
+        &a,
+        Some(json!({"name": "later", "when": "every 1h", "prompt": "hourly"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{later}");
+    let (s, list) = call("GET", &base, &a, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["data"].as_array().unwrap().len(), 2, "{list}");
+    // Another tenant sees nothing and can change nothing.
+    for (m, path, body) in [
+        ("GET", base.clone(), None),
+        (
+            "POST",
+            base.clone(),
+            Some(json!({"name": "x", "when": "in 1m", "prompt": "p"})),
+        ),
+        ("DELETE", format!("{base}/later"), None),
+    ] {
+        let (s, body) = call(m, &path, &b, body).await;
+        assert_eq!(s, 404, "{m} {path}: {body}");
+    }
+    // Bad input: what is wrong, in the error envelope.
+    for (body, want) in [
+        (
+            json!({"name": "x", "when": "every 1s", "prompt": "p"}),
+            "shortest interval",
+        ),
+        (
+            json!({"name": "x.y", "when": "in 1m", "prompt": "p"}),
+            "is not valid",
+        ),
+        (json!({"name": "x", "when": "in 1m"}), "prompt"),
+        (
+            json!({"name": "x", "when": "in 1m", "prompt": "p", "extra": 1}),
+            "extra",
+        ),
+    ] {
+        let (s, resp) = call("POST", &base, &a, Some(body)).await;
+        assert_eq!(s, 400, "{resp}");
+        assert!(
+            resp["error"]["message"].as_str().unwrap().contains(want),
+            "{resp}"
+        );
+    }
+    let (s, del) = call("DELETE", &format!("{base}/later"), &a, None).await;
+    assert_eq!(s, 200, "{del}");
+    let (s, _) = call("DELETE", &format!("{base}/later"), &a, None).await;
+    assert_eq!(s, 404);
+    // It fires: the prompt reaches the session and the model answers.
+    let sid = SessionId::parse(&session).unwrap();
+    let events = wait_until(&d.t, &sid, 60, |ev| {
+        let fired = ev.iter().find(
+            |e| matches!(&e.event.body, EventBody::SessionScheduleFired(f) if f.name == "ping"),
+        );
+        fired.is_some_and(|f| {
+            ev.iter()
+                .any(|e| e.seq > f.seq && matches!(e.event.body, EventBody::SessionStatusIdle(_)))
+        })
+    })
+    .await;
+    assert!(events.iter().any(|e| matches!(&e.event.body,
+        EventBody::UserMessage(m) if herd::event::content_text(&m.content).contains("scheduled hello"))));
+    let (s, list) = call("GET", &base, &a, None).await;
+    assert_eq!(
+        (s, list["data"].as_array().unwrap().len()),
+        (200, 0),
+        "{list}"
     );
 }

@@ -240,15 +240,7 @@ async fn a_fork_starts_from_its_parents_prefix_and_workspace_and_then_goes_its_o
         .seq;
     let parent_before: Vec<Record> = t.log.read_from(&parent, 1).await.unwrap();
 
-    let env = herd_env(&t.server);
-    let herd = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env_remove("HERD_CONFIG")
-            .output()
-            .unwrap()
-    };
+    let herd = |args: &[&str]| herd_out(&t.server, args);
     let out = herd(&["session", "fork", parent.as_str(), "--at", &mid.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

@@ -8,6 +8,7 @@
 
 mod admit;
 mod fork;
+mod schedule;
 mod workspace;
 
 pub use fork::Forked;
@@ -17,6 +18,7 @@ pub use admit::{ACCEPTED_TYPES, Principal, Refusal, VaultGrant, admit, admit_fro
 use async_nats::jetstream;
 
 use crate::bus::BusError;
+use crate::bus::schedules::ScheduleError;
 use crate::event::{
     Budget, ConfigError, ContentBlock, Event, EventId, PriceTable, Record, SessionCreated,
     SessionId, SessionLimits, UserCustomToolResult, UserInterrupt, UserMessage,
@@ -52,6 +54,9 @@ pub enum ApiError {
     /// The log refused or failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// A scheduled wake was refused or could not be reached.
+    #[error(transparent)]
+    Schedule(#[from] crate::bus::schedules::ScheduleError),
     /// The event is stored, but the session could not be woken.
     #[error("the event is stored, but waking the session failed: {0}")]
     Wake(String),
@@ -71,7 +76,10 @@ impl ApiError {
                 LogError::AlreadyExists(_) | LogError::Conflict { .. } | LogError::IdTaken { .. },
             ) => ErrorClass::Conflict,
             Self::Log(LogError::Invalid(_) | LogError::TooLarge { .. }) => ErrorClass::Invalid,
-            Self::Log(_) | Self::Wake(_) => ErrorClass::Unavailable,
+            Self::Schedule(ScheduleError::Invalid(_)) => ErrorClass::Invalid,
+            Self::Schedule(ScheduleError::Full(_)) => ErrorClass::Conflict,
+            Self::Schedule(ScheduleError::NotFound { .. }) => ErrorClass::NotFound,
+            Self::Log(_) | Self::Wake(_) | Self::Schedule(_) => ErrorClass::Unavailable,
         }
     }
 }

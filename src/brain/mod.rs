@@ -15,6 +15,7 @@ pub mod harness;
 pub mod lease;
 pub mod log_query;
 pub mod provider;
+pub mod scheduler;
 pub mod sweep;
 pub mod worker;
 

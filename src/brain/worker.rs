@@ -250,18 +250,65 @@ impl Brain {
             .ensure(&self.js)
             .await
             .map_err(BrainError::Consumer)?;
+        // Scheduled wakes as they fire: one consumer shared by every brain.
+        let firings = super::scheduler::consumer(self.config.ack_wait, self.config.max_deliver)
+            .ensure(&self.js)
+            .await
+            .map_err(BrainError::Consumer)?;
         tracing::info!(name = %self.config.name, "Brain is taking wakes.");
         let _sweep = (!self.config.sweep_every.is_zero())
             .then(|| crate::tasks::AbortOnDrop(tokio::spawn(self.clone().sweep_loop())));
-        work_queue::run(vec![pull], self.config.concurrency, shutdown, |msg| {
-            let me = self.clone();
-            async move { me.handle(msg).await }
-        })
+        work_queue::run(
+            vec![pull, firings],
+            self.config.concurrency,
+            shutdown,
+            |msg| {
+                let me = self.clone();
+                async move { me.handle(msg).await }
+            },
+        )
         .await
         .map_err(BrainError::Consumer)
     }
 
+    /// Records a scheduled wake's firing and wakes its session; a firing that is not valid
+    /// is dead-lettered, one whose session is gone is dropped.
+    async fn handle_firing(&self, msg: Delivery) {
+        let fired = match super::scheduler::read(&msg) {
+            Ok(f) => f,
+            Err(why) => {
+                tracing::warn!(error = %why, "Refusing a scheduled wake's firing.");
+                msg.dead_letter(&self.js, subjects::DEAD_LETTER_WAKE, &why, None)
+                    .await;
+                return;
+            }
+        };
+        let session = fired.session.clone();
+        match super::scheduler::record(&self.log, &fired).await {
+            Ok(Some(seq)) => {
+                tracing::info!(session = %session, schedule = %fired.def.name, "A scheduled wake fired.");
+                if let Err(e) = crate::bus::wake::publish(&self.js, &session, seq).await {
+                    tracing::warn!(session = %session, error = %e, "Waking a session for its schedule failed; it will be redelivered.");
+                    msg.nak_with_backoff().await;
+                    return;
+                }
+                let _ = msg.ack().await;
+            }
+            Ok(None) => {
+                tracing::info!(session = %session, schedule = %fired.def.name, "A scheduled wake fired for a session that is gone or terminated; dropped.");
+                let _ = msg.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(session = %session, error = %e, "Recording a scheduled wake failed; it will be redelivered.");
+                msg.nak_with_backoff().await;
+            }
+        }
+    }
+
     async fn handle(self: Arc<Self>, msg: Delivery) {
+        if super::scheduler::is_firing(&msg) {
+            return self.handle_firing(msg).await;
+        }
         let (delivered, stream_seq) = (msg.delivered, msg.stream_seq);
         let wake = match Wake::parse(msg.message().subject.as_str(), &msg.message().payload) {
             Ok(w) => w,

@@ -13,6 +13,7 @@
 
 pub mod jobs;
 pub mod routing;
+pub mod schedules;
 pub mod streams;
 pub mod subjects;
 pub mod wake;

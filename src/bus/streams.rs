@@ -36,6 +36,10 @@ const STREAM_FILES: &[(&str, &str)] = &[
         "HERD_KEYS.json",
         include_str!("../../streams/HERD_KEYS.json"),
     ),
+    (
+        "HERD_SCHEDULES.json",
+        include_str!("../../streams/HERD_SCHEDULES.json"),
+    ),
 ];
 const BUCKETS_FILE: &str = include_str!("../../streams/buckets.json");
 

@@ -9,6 +9,8 @@
 //! | `herd.deadletter.{wake,tool}` | `HERD_DEADLETTER` (what no session could be told about) |
 //! | `herd.gw.obj.<tenant>.<kind>.<id>` | `HERD_GATEWAY` (a tenant's agent, environment, vault, credential or session record; each write a version) |
 //! | `herd.gw.key.<sha256 of the key>` | `HERD_KEYS` (an API key's tenant and state) |
+//! | `herd.schedule.def.<session_id>.<name>` | `HERD_SCHEDULES` (a scheduled wake's definition, fired by the server) |
+//! | `herd.schedule.fire.<session_id>.<name>` | `HERD_SCHEDULES` (one firing, taken by a brain) |
 //!
 //! The event type is in the subject so the `nats` CLI can filter, count and replay one session
 //! or one kind of event without decoding payloads.
@@ -193,6 +195,43 @@ pub fn is_gateway_key(subject: &str) -> bool {
 
 /// The filter matching every gateway object (the gateway's publish permission).
 pub const GATEWAY_OBJECTS: &str = "herd.gw.obj.>";
+
+/// The scheduled-wake stream.
+pub const SCHEDULES_STREAM: &str = "HERD_SCHEDULES";
+
+const SCHEDULE_DEF_PREFIX: &str = "herd.schedule.def.";
+const SCHEDULE_FIRE_PREFIX: &str = "herd.schedule.fire.";
+
+/// The subject of a session's scheduled wake `name`: its definition.
+pub fn schedule_def(session: &SessionId, name: &str) -> String {
+    format!("{SCHEDULE_DEF_PREFIX}{session}.{name}")
+}
+
+/// Where the server publishes each firing of a session's scheduled wake `name`.
+pub fn schedule_fire(session: &SessionId, name: &str) -> String {
+    format!("{SCHEDULE_FIRE_PREFIX}{session}.{name}")
+}
+
+/// The filter matching every scheduled wake of a session.
+pub fn schedule_defs(session: &SessionId) -> String {
+    format!("{SCHEDULE_DEF_PREFIX}{session}.*")
+}
+
+/// The filter the brains' scheduler consumer takes firings on.
+pub const ALL_SCHEDULE_FIRES: &str = "herd.schedule.fire.*.*";
+
+/// The session and name of a firing's subject.
+pub fn parse_schedule_fire(subject: &str) -> Option<(&str, &str)> {
+    subject.strip_prefix(SCHEDULE_FIRE_PREFIX)?.split_once('.')
+}
+
+/// The name of a definition's subject.
+pub fn schedule_name_of_def(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(SCHEDULE_DEF_PREFIX)?
+        .split_once('.')
+        .map(|(_, n)| n)
+}
 
 #[cfg(test)]
 mod tests {

@@ -201,6 +201,37 @@ pub enum SessionCmd {
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
+    /// Wake a session on a schedule, durably (it survives restarts of nats-server and of every
+    /// worker); each firing appends the prompt as a user message. Setting a name again
+    /// replaces that schedule.
+    Schedule {
+        /// The session.
+        id: String,
+        /// The schedule's name (letters, digits, '-' and '_'), unique in the session.
+        name: String,
+        /// When: "at 2026-12-24T18:00:00Z", "in 10m", "every 1h" (at least 60 s) or
+        /// "cron 0 30 9 * * MON-FRI" (6 fields, seconds first, UTC).
+        #[arg(long)]
+        when: String,
+        /// What the session is told when it fires.
+        #[arg(long)]
+        prompt: String,
+    },
+    /// List a session's scheduled wakes.
+    Schedules {
+        /// The session.
+        id: String,
+        /// As JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a session's scheduled wake: it never fires again.
+    Unschedule {
+        /// The session.
+        id: String,
+        /// The schedule's name.
+        name: String,
+    },
     /// List sessions with their event counts.
     List {
         /// As JSON lines.
@@ -582,6 +613,31 @@ pub async fn run(
                     "no hand saved the workspace within {timeout_secs} s (is the `herd hands` holding its sandbox running?)"
                 ),
             }
+        }
+        SessionCmd::Schedule {
+            id,
+            name,
+            when,
+            prompt,
+        } => {
+            let id = parse_session(&id)?;
+            let def = api.set_schedule(&id, &name, &when, &prompt).await?;
+            println!("scheduled {:?} on {id}: {}", def.name, def.spec);
+        }
+        SessionCmd::Schedules { id, json } => {
+            let id = parse_session(&id)?;
+            for def in api.schedules(&id).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&def)?);
+                } else {
+                    println!("{}  {}  {}", def.name, def.spec, def.prompt);
+                }
+            }
+        }
+        SessionCmd::Unschedule { id, name } => {
+            let id = parse_session(&id)?;
+            api.cancel_schedule(&id, &name).await?;
+            println!("cancelled {name:?} on {id}");
         }
         SessionCmd::List { json } => {
             for (id, n) in log.list().await? {

@@ -26,6 +26,7 @@ pub mod events;
 pub mod input;
 pub mod keys;
 pub mod page;
+pub mod schedules;
 pub mod sessions;
 pub mod store;
 pub mod stream;
@@ -409,6 +410,14 @@ pub fn router(g: Shared) -> Router {
         )
         .route("/v1/sessions/{id}/events/stream", get(stream::stream))
         .route("/v1/sessions/{id}/tool_outputs/{call}", get(events::output))
+        .route(
+            "/v1/sessions/{id}/schedules",
+            post(schedules::set).get(schedules::list),
+        )
+        .route(
+            "/v1/sessions/{id}/schedules/{name}",
+            axum::routing::delete(schedules::cancel),
+        )
         .route("/v1/vaults", post(vaults::create).get(vaults::list))
         .route(
             "/v1/vaults/{id}",

@@ -650,6 +650,16 @@ pub async fn scripted_session_with(
     id
 }
 
+/// Runs the `herd` binary against `target` as the operator; its whole output.
+pub fn herd_out(target: &impl Target, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(args)
+        .envs(herd_env(target))
+        .env_remove("HERD_CONFIG")
+        .output()
+        .unwrap()
+}
+
 /// Runs the `herd` binary against `url` with the vault key, feeding it `stdin`.
 pub fn herd_with_key(
     url: &impl Target,

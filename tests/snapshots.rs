@@ -127,6 +127,28 @@ async fn a_session_survives_the_permanent_loss_of_its_hand_host_with_its_files()
     let report = herd::session::check_session(id.clone(), &records, true);
     assert!(report.ok(), "{report:?}");
     sandboxes_b.destroy(&id).await;
+    // Collected with the session: `herd gc` removes its snapshots once it is idle that long.
+    let out = herd_out(&t.server, &["gc", "--host", &host_b, "--idle-days", "0"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("removed the snapshots of {id}")),
+        "{said}"
+    );
+    let store = async_nats::jetstream::new(t.client.clone())
+        .get_object_store("herd-blobs")
+        .await
+        .unwrap();
+    let mut left = 0;
+    let mut list = store.list().await.unwrap();
+    while let Some(o) = futures_util::StreamExt::next(&mut list).await {
+        left += usize::from(o.unwrap().name.starts_with(&format!("workspaces/{id}/")));
+    }
+    assert_eq!(left, 0);
 }
 
 /// A brain on the mock model, which answers `write PATH TEXT`, `read PATH` and anything else

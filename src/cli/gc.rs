@@ -1,7 +1,8 @@
 //! `herd gc`: removes the workspace volumes herd left on this Docker engine. A sandbox's
 //! volume outlives its container on purpose (the next sandbox of the session finds its files),
 //! so volumes are collected here instead: those with no container whose session is gone from
-//! the log, or idle longer than `--idle-days`.
+//! the log, or idle longer than `--idle-days`; and, by the same rule, the workspace snapshots
+//! those sessions keep in the object store.
 
 use std::time::Duration;
 
@@ -55,23 +56,7 @@ pub async fn run(client: async_nats::Client, a: GcArgs) -> anyhow::Result<()> {
             })
             .map(|c| (now - c).unsigned_abs())
             .unwrap_or(Duration::ZERO);
-        let fate = match log.last_event_at(&session).await? {
-            None if age < idle_for => SessionFate::Active,
-            None => SessionFate::Unknown,
-            Some((_, at)) => {
-                let quiet = (time::OffsetDateTime::now_utc() - at).unsigned_abs();
-                if quiet < idle_for {
-                    SessionFate::Active
-                } else if matches!(
-                    log.load_state(&session).await?.status,
-                    Status::Idle | Status::Terminated
-                ) {
-                    SessionFate::Idle(quiet)
-                } else {
-                    SessionFate::Active
-                }
-            }
-        };
+        let fate = fate_of(&log, &session, age, idle_for).await?;
         match workspace::collect(fate, idle_for) {
             Some(why) => {
                 if a.dry_run {
@@ -97,6 +82,76 @@ pub async fn run(client: async_nats::Client, a: GcArgs) -> anyhow::Result<()> {
         "{removed} workspace volume(s) {}, {kept} kept",
         if a.dry_run { "to remove" } else { "removed" }
     );
+    // Workspace snapshots in the object store go with their sessions, by the same rule.
+    let store = async_nats::jetstream::new(log.client().clone())
+        .get_object_store(herd::hands::outputs::BLOBS)
+        .await?;
+    let mut sessions: std::collections::BTreeMap<String, time::OffsetDateTime> = Default::default();
+    let mut list = store.list().await?;
+    while let Some(info) = futures_util::StreamExt::next(&mut list).await {
+        let info = info?;
+        let Some(session) = info
+            .name
+            .strip_prefix("workspaces/")
+            .and_then(|rest| rest.split('/').next())
+        else {
+            continue;
+        };
+        let at = info.modified.unwrap_or(now);
+        let newest = sessions.entry(session.to_string()).or_insert(at);
+        *newest = (*newest).max(at);
+    }
+    let (mut snap_removed, mut snap_kept) = (0usize, 0usize);
+    for (session, modified) in sessions {
+        let Ok(session) = SessionId::parse(&session) else {
+            continue;
+        };
+        let age = (now - modified).unsigned_abs();
+        match workspace::collect(fate_of(&log, &session, age, idle_for).await?, idle_for) {
+            Some(why) if a.dry_run => {
+                println!("would remove the snapshots of {session}: {why}");
+                snap_removed += 1;
+            }
+            Some(why) => {
+                let n = herd::hands::snapshots::remove_all(&store, &session).await?;
+                println!("removed the snapshots of {session} ({n} objects): {why}");
+                snap_removed += 1;
+            }
+            None => snap_kept += 1,
+        }
+    }
+    println!(
+        "{snap_removed} session(s)' workspace snapshots {}, {snap_kept} kept",
+        if a.dry_run { "to remove" } else { "removed" }
+    );
     anyhow::ensure!(failed == 0, "{failed} volume(s) could not be removed");
     Ok(())
+}
+
+/// What the log says of a session whose workspace (a volume, or snapshots) is `age` old.
+async fn fate_of(
+    log: &SessionLog,
+    session: &SessionId,
+    age: Duration,
+    idle_for: Duration,
+) -> anyhow::Result<SessionFate> {
+    Ok(match log.last_event_at(session).await? {
+        // Younger than --idle-days stays even when its session is unknown: a gc pointed at
+        // the wrong NATS must not wipe fresh workspaces.
+        None if age < idle_for => SessionFate::Active,
+        None => SessionFate::Unknown,
+        Some((_, at)) => {
+            let quiet = (time::OffsetDateTime::now_utc() - at).unsigned_abs();
+            if quiet < idle_for {
+                SessionFate::Active
+            } else if matches!(
+                log.load_state(session).await?.status,
+                Status::Idle | Status::Terminated
+            ) {
+                SessionFate::Idle(quiet)
+            } else {
+                SessionFate::Active
+            }
+        }
+    })
 }

@@ -117,6 +117,10 @@ pub struct HandsArgs {
     max_sandboxes: usize,
     /// Seconds one MCP tool call may take before it is an error result the model sees
     /// (1 to 3600).
+    /// A warm pool of ready sandboxes, so a session's first tool call need not wait for Docker
+    /// to create one (repeatable): N for the default image, or IMAGE=N. At most 64 in all.
+    #[arg(long = "warm-pool", value_name = "[IMAGE=]N")]
+    warm_pool: Vec<String>,
     /// The largest workspace archive a snapshot saves, in MiB (a larger workspace is not
     /// saved, and the session's log says so).
     #[arg(long, default_value_t = hands_defaults().snapshot_limit >> 20)]
@@ -173,7 +177,22 @@ pub fn brain_config(g: &Global, a: &BrainArgs) -> anyhow::Result<BrainConfig> {
 
 /// A hand's settings from its flags and the environment (the vault key).
 fn hands_config(a: HandsArgs) -> anyhow::Result<HandsConfig> {
+    let warm_pool = a
+        .warm_pool
+        .iter()
+        .map(|spec| {
+            let (image, n) = match spec.rsplit_once('=') {
+                Some((image, n)) => (image.to_string(), n),
+                None => (a.image.clone(), spec.as_str()),
+            };
+            let n: usize = n.trim().parse().map_err(|_| {
+                anyhow::anyhow!("--warm-pool {spec:?}: expected N or IMAGE=N with N a whole number")
+            })?;
+            Ok((image, n))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(HandsConfig {
+        warm_pool,
         host: host_name(a.host),
         ack_wait: Duration::from_secs(a.ack_wait_secs.max(1)),
         max_deliver: a.max_deliver.max(1),

@@ -426,6 +426,11 @@ payload!(
         image: String,
         /// Its container id.
         container: String,
+        /// Its workspace volume on that host, when it is not named after the session (a
+        /// sandbox from the warm pool keeps the pool volume it was made with).
+        #[serde(default, skip_serializing_if = "Option::is_none")] volume: Option<String>,
+        /// It came from the hand's warm pool (made before the session asked).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")] from_pool: bool,
     }
 );
 payload!(

@@ -651,6 +651,8 @@ mod tests {
             host: host.into(),
             image: "i".into(),
             container: "c".into(),
+            volume: None,
+            from_pool: false,
         };
         assert_eq!(
             previous_host(&[at(1, p("h1")), at(2, p("h2"))]).as_deref(),

@@ -34,6 +34,9 @@ pub const LABEL_MANAGED: &str = "herd.managed";
 pub const LABEL_HOST: &str = "herd.host";
 /// Label marking the hand's own helper containers (`git`), never a session's sandbox.
 pub const LABEL_HELPER: &str = "herd.helper";
+/// Label marking a warm pool sandbox, with its image: made before any session asked, bound to
+/// the first session that claims it (renamed to that session's name), never to another.
+pub const LABEL_POOL: &str = "herd.pool";
 
 /// Limits and defaults of sandboxes.
 #[derive(Debug, Clone)]
@@ -191,6 +194,10 @@ pub struct Sandbox {
     /// True when its workspace volume was created with it (the session's first sandbox on
     /// this host, or its volume was removed): a snapshot, if the session has one, belongs in it.
     pub fresh_volume: bool,
+    /// Its workspace volume (a pool sandbox keeps the pool volume it was made with).
+    pub volume: String,
+    /// True when it came from the warm pool.
+    pub from_pool: bool,
 }
 
 /// Which network a container gets.
@@ -215,6 +222,24 @@ fn helper_name(host: &str, session: &SessionId) -> String {
 
 fn volume_name(host: &str, session: &SessionId) -> String {
     format!("herd-ws-{host}-{session}")
+}
+
+fn pool_name(host: &str, id: &str) -> String {
+    format!("herd-{host}-pool-{id}")
+}
+
+fn pool_volume_name(host: &str, id: &str) -> String {
+    format!("herd-ws-{host}-pool-{id}")
+}
+
+/// The workspace volume a container mounts.
+fn workspace_of(c: &bollard::models::ContainerInspectResponse) -> Option<String> {
+    c.mounts
+        .as_ref()?
+        .iter()
+        .find(|m| m.destination.as_deref() == Some("/workspace"))?
+        .name
+        .clone()
 }
 
 impl Sandboxes {
@@ -251,28 +276,41 @@ impl Sandboxes {
         session: &SessionId,
         image: Option<&str>,
     ) -> Result<Sandbox, SandboxError> {
-        self.ensure_with(session, image, None).await
+        self.ensure_with(session, image, None, None).await
     }
 
     /// [`Self::ensure`], with the sandbox on an egress network (`Net::Egress`) when its session
-    /// asks for limited networking; `None` is no network at all.
+    /// asks for limited networking; `None` is no network at all. `volume` is the session's
+    /// workspace volume on this host when the log names one (a sandbox that came from the
+    /// pool keeps its pool volume); otherwise it is named after the session. A session with
+    /// no sandbox and no volume here takes one from the warm pool when the pool has one of
+    /// its image (sessions without networking only).
     pub async fn ensure_with(
         &self,
         session: &SessionId,
         image: Option<&str>,
         egress: Option<(&str, &str)>,
+        volume: Option<&str>,
     ) -> Result<Sandbox, SandboxError> {
         let name = container_name(&self.host, session);
+        let mut volume = volume.map(String::from);
         match self.docker.inspect_container(&name, None).await {
             Ok(c) => {
                 let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+                let mounted = workspace_of(&c);
                 let id = c.id.unwrap_or(name.clone());
                 if running {
                     return Ok(Sandbox {
                         id,
                         fresh: false,
                         fresh_volume: false,
+                        volume: mounted.unwrap_or_else(|| volume_name(&self.host, session)),
+                        from_pool: false,
                     });
+                }
+                // Its replacement mounts the same workspace.
+                if mounted.is_some() {
+                    volume = mounted;
                 }
                 self.remove_container(&id).await;
             }
@@ -282,28 +320,111 @@ impl Sandboxes {
             Err(e) => return Err(docker_err(e)),
         }
         let image = image.unwrap_or(&self.config.default_image).to_string();
-        let user = self.image_user(&image).await?;
-        let net = match egress {
-            Some((network, proxy)) => Net::Egress { network, proxy },
-            None => Net::None,
-        };
-        let body = self.hardened(session, image, user, net);
-        let fresh_volume = match self
-            .docker
-            .inspect_volume(&volume_name(&self.host, session))
-            .await
-        {
+        let volume = volume.unwrap_or_else(|| volume_name(&self.host, session));
+        let fresh_volume = match self.docker.inspect_volume(&volume).await {
             Ok(_) => false,
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => true,
             Err(e) => return Err(docker_err(e)),
         };
+        if fresh_volume
+            && egress.is_none()
+            && let Some(sandbox) = self.claim_pooled(session, &image).await
+        {
+            return Ok(sandbox);
+        }
+        let user = self.image_user(&image).await?;
+        let net = match egress {
+            Some((network, proxy)) => Net::Egress { network, proxy },
+            None => Net::None,
+        };
+        let body = self.hardened(Some(session), image, user, net, volume.clone());
         let mut sandbox = self
             .create_and_start(&container_name(&self.host, session), body)
             .await?;
         sandbox.fresh_volume = fresh_volume;
+        sandbox.volume = volume;
         Ok(sandbox)
+    }
+
+    /// The workspace volume a session's sandbox on this host gets unless the log names another.
+    pub fn default_volume(&self, session: &SessionId) -> String {
+        volume_name(&self.host, session)
+    }
+
+    /// The warm pool's sandboxes of this host: (container id, image, name) of those not
+    /// claimed yet.
+    pub async fn pooled(&self) -> Result<Vec<(String, String, String)>, SandboxError> {
+        let prefix = format!("/{}", pool_name(&self.host, ""));
+        Ok(self
+            .labelled(vec![
+                format!("{LABEL_HOST}={}", self.host),
+                format!("{LABEL_MANAGED}=true"),
+                LABEL_POOL.to_string(),
+            ])
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names.as_ref()?.first()?.clone();
+                let image = c.labels.as_ref()?.get(LABEL_POOL)?.clone();
+                name.starts_with(&prefix)
+                    .then(|| Some((c.id?, image, name.trim_start_matches('/').to_string())))?
+            })
+            .collect())
+    }
+
+    /// Makes one warm pool sandbox of `image`: hardened as a session's, with no network, an
+    /// empty workspace volume of its own, and no session yet.
+    pub async fn add_pooled(&self, image: &str) -> Result<Sandbox, SandboxError> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let user = self.image_user(image).await?;
+        let volume = pool_volume_name(&self.host, &id);
+        let mut body = self.hardened(None, image.to_string(), user, Net::None, volume.clone());
+        if let Some(labels) = body.labels.as_mut() {
+            labels.insert(LABEL_POOL.to_string(), image.to_string());
+        }
+        let mut sandbox = self
+            .create_and_start(&pool_name(&self.host, &id), body)
+            .await?;
+        sandbox.volume = volume;
+        sandbox.from_pool = true;
+        Ok(sandbox)
+    }
+
+    /// Binds a running pool sandbox of `image` to `session`: renamed to the session's sandbox
+    /// name, which only one claim can win, so a pool sandbox goes to one session only; it never
+    /// returns to the pool.
+    async fn claim_pooled(&self, session: &SessionId, image: &str) -> Option<Sandbox> {
+        let pooled = self.pooled().await.ok()?;
+        for (id, pool_image, _) in pooled.into_iter().filter(|(_, i, _)| i == image) {
+            let _ = pool_image;
+            let renamed = self
+                .docker
+                .rename_container(
+                    &id,
+                    bollard::query_parameters::RenameContainerOptions {
+                        name: container_name(&self.host, session),
+                    },
+                )
+                .await;
+            if renamed.is_err() {
+                continue;
+            }
+            let c = self.docker.inspect_container(&id, None).await.ok()?;
+            if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+                self.remove_container(&id).await;
+                continue;
+            }
+            return Some(Sandbox {
+                volume: workspace_of(&c)?,
+                id,
+                fresh: true,
+                fresh_volume: true,
+                from_pool: true,
+            });
+        }
+        None
     }
 
     /// The session's sandbox on this host when it is running (nothing is created).
@@ -315,9 +436,11 @@ impl Sandboxes {
             .ok()?;
         c.state.as_ref()?.running.filter(|r| *r)?;
         Some(Sandbox {
+            volume: workspace_of(&c).unwrap_or_else(|| volume_name(&self.host, session)),
             id: c.id?,
             fresh: false,
             fresh_volume: false,
+            from_pool: false,
         })
     }
 
@@ -342,6 +465,8 @@ impl Sandboxes {
             id: created.id,
             fresh: true,
             fresh_volume: false,
+            volume: String::new(),
+            from_pool: false,
         })
     }
 
@@ -371,10 +496,11 @@ impl Sandboxes {
     /// capabilities, an empty environment, limits; no network, or the egress network.
     fn hardened(
         &self,
-        session: &SessionId,
+        session: Option<&SessionId>,
         image: String,
         user: String,
         net: Net<'_>,
+        volume: String,
     ) -> ContainerCreateBody {
         let (mode, env) = match net {
             Net::None => ("none".to_string(), vec![]),
@@ -401,11 +527,15 @@ impl Sandboxes {
             user: Some(user),
             working_dir: Some("/workspace".into()),
             env: Some(env),
-            labels: Some(HashMap::from([
-                (LABEL_SESSION.to_string(), session.to_string()),
-                (LABEL_MANAGED.to_string(), "true".to_string()),
-                (LABEL_HOST.to_string(), self.host.clone()),
-            ])),
+            labels: Some(
+                [
+                    (LABEL_MANAGED.to_string(), "true".to_string()),
+                    (LABEL_HOST.to_string(), self.host.clone()),
+                ]
+                .into_iter()
+                .chain(session.map(|s| (LABEL_SESSION.to_string(), s.to_string())))
+                .collect(),
+            ),
             network_disabled: Some(mode == "none"),
             host_config: Some(HostConfig {
                 network_mode: Some(mode),
@@ -424,7 +554,7 @@ impl Sandboxes {
                 )])),
                 mounts: Some(vec![Mount {
                     target: Some("/workspace".into()),
-                    source: Some(volume_name(&self.host, session)),
+                    source: Some(volume),
                     typ: Some(MountType::VOLUME),
                     read_only: Some(false),
                     ..Default::default()
@@ -479,7 +609,20 @@ impl Sandboxes {
             }
             Err(e) => return Err(docker_err(e)),
         };
-        let mut body = self.hardened(session, image, user, Net::Egress { network, proxy });
+        let volume = self
+            .docker
+            .inspect_container(&container_name(&self.host, session), None)
+            .await
+            .ok()
+            .and_then(|c| workspace_of(&c))
+            .unwrap_or_else(|| volume_name(&self.host, session));
+        let mut body = self.hardened(
+            Some(session),
+            image,
+            user,
+            Net::Egress { network, proxy },
+            volume,
+        );
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(LABEL_HELPER.to_string(), "git".to_string());
         }
@@ -812,14 +955,28 @@ impl Sandboxes {
             .await;
     }
 
+    /// The workspace volume of the session's sandbox on this host, if it has one now.
+    async fn mounted_volume(&self, session: &SessionId) -> Option<String> {
+        let c = self
+            .docker
+            .inspect_container(&container_name(&self.host, session), None)
+            .await
+            .ok()?;
+        workspace_of(&c)
+    }
+
     /// Removes a session's sandbox and its workspace volume.
     pub async fn destroy(&self, session: &SessionId) {
+        let volume = self
+            .mounted_volume(session)
+            .await
+            .unwrap_or_else(|| volume_name(&self.host, session));
         self.remove_container(&container_name(&self.host, session))
             .await;
         let _ = self
             .docker
             .remove_volume(
-                &volume_name(&self.host, session),
+                &volume,
                 None::<bollard::query_parameters::RemoveVolumeOptions>,
             )
             .await;
@@ -872,11 +1029,11 @@ impl Sandboxes {
     /// Where the session's workspace volume lives on this host, when this process can see it
     /// (a hand on the host, not in a container).
     pub async fn workspace_mountpoint(&self, session: &SessionId) -> Option<std::path::PathBuf> {
-        let v = self
-            .docker
-            .inspect_volume(&volume_name(&self.host, session))
+        let volume = self
+            .mounted_volume(session)
             .await
-            .ok()?;
+            .unwrap_or_else(|| volume_name(&self.host, session));
+        let v = self.docker.inspect_volume(&volume).await.ok()?;
         let path = std::path::PathBuf::from(v.mountpoint);
         path.is_dir().then_some(path)
     }
@@ -950,8 +1107,10 @@ impl Sandboxes {
             .map_err(docker_err)
     }
 
-    /// The sessions whose sandboxes this host runs (from the labels).
+    /// The sessions whose sandboxes this host runs (from the labels; a sandbox that came from
+    /// the pool carries its session in its name). Unclaimed pool sandboxes are not listed.
     pub async fn list(&self) -> Result<Vec<(String, String)>, SandboxError> {
+        let prefix = format!("/herd-{}-", self.host);
         Ok(self
             .labelled(vec![
                 format!("{LABEL_HOST}={}", self.host),
@@ -960,9 +1119,30 @@ impl Sandboxes {
             .await?
             .into_iter()
             .filter_map(|c| {
-                let session = c.labels.as_ref()?.get(LABEL_SESSION)?.clone();
+                let labels = c.labels.as_ref()?;
+                let session = match labels.get(LABEL_SESSION) {
+                    Some(s) => s.clone(),
+                    None if labels.contains_key(LABEL_POOL) => {
+                        let name = c.names.as_ref()?.first()?;
+                        let session = name.strip_prefix(&prefix)?;
+                        SessionId::parse(session).ok()?.to_string()
+                    }
+                    None => return None,
+                };
                 Some((session, c.id?))
             })
             .collect())
+    }
+
+    /// Removes the unclaimed pool sandboxes of this host, with their (empty) volumes.
+    pub async fn drain_pool(&self) {
+        for (id, _, name) in self.pooled().await.unwrap_or_default() {
+            self.remove_container(&id).await;
+            if let Some(pool_id) = name.strip_prefix(&pool_name(&self.host, "")) {
+                let _ = self
+                    .remove_volume(&pool_volume_name(&self.host, pool_id))
+                    .await;
+            }
+        }
     }
 }

@@ -84,7 +84,14 @@ pub struct HandsConfig {
     /// The largest workspace archive a snapshot takes (rule 11); a larger workspace is not
     /// saved, and its `sandbox.workspace_saved` says so.
     pub snapshot_limit: u64,
+    /// The warm pool: per image, how many hardened sandboxes this hand keeps made and started
+    /// before any session asks, so a session's first tool call does not wait for Docker to
+    /// create one. Each is bound to the first session that takes it, never to another.
+    pub warm_pool: Vec<(String, usize)>,
 }
+
+/// The most sandboxes one hand's warm pool may hold, over all images.
+pub const MAX_WARM_POOL: usize = 64;
 
 /// The images every deployment allows: herd's own sandbox images.
 pub const HERD_IMAGES: &[&str] = &["herd-sandbox:debian", "herd-sandbox:busybox"];
@@ -111,6 +118,7 @@ impl Default for HandsConfig {
             max_sandboxes: 32,
             mcp_call_timeout: super::mcp::CALL_TIMEOUT,
             snapshot_limit: 1 << 30,
+            warm_pool: Vec::new(),
         }
     }
 }
@@ -194,6 +202,8 @@ pub struct Hands {
     blob_tally: Mutex<HashMap<SessionId, (u64, u64)>>,
     /// The last measure of each session's workspace.
     workspaces: Mutex<HashMap<SessionId, super::workspace::Measure>>,
+    /// Each session's workspace volume here when it is not named after the session.
+    volumes: Mutex<HashMap<SessionId, Option<String>>>,
     /// The egress network and proxy, created when the first session that asks for limited
     /// networking runs a tool here (most hands never need one, and Docker has few networks).
     egress: tokio::sync::OnceCell<super::egress::Egress>,
@@ -208,6 +218,19 @@ impl Hands {
         config: HandsConfig,
     ) -> Result<Arc<Self>, HandsError> {
         check_host(&config.host)?;
+        let pooled: usize = config.warm_pool.iter().map(|(_, n)| n).sum();
+        if pooled > MAX_WARM_POOL {
+            return Err(HandsError::Tools(format!(
+                "the warm pool asks for {pooled} sandboxes; a hand keeps at most {MAX_WARM_POOL}"
+            )));
+        }
+        for (image, _) in &config.warm_pool {
+            if *image != config.sandbox.default_image && !config.allowed_images.contains(image) {
+                return Err(HandsError::Tools(format!(
+                    "the warm pool's image {image:?} is not one sessions may use (the default image or --allow-image)"
+                )));
+            }
+        }
         // Docker first: a missing engine or runtime is a local mistake, reported before
         // anything waits on NATS.
         let sandboxes = Sandboxes::connect(&config.host, config.sandbox.clone()).await?;
@@ -234,6 +257,7 @@ impl Hands {
         let hands = Arc::new(Self {
             policy,
             workspaces: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(HashMap::new()),
             blob_tally: Mutex::new(HashMap::new()),
             http,
             git,
@@ -304,6 +328,15 @@ impl Hands {
                 }
             }))
         };
+        let pool = (!self.config.warm_pool.is_empty()).then(|| {
+            let me = self.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    me.fill_pool().await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }))
+        });
         tracing::info!(host = %self.config.host, "Hands are taking tool jobs.");
         let result = work_queue::run(pulls, self.config.concurrency, shutdown, |msg| {
             let me = self.clone();
@@ -313,11 +346,36 @@ impl Hands {
         .map_err(HandsError::Consumer);
         drop(reaper);
         drop(announcer);
+        if pool.is_some() {
+            drop(pool);
+            self.sandboxes.drain_pool().await;
+        }
         self.registry.withdraw(&self.config.host).await;
         if let Some(e) = self.egress.get() {
             e.remove(self.sandboxes.docker()).await;
         }
         result
+    }
+
+    /// Tops the warm pool up: one new sandbox per missing place, image by image.
+    async fn fill_pool(&self) {
+        let Ok(pooled) = self.sandboxes.pooled().await else {
+            return;
+        };
+        for (image, want) in &self.config.warm_pool {
+            let have = pooled.iter().filter(|(_, i, _)| i == image).count();
+            for _ in have..*want {
+                match self.sandboxes.add_pooled(image).await {
+                    Ok(s) => {
+                        tracing::debug!(%image, container = %s.id, "Added a sandbox to the warm pool.")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%image, error = %e, "Could not add a sandbox to the warm pool.");
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     async fn reap_idle(&self) {
@@ -473,12 +531,14 @@ impl Hands {
                 is_error: true,
             });
         }
+        let volume = self.known_volume(session).await?;
         let ensured = self
             .sandboxes
             .ensure_with(
                 session,
                 Some(image),
                 egress.map(|e| (e.network(), e.proxy_url())),
+                volume.as_deref(),
             )
             .await;
         if let (Ok(sandbox), Some(e)) = (&ensured, egress) {
@@ -493,7 +553,7 @@ impl Hands {
         let outcome = match ensured {
             Ok(sandbox) => {
                 let mut note = if sandbox.fresh {
-                    let previous = self.provisioned(session, image, &sandbox.id).await?;
+                    let previous = self.provisioned(session, image, &sandbox).await?;
                     if sandbox.fresh_volume {
                         // A new volume: the session's files are wherever its last snapshot is.
                         self.restore_workspace(session, &sandbox, previous.as_deref())
@@ -992,7 +1052,7 @@ impl Hands {
         &self,
         session: &SessionId,
         image: &str,
-        container: &str,
+        sandbox: &Sandbox,
     ) -> Result<Option<String>, JobError> {
         let earlier = self
             .log
@@ -1006,13 +1066,60 @@ impl Hands {
             )
             .await?;
         let previous_host = job::previous_host(&earlier);
+        let named = sandbox.volume != self.sandboxes.default_volume(session);
         let event = Event::new(SandboxProvisioned {
             host: self.config.host.clone(),
             image: image.to_string(),
-            container: container.to_string(),
+            container: sandbox.id.clone(),
+            volume: named.then(|| sandbox.volume.clone()),
+            from_pool: sandbox.from_pool,
         });
         self.log.append_fact(session, &event).await?;
+        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        if volumes.len() > 4096 {
+            volumes.clear();
+        }
+        volumes.insert(session.clone(), named.then(|| sandbox.volume.clone()));
         Ok(previous_host)
+    }
+
+    /// The session's workspace volume on this host when the log names one (its last sandbox
+    /// here came from the pool), remembered after the first read.
+    async fn known_volume(&self, session: &SessionId) -> Result<Option<String>, JobError> {
+        if let Some(v) = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+        {
+            return Ok(v.clone());
+        }
+        let events = self
+            .log
+            .read(
+                session,
+                &Slice {
+                    types: vec!["sandbox.provisioned".into()],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let volume = events
+            .iter()
+            .rev()
+            .filter_map(|r| r.as_ref().ok())
+            .find_map(|e| match &e.event.body {
+                crate::event::EventBody::SandboxProvisioned(p) if p.host == self.config.host => {
+                    Some(p.volume.clone())
+                }
+                _ => None,
+            })
+            .flatten();
+        self.volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.clone(), volume.clone());
+        Ok(volume)
     }
 
     /// The object store of large outputs and workspace snapshots.

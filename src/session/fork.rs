@@ -160,6 +160,8 @@ mod tests {
                     host: "h".into(),
                     image: "i".into(),
                     container: "c".into(),
+                    volume: None,
+                    from_pool: false,
                 },
             ),
             at(

@@ -304,6 +304,8 @@ pub fn one_of_each() -> Vec<Event> {
             host: "h1".into(),
             image: "herd-sandbox:debian".into(),
             container: "abc".into(),
+            volume: None,
+            from_pool: false,
         }
         .into(),
         SandboxLost {

@@ -131,3 +131,50 @@ async fn the_first_call_takes_a_pool_sandbox_that_no_other_session_ever_sees() {
     sandboxes.drain_pool().await;
     assert!(sandboxes.pooled().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_calls_never_share_a_pool_sandbox() {
+    ensure_image("busybox");
+    let image = "herd-sandbox:busybox";
+    let sandboxes = herd::hands::sandbox::Sandboxes::connect(
+        &host("race"),
+        herd::hands::sandbox::SandboxConfig {
+            default_image: image.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        sandboxes.add_pooled(image).await.unwrap();
+    }
+    let sessions: Vec<SessionId> = (0..6).map(|_| SessionId::generate()).collect();
+    let claims = futures_util::future::join_all(
+        sessions
+            .iter()
+            .map(|s| sandboxes.ensure_with(s, Some(image), None, None)),
+    )
+    .await;
+    let claims: Vec<_> = claims.into_iter().map(Result::unwrap).collect();
+    let ids: std::collections::HashSet<&String> = claims.iter().map(|c| &c.id).collect();
+    let volumes: std::collections::HashSet<&String> = claims.iter().map(|c| &c.volume).collect();
+    assert_eq!(ids.len(), 6, "every session its own container");
+    assert_eq!(volumes.len(), 6, "every session its own volume");
+    let from_pool = claims.iter().filter(|c| c.from_pool).count();
+    assert_eq!(
+        from_pool, 3,
+        "the three pool sandboxes went to three sessions"
+    );
+    assert!(sandboxes.pooled().await.unwrap().is_empty());
+    // A session whose id looks like a pool name is not a pool sandbox.
+    let lookalike = SessionId::parse("pool-abc").unwrap();
+    let s = sandboxes
+        .ensure_with(&lookalike, Some(image), None, None)
+        .await
+        .unwrap();
+    assert!(!s.from_pool);
+    assert!(sandboxes.pooled().await.unwrap().is_empty());
+    for s in sessions.iter().chain([&lookalike]) {
+        sandboxes.destroy(s).await;
+    }
+}

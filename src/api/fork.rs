@@ -13,7 +13,7 @@ use crate::bus::workspace_jobs;
 use crate::event::{
     Event, EventBody, SandboxWorkspaceSaved, SessionForked, SessionId, StoredEvent,
 };
-use crate::hands::{outputs, snapshot, snapshots};
+use crate::hands::{outputs, snapshots};
 use crate::session::{LogError, fork};
 
 /// Events one append of the copy carries (one atomic batch each).
@@ -92,8 +92,7 @@ impl Api {
         }
         // The workspace: the parent's snapshot of that point, copied into the child's own
         // objects, recorded in the child's log after the copied prefix.
-        let recorded = snapshot::recorded(&events);
-        let workspace = fork::workspace_at(&recorded, point);
+        let workspace = fork::workspace_at(&events, point);
         let forked = SessionForked {
             parent: parent.to_string(),
             requested,

@@ -195,7 +195,10 @@ impl Api {
         let event = Event::new(crate::event::SessionStatusTerminated {
             reason: reason.to_string(),
         });
-        Ok(self.log.append_fact(id, &event).await?.into())
+        let sent = self.log.append_fact(id, &event).await?.into();
+        // A terminated session is never woken again: its schedules go with it.
+        crate::bus::schedules::cancel_all(&self.js, id).await?;
+        Ok(sent)
     }
 
     /// The session log, for reads the use cases do not wrap.

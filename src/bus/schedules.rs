@@ -360,7 +360,29 @@ pub async fn cancel(
     s.delete_message(msg.sequence)
         .await
         .map_err(|e| op(e, "cancelling a schedule"))?;
+    // A firing already queued for it goes too.
+    if let Ok(queued) = s
+        .get_last_raw_message_by_subject(&subjects::schedule_fire(session, name))
+        .await
+    {
+        let _ = s.delete_message(queued.sequence).await;
+    }
     Ok(())
+}
+
+/// Cancels every schedule of a session (it is terminated); how many.
+pub async fn cancel_all(
+    js: &jetstream::Context,
+    session: &SessionId,
+) -> Result<usize, ScheduleError> {
+    let names = names(js, session).await?;
+    for name in &names {
+        match cancel(js, session, name).await {
+            Ok(()) | Err(ScheduleError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(names.len())
 }
 
 /// One firing, as a brain takes it.

@@ -36,6 +36,21 @@ pub fn request_kind(request_id: &str, seq: u64) -> Option<bool> {
 /// The tools that may change the workspace: a turn that ran one of them gets a snapshot.
 pub const CHANGING_TOOLS: &[&str] = &["bash", "write", "edit", "git_remote"];
 
+/// The event id of the `sandbox.workspace_saved` answering `request_id`: the same for every
+/// hand, so one lands however often the job runs; its own kind, so it never meets a tool
+/// result's id.
+pub fn saved_event_id(
+    session: &crate::event::SessionId,
+    request_id: &str,
+) -> Result<crate::event::EventId, crate::event::IdError> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, session.as_str().as_bytes());
+    let short: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    crate::event::EventId::derived("wsaved", &[&short, request_id])
+}
+
 /// The snapshot a session's end of turn still needs: the id and the `session.status_idle`
 /// sequence of its last turn, when that turn (or one since the last snapshot) ran a tool that
 /// may have changed the workspace in a sandbox and no snapshot answers it yet.
@@ -57,12 +72,15 @@ pub fn needed(events: &[StoredEvent]) -> Option<(String, u64)> {
                 last_idle = Some(e.seq);
                 changed_before_idle = changed_since_saved;
             }
-            // Any snapshot (a turn's, an on-demand one, a fork's starting workspace) holds
-            // what came before it.
+            // Any snapshot that was saved (a turn's, an on-demand one, a fork's starting
+            // workspace) holds what came before it; one that failed holds nothing, so the next
+            // turn's end asks again.
             EventBody::SandboxWorkspaceSaved(s) => {
                 answered.insert(s.request_id.clone());
-                changed_since_saved = false;
-                changed_before_idle = false;
+                if s.error.is_none() {
+                    changed_since_saved = false;
+                    changed_before_idle = false;
+                }
             }
             _ => {}
         }
@@ -123,6 +141,7 @@ mod tests {
             unchanged: false,
             error: None,
             duration_ms: 1,
+            as_of: 0,
         }
     }
 

@@ -68,6 +68,23 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = bench::console::Params::default().python)]
         python: String,
     },
+    /// Workspace snapshots (full, incremental, unchanged, restore) of a large workspace vs
+    /// Docker's archive API and a plain object-store put; a session's first tool call from the
+    /// warm pool vs cold.
+    Workspace {
+        /// MiB in the workspace (one file per MiB).
+        #[arg(long, default_value_t = 100)]
+        workspace_mib: usize,
+        /// Snapshot rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// First tool calls timed each way.
+        #[arg(long, default_value_t = 20)]
+        first_calls: usize,
+        /// The sandbox image.
+        #[arg(long, default_value = "herd-sandbox:busybox")]
+        image: String,
+    },
     /// Append latency and replay time of the session log vs raw JetStream.
     Log {
         /// Timed appends of each kind.
@@ -152,6 +169,21 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 repeats,
                 python,
                 ..Default::default()
+            })
+            .await?;
+            println!("{}", bench::render(&report.table(), &report)?);
+        }
+        BenchCmd::Workspace {
+            workspace_mib,
+            rounds,
+            first_calls,
+            image,
+        } => {
+            let report = bench::workspace::run(bench::workspace::Params {
+                workspace_mib: workspace_mib.max(1),
+                rounds: rounds.max(1),
+                first_calls: first_calls.max(1),
+                image,
             })
             .await?;
             println!("{}", bench::render(&report.table(), &report)?);

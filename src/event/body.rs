@@ -470,6 +470,9 @@ payload!(
         #[serde(default, skip_serializing_if = "Option::is_none")] error: Option<String>,
         /// How long it took.
         #[serde(default)] duration_ms: u64,
+        /// The session's last sequence when the hand began saving (under the session's lock,
+        /// so no tool of the session ran meanwhile): the workspace is as of this event.
+        #[serde(default)] as_of: u64,
     }
 );
 payload!(
@@ -554,6 +557,7 @@ impl SandboxWorkspaceSaved {
             unchanged: false,
             error: None,
             duration_ms: 0,
+            as_of: 0,
         }
     }
 }

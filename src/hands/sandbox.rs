@@ -182,6 +182,11 @@ pub struct Sandboxes {
     docker: Docker,
     host: String,
     config: SandboxConfig,
+    /// One claim of a pool sandbox at a time: Docker resolves a rename's source name before it
+    /// renames, so two concurrent renames of one pool name can both succeed, the second taking
+    /// the sandbox from the first session. A host's pool is its hand's alone, so a lock in
+    /// the process serialises every claim.
+    claims: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A session's running sandbox.
@@ -224,12 +229,24 @@ fn volume_name(host: &str, session: &SessionId) -> String {
     format!("herd-ws-{host}-{session}")
 }
 
+/// Pool names carry a `.`, which no session id (nor host name) may hold, so a pool sandbox's
+/// name can never be a session's.
 fn pool_name(host: &str, id: &str) -> String {
-    format!("herd-{host}-pool-{id}")
+    format!("herd-{host}-pool.{id}")
 }
 
 fn pool_volume_name(host: &str, id: &str) -> String {
-    format!("herd-ws-{host}-pool-{id}")
+    format!("herd-ws-{host}-pool.{id}")
+}
+
+/// Whether `volume` may be a session's workspace on `host`: its own name, or one of this
+/// host's pool volumes (`herd-ws-<host>-pool.<12 hex>`). A volume named in the log is checked
+/// so, never mounted just because an event names it.
+pub fn acceptable_volume(host: &str, session: &SessionId, volume: &str) -> bool {
+    volume == volume_name(host, session)
+        || volume
+            .strip_prefix(&pool_volume_name(host, ""))
+            .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The workspace volume a container mounts.
@@ -261,6 +278,7 @@ impl Sandboxes {
             docker,
             host: host.to_string(),
             config,
+            claims: Default::default(),
         })
     }
 
@@ -293,7 +311,9 @@ impl Sandboxes {
         volume: Option<&str>,
     ) -> Result<Sandbox, SandboxError> {
         let name = container_name(&self.host, session);
-        let mut volume = volume.map(String::from);
+        let mut volume = volume
+            .filter(|v| acceptable_volume(&self.host, session, v))
+            .map(String::from);
         match self.docker.inspect_container(&name, None).await {
             Ok(c) => {
                 let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
@@ -396,22 +416,29 @@ impl Sandboxes {
     /// name, which only one claim can win, so a pool sandbox goes to one session only; it never
     /// returns to the pool.
     async fn claim_pooled(&self, session: &SessionId, image: &str) -> Option<Sandbox> {
+        let _one_at_a_time = self.claims.lock().await;
         let pooled = self.pooled().await.ok()?;
-        for (id, pool_image, _) in pooled.into_iter().filter(|(_, i, _)| i == image) {
-            let _ = pool_image;
+        let mine = container_name(&self.host, session);
+        for (id, _, name) in pooled.into_iter().filter(|(_, i, _)| i == image) {
+            // By its pool name, not its id: once it is renamed, a later claim's rename fails.
             let renamed = self
                 .docker
                 .rename_container(
-                    &id,
-                    bollard::query_parameters::RenameContainerOptions {
-                        name: container_name(&self.host, session),
-                    },
+                    &name,
+                    bollard::query_parameters::RenameContainerOptions { name: mine.clone() },
                 )
                 .await;
             if renamed.is_err() {
                 continue;
             }
             let c = self.docker.inspect_container(&id, None).await.ok()?;
+            let named_mine =
+                c.name.as_deref().map(|n| n.trim_start_matches('/')) == Some(mine.as_str());
+            if !named_mine {
+                tracing::warn!(container = %id, "A claimed pool sandbox does not carry its session's name; removed.");
+                self.remove_container(&id).await;
+                continue;
+            }
             if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
                 self.remove_container(&id).await;
                 continue;
@@ -1122,6 +1149,8 @@ impl Sandboxes {
                 let labels = c.labels.as_ref()?;
                 let session = match labels.get(LABEL_SESSION) {
                     Some(s) => s.clone(),
+                    // A claimed pool sandbox carries its session in its name; an unclaimed
+                    // one's name holds a '.', which no session id does.
                     None if labels.contains_key(LABEL_POOL) => {
                         let name = c.names.as_ref()?.first()?;
                         let session = name.strip_prefix(&prefix)?;

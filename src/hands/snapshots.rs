@@ -110,6 +110,39 @@ pub async fn save(
     previous: Option<(&str, &Manifest)>,
     limit: u64,
 ) -> Result<SaveOutcome, SnapshotError> {
+    let mut written = Vec::new();
+    let saved = save_inner(
+        docker,
+        store,
+        container,
+        session,
+        request_id,
+        previous,
+        limit,
+        &mut written,
+    )
+    .await;
+    if saved.is_err() {
+        // Chunks this save wrote are in no manifest: delete them, or they would stay until
+        // the session is collected.
+        for id in written {
+            let _ = store.delete(snapshot::chunk_object(session, &id)).await;
+        }
+    }
+    saved
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn save_inner(
+    docker: &Docker,
+    store: &ObjectStore,
+    container: &str,
+    session: &SessionId,
+    request_id: &str,
+    previous: Option<(&str, &Manifest)>,
+    limit: u64,
+    written: &mut Vec<String>,
+) -> Result<SaveOutcome, SnapshotError> {
     let started = Instant::now();
     let mut known: HashSet<String> = previous
         .map(|(_, m)| m.chunks.iter().map(|c| c.id.clone()).collect())
@@ -155,6 +188,7 @@ pub async fn save(
                     )
                     .await
                     .map_err(store_err)?;
+                written.push(id.clone());
                 new_chunks += 1;
                 stored_bytes += chunk.len() as u64;
             }

@@ -16,12 +16,15 @@
 
 use crate::event::{EventBody, Record, StoredEvent};
 
-/// The parent's event types a fork does not copy: its sandboxes and snapshots.
+/// The parent's event types a fork does not copy: its sandboxes and snapshots, and its
+/// scheduled wakes (their definitions stay the parent's).
 pub const NOT_COPIED: &[&str] = &[
     "sandbox.provisioned",
     "sandbox.lost",
     "sandbox.workspace_saved",
     "sandbox.workspace_restored",
+    "session.schedule_set",
+    "session.schedule_cancelled",
 ];
 
 /// The sequence a fork asked at `requested` is taken at: the last `session.status_idle` at or
@@ -44,19 +47,46 @@ pub fn copied(e: &StoredEvent, at: u64) -> bool {
         && !matches!(e.event.body, EventBody::SessionCreated(_))
 }
 
-/// The snapshot request whose workspace belongs to a fork taken at `at`: the parent's latest
-/// snapshot asked for at or before it (`snap_<idle seq>` or `snapnow_<seq>`), among `recorded`
-/// (sequence, request id, manifest).
-pub fn workspace_at(recorded: &[(u64, String, String)], at: u64) -> Option<(String, String)> {
-    recorded
+/// The parent's snapshot whose workspace belongs to a fork taken at `at`: (its request id, its
+/// manifest). A snapshot stands for the log at its request's sequence (`snap_<idle seq>`,
+/// `snapnow_<seq>`; a fork's own starting one at its event) and was taken as of `as_of`; it
+/// is the fork's only if no tool that may change the workspace returned between `at` and
+/// `as_of` (a snapshot taken after the next turn's writes is newer than the fork's log). The
+/// latest such one at or before `at`, if any.
+pub fn workspace_at(events: &[StoredEvent], at: u64) -> Option<(String, String)> {
+    let mut changing = std::collections::HashSet::new();
+    let mut changed_at = Vec::new();
+    for e in events {
+        match &e.event.body {
+            EventBody::AgentToolUse(u)
+                if crate::bus::workspace_jobs::CHANGING_TOOLS.contains(&u.name.as_str()) =>
+            {
+                changing.insert(u.tool_use_id.clone());
+            }
+            EventBody::AgentToolResult(r) if changing.contains(&r.tool_use_id) => {
+                changed_at.push(e.seq)
+            }
+            _ => {}
+        }
+    }
+    events
         .iter()
-        .filter_map(|(_, request, manifest)| {
-            let n: u64 = request
-                .strip_prefix("snap_")
-                .or_else(|| request.strip_prefix("snapnow_"))?
-                .parse()
-                .ok()?;
-            (n <= at).then(|| (n, request.clone(), manifest.clone()))
+        .filter_map(|e| match &e.event.body {
+            EventBody::SandboxWorkspaceSaved(s) if s.error.is_none() => {
+                let manifest = s.manifest.clone()?;
+                let n: u64 = match s.request_id.as_str() {
+                    "fork" => e.seq,
+                    r => r
+                        .strip_prefix("snap_")
+                        .or_else(|| r.strip_prefix("snapnow_"))?
+                        .parse()
+                        .ok()?,
+                };
+                let as_of = s.as_of.max(n);
+                let newer = changed_at.iter().any(|&c| c > at && c <= as_of);
+                (n <= at && !newer).then(|| (n, s.request_id.clone(), manifest))
+            }
+            _ => None,
         })
         .max_by_key(|(n, _, _)| *n)
         .map(|(_, r, m)| (r, m))
@@ -67,14 +97,15 @@ pub fn workspace_at(recorded: &[(u64, String, String)], at: u64) -> Option<(Stri
 /// fork's `at`, the same ids and bodies in the same order. Empty when they match.
 pub fn compare(parent: &[Record], child: &[Record]) -> Vec<String> {
     let child: Vec<&StoredEvent> = child.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let Some((fork_pos, forked)) =
-        child
-            .iter()
-            .enumerate()
-            .find_map(|(i, e)| match &e.event.body {
-                EventBody::SessionForked(f) => Some((i, f)),
-                _ => None,
-            })
+    // The last one: a fork of a fork copies its parent's `session.forked` too.
+    let Some((fork_pos, forked)) = child
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.event.body {
+            EventBody::SessionForked(f) => Some((i, f)),
+            _ => None,
+        })
+        .next_back()
     else {
         return vec!["the session has no session.forked event".into()];
     };
@@ -231,15 +262,45 @@ mod tests {
     }
 
     #[test]
-    fn the_workspace_of_a_fork_is_the_last_snapshot_asked_by_then() {
-        let rec = vec![
-            (7, "snap_6".to_string(), "m6".to_string()),
-            (15, "snap_14".to_string(), "m14".to_string()),
-            (17, "snapnow_16".to_string(), "m16".to_string()),
+    fn the_workspace_of_a_fork_is_the_last_snapshot_of_its_log() {
+        let saved = |request: &str, as_of: u64| {
+            let mut s = crate::event::SandboxWorkspaceSaved::answering(request, "h");
+            s.manifest = Some(format!("m-{request}"));
+            s.as_of = as_of;
+            s
+        };
+        let write = |id: &str| crate::event::AgentToolUse {
+            tool_use_id: id.into(),
+            name: "write".into(),
+            input: serde_json::json!({}),
+            evaluated_permission: None,
+        };
+        let result = |id: &str| crate::event::AgentToolResult {
+            tool_use_id: id.into(),
+            content: vec![],
+            is_error: false,
+            output_ref: None,
+        };
+        let mut events = vec![
+            at(2, write("w1")),
+            at(3, result("w1")),
+            at(4, idle()),
+            at(5, saved("snap_4", 4)),
+            at(6, write("w2")),
+            at(7, result("w2")),
+            at(8, idle()),
+            at(9, saved("snap_8", 8)),
         ];
-        assert_eq!(workspace_at(&rec, 6), Some(("snap_6".into(), "m6".into())));
-        assert_eq!(workspace_at(&rec, 14).unwrap().0, "snap_14");
-        assert_eq!(workspace_at(&rec, 20).unwrap().0, "snapnow_16");
-        assert_eq!(workspace_at(&rec, 5), None);
+        assert_eq!(workspace_at(&events, 4).unwrap().0, "snap_4");
+        assert_eq!(workspace_at(&events, 8).unwrap().0, "snap_8");
+        assert_eq!(workspace_at(&events, 3), None);
+        // A snapshot taken after a later write is not the fork's.
+        events[7] = at(9, saved("snap_8", 12));
+        events.push(at(10, write("w3")));
+        events.push(at(11, result("w3")));
+        assert_eq!(workspace_at(&events, 8).unwrap().0, "snap_4");
+        // A fork's starting snapshot stands at its own event.
+        let forked = vec![at(6, idle()), at(8, saved("fork", 7))];
+        assert_eq!(workspace_at(&forked, 9).unwrap().0, "fork");
     }
 }

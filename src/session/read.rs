@@ -522,7 +522,8 @@ impl SessionLog {
             if reached {
                 let mut report = super::check::check_session(session.clone(), &records, settled);
                 // A fork: its copied prefix must be its parent's.
-                let forked = records.iter().find_map(|r| match r {
+                // The last one: a fork of a fork holds its parent's too.
+                let forked = records.iter().rev().find_map(|r| match r {
                     Ok(e) => match &e.event.body {
                         crate::event::EventBody::SessionForked(f) => {
                             Some((e.seq, f.parent.clone()))

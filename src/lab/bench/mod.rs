@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod hands;
 pub mod log;
 pub mod tools;
+pub mod workspace;
 
 use std::time::Duration;
 

@@ -187,6 +187,9 @@ pub struct Sandboxes {
     /// the sandbox from the first session. A host's pool is its hand's alone, so a lock in
     /// the process serialises every claim.
     claims: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// When a pool sandbox was last claimed: the pool is refilled a moment later, so making
+    /// the next one does not slow the first call of the session that took this one.
+    last_claim: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// A session's running sandbox.
@@ -279,6 +282,7 @@ impl Sandboxes {
             host: host.to_string(),
             config,
             claims: Default::default(),
+            last_claim: Default::default(),
         })
     }
 
@@ -377,13 +381,27 @@ impl Sandboxes {
     /// claimed yet.
     pub async fn pooled(&self) -> Result<Vec<(String, String, String)>, SandboxError> {
         let prefix = format!("/{}", pool_name(&self.host, ""));
+        // Running ones only: one still starting is not ready to serve a call.
+        let filters = HashMap::from([
+            (
+                "label".to_string(),
+                vec![
+                    format!("{LABEL_HOST}={}", self.host),
+                    format!("{LABEL_MANAGED}=true"),
+                    LABEL_POOL.to_string(),
+                ],
+            ),
+            ("status".to_string(), vec!["running".to_string()]),
+        ]);
         Ok(self
-            .labelled(vec![
-                format!("{LABEL_HOST}={}", self.host),
-                format!("{LABEL_MANAGED}=true"),
-                LABEL_POOL.to_string(),
-            ])
-            .await?
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err)?
             .into_iter()
             .filter_map(|c| {
                 let name = c.names.as_ref()?.first()?.clone();
@@ -392,6 +410,49 @@ impl Sandboxes {
                     .then(|| Some((c.id?, image, name.trim_start_matches('/').to_string())))?
             })
             .collect())
+    }
+
+    /// How long ago a pool sandbox was last claimed (`None`: never).
+    pub fn since_last_claim(&self) -> Option<Duration> {
+        self.last_claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Removes this host's pool sandboxes that stopped (killed, out of memory) before any
+    /// session claimed them, with their volumes. Not while one is being made: the hand's pool
+    /// filler calls this and [`Self::add_pooled`] one after the other.
+    pub async fn prune_pool(&self) {
+        let prefix = format!("/{}", pool_name(&self.host, ""));
+        let Ok(all) = self
+            .labelled(vec![
+                format!("{LABEL_HOST}={}", self.host),
+                format!("{LABEL_MANAGED}=true"),
+                LABEL_POOL.to_string(),
+            ])
+            .await
+        else {
+            return;
+        };
+        for c in all {
+            let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .cloned()
+                .unwrap_or_default();
+            let (Some(id), Some(pool_id)) = (c.id, name.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if !running {
+                self.remove_container(&id).await;
+                let _ = self
+                    .remove_volume(&pool_volume_name(&self.host, pool_id))
+                    .await;
+            }
+        }
     }
 
     /// Makes one warm pool sandbox of `image`: hardened as a session's, with no network, an
@@ -443,6 +504,7 @@ impl Sandboxes {
                 self.remove_container(&id).await;
                 continue;
             }
+            *self.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             return Some(Sandbox {
                 volume: workspace_of(&c)?,
                 id,

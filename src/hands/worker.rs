@@ -90,6 +90,9 @@ pub struct HandsConfig {
     pub warm_pool: Vec<(String, usize)>,
 }
 
+/// How long after a pool sandbox is claimed the pool is refilled.
+pub const POOL_REFILL_DELAY: Duration = Duration::from_millis(750);
+
 /// The most sandboxes one hand's warm pool may hold, over all images.
 pub const MAX_WARM_POOL: usize = 64;
 
@@ -359,6 +362,15 @@ impl Hands {
 
     /// Tops the warm pool up: one new sandbox per missing place, image by image.
     async fn fill_pool(&self) {
+        // Not while the session that just took a sandbox runs its first call.
+        if self
+            .sandboxes
+            .since_last_claim()
+            .is_some_and(|d| d < POOL_REFILL_DELAY)
+        {
+            return;
+        }
+        self.sandboxes.prune_pool().await;
         let Ok(pooled) = self.sandboxes.pooled().await else {
             return;
         };

@@ -683,3 +683,23 @@ async fn herd_up_stops_on_sigterm_and_herd_down_removes_what_is_left() {
     );
     assert!(sandboxes.workspace_volumes(false).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workspace_benchmark_runs_and_reports() {
+    // A miniature run: checks the benchmark works end to end (it also checks that a restore
+    // brings back every file and that pool calls were served from the pool), not how fast.
+    ensure_image("busybox");
+    let report = herd::lab::bench::workspace::run(herd::lab::bench::workspace::Params {
+        workspace_mib: 4,
+        rounds: 1,
+        first_calls: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!((report.full.n, report.restore.n), (1, 1));
+    assert!(report.archive_bytes > 4 << 20);
+    assert!(report.incremental_stored_bytes < report.full_stored_bytes);
+    assert_eq!((report.first_call_cold.n, report.first_call_pool.n), (2, 2));
+    assert!(report.table().contains("ratio pool / cold"));
+}

@@ -312,6 +312,11 @@ async fn fake_hand(rig: &Rig) -> tokio::task::JoinHandle<()> {
         let mut msgs = consumer.messages().await.unwrap();
         while let Some(Ok(m)) = msgs.next().await {
             let job: herd::bus::jobs::ToolJob = serde_json::from_slice(&m.payload).unwrap();
+            // A stand-in for tool calls only: a turn's workspace snapshot has no result.
+            if job.name == herd::bus::workspace_jobs::JOB {
+                m.ack().await.unwrap();
+                continue;
+            }
             let result = Event::with_id(
                 herd::bus::jobs::result_event_id(&job.session_id, &job.tool_use_id).unwrap(),
                 AgentToolResult {

@@ -62,6 +62,12 @@ async fn calls_follow_the_sandbox_and_a_dead_host_hands_over_to_the_pool() {
     );
     let holder = provisioned[0].clone();
 
+    // The turn's workspace snapshot is saved before its host goes.
+    wait_until(&t, &id, 60, |ev| {
+        ev.iter()
+            .any(|e| matches!(e.event.body, EventBody::SandboxWorkspaceSaved(_)))
+    })
+    .await;
     // The host holding the sandbox dies (its worker stops; its registry entry expires).
     if holder == host_a {
         hand_a.abort()
@@ -77,8 +83,8 @@ async fn calls_follow_the_sandbox_and_a_dead_host_hands_over_to_the_pool() {
         "{after}"
     );
     assert!(
-        !after.contains("routed"),
-        "the other host has its own workspace: {after}"
+        after.contains("restored from the snapshot") && after.contains("routed"),
+        "the other host gets the workspace back from its snapshot: {after}"
     );
 
     // A job stranded on a dead host's subject is moved to the pool by a live hand.

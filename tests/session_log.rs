@@ -519,7 +519,7 @@ async fn streams_apply_is_idempotent() {
     let outcomes = herd::bus::streams::apply(&js, 1).await.unwrap();
     let defs = herd::bus::streams::Definitions::load(1).unwrap();
     assert_eq!(outcomes.len(), defs.streams.len() + defs.buckets.len());
-    assert_eq!(outcomes.len(), 11, "six streams and five buckets");
+    assert_eq!(outcomes.len(), 12, "seven streams and five buckets");
     for o in outcomes {
         assert_eq!(
             o.action,

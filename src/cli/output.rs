@@ -157,6 +157,31 @@ fn summary(body: &EventBody) -> String {
         EventBody::AgentThreadContextCompacted(c) => {
             format!("up to #{}: {}", c.compacted_up_to, c.summary)
         }
+        EventBody::SandboxWorkspaceSaved(w) => match &w.error {
+            Some(e) => format!("{} [error] {e}", w.request_id),
+            None => format!(
+                "{} {} bytes, {} of {} chunks new{} in {} ms",
+                w.request_id,
+                w.bytes,
+                w.new_chunks,
+                w.chunks,
+                if w.unchanged { ", unchanged" } else { "" },
+                w.duration_ms
+            ),
+        },
+        EventBody::SandboxWorkspaceRestored(w) => match &w.error {
+            Some(e) => format!("on {} [error] {e}", w.host),
+            None => format!(
+                "on {} from #{}: {} bytes in {} ms",
+                w.host, w.saved_seq, w.bytes, w.duration_ms
+            ),
+        },
+        EventBody::SessionForked(f) => {
+            format!("from {} at #{} ({} events)", f.parent, f.at, f.copied)
+        }
+        EventBody::SessionScheduleSet(s) => format!("{} {}: {}", s.name, s.spec, s.prompt),
+        EventBody::SessionScheduleCancelled(s) => s.name.clone(),
+        EventBody::SessionScheduleFired(s) => format!("{} at {}", s.name, s.fired_at),
         EventBody::Unknown(u) => serde_json::Value::Object(u.fields.clone()).to_string(),
         other => {
             let mut v = herd::event::Event::new(other.clone()).to_json();

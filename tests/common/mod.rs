@@ -326,6 +326,50 @@ pub fn one_of_each() -> Vec<Event> {
             error: None,
         }
         .into(),
+        SandboxWorkspaceSaved {
+            manifest: Some("workspaces/s/snapshots/snap_9.json".into()),
+            bytes: 10240,
+            chunks: 1,
+            new_chunks: 1,
+            stored_bytes: 10300,
+            duration_ms: 12,
+            as_of: 9,
+            ..SandboxWorkspaceSaved::answering("snap_9", "h1")
+        }
+        .into(),
+        SandboxWorkspaceRestored {
+            host: "h2".into(),
+            manifest: "workspaces/s/snapshots/snap_9.json".into(),
+            saved_seq: 10,
+            bytes: 10240,
+            error: None,
+            duration_ms: 8,
+        }
+        .into(),
+        SessionForked {
+            parent: "sesn_parent".into(),
+            requested: 12,
+            at: 9,
+            copied: 7,
+            workspace: Some("workspaces/sesn_parent/snapshots/snap_9.json".into()),
+        }
+        .into(),
+        SessionScheduleSet {
+            name: "nightly".into(),
+            spec: "cron 0 0 3 * * *".into(),
+            prompt: "run the checks".into(),
+        }
+        .into(),
+        SessionScheduleFired {
+            name: "nightly".into(),
+            fired_at: "2026-12-02T03:00:00Z".into(),
+            next: Some("2026-12-03T03:00:00Z".into()),
+        }
+        .into(),
+        SessionScheduleCancelled {
+            name: "nightly".into(),
+        }
+        .into(),
     ];
     bodies.into_iter().map(Event::new).collect()
 }

@@ -933,3 +933,53 @@ async fn schedules_through_the_gateway_fire_and_stay_the_tenants() {
         "{list}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_fork_of_a_tenants_session_is_that_tenants() {
+    let d = Deployment::start().await;
+    let a = d.key("tenant-a").await;
+    let b = d.key("tenant-b").await;
+    let url = &d.url;
+    let (_, _, _, session) = make_objects(url, &a).await;
+    let msg = json!({"events": [{"type": "user.message", "content": [{"type": "text", "text": "before the fork"}]}]});
+    let (s, _) = call(
+        "POST",
+        &format!("{url}/v1/sessions/{session}/events"),
+        &a,
+        Some(msg),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let sid = SessionId::parse(&session).unwrap();
+    wait_until(&d.t, &sid, 60, |ev| {
+        ev.iter()
+            .any(|e| matches!(e.event.body, EventBody::SessionStatusIdle(_)))
+    })
+    .await;
+    let out = herd_out(&d.t.server, &["session", "fork", &session]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("listed for tenant tenant-a"), "{said}");
+    let child = said.lines().last().unwrap().trim().to_string();
+    let (s, view) = call("GET", &format!("{url}/v1/sessions/{child}"), &a, None).await;
+    assert_eq!(s, 200, "{view}");
+    assert_eq!(view["id"], child.as_str());
+    let (s, events) = call(
+        "GET",
+        &format!("{url}/v1/sessions/{child}/events"),
+        &a,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(events.to_string().contains("before the fork"), "{events}");
+    let (s, _) = call("GET", &format!("{url}/v1/sessions/{child}"), &b, None).await;
+    assert_eq!(s, 404, "another tenant does not see the fork");
+    let (s, list) = call("GET", &format!("{url}/v1/sessions"), &a, None).await;
+    assert_eq!(s, 200);
+    assert!(list.to_string().contains(&child), "{list}");
+}

@@ -351,6 +351,7 @@ pub async fn run(
     cmd: SessionCmd,
     prices: herd::event::PriceTable,
 ) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
     let api = Api::open(client, Principal::operator())
         .await?
         .with_prices(prices);
@@ -570,6 +571,35 @@ pub async fn run(
                     f.workspace_bytes
                 ),
                 None => println!("workspace: empty (the parent had no snapshot by then)"),
+            }
+            // A fork of a gateway session is its tenant's too: it gets an index record, so the
+            // tenant lists and opens it (API and console) like the parent.
+            if let Some(origin) = log.created(&f.child).await?.and_then(|c| c.origin) {
+                use herd::gateway::store::{Expect, Kind, Store};
+                let store = Store::open(js.clone()).await?;
+                let parent = store
+                    .get::<serde_json::Value>(&origin.tenant, Kind::Session, id.as_str())
+                    .await?;
+                if let Some(parent) = parent {
+                    let mut doc = parent.doc;
+                    let at = herd::gateway::now();
+                    doc["id"] = f.child.as_str().into();
+                    doc["created_at"] = at.clone().into();
+                    doc["updated_at"] = at.into();
+                    doc["archived_at"] = serde_json::Value::Null;
+                    doc["deleted_at"] = serde_json::Value::Null;
+                    doc["forked_from"] = id.as_str().into();
+                    store
+                        .put(
+                            &origin.tenant,
+                            Kind::Session,
+                            f.child.as_str(),
+                            &doc,
+                            Expect::New,
+                        )
+                        .await?;
+                    println!("listed for tenant {}", origin.tenant);
+                }
             }
             println!("{}", f.child);
         }

@@ -184,6 +184,42 @@ async fn mistakes_get_clear_errors() {
         2,
         "--mcp-call-timeout-secs",
     );
+    // The warm pool's flag: a count that is not one, and more than a hand may keep.
+    herd.fails(
+        &["hands", "--warm-pool", "many"],
+        1,
+        "expected N or IMAGE=N",
+    );
+    herd.fails(
+        &["hands", "--warm-pool", "herd-sandbox:busybox=65"],
+        1,
+        "a hand keeps at most 64",
+    );
+    herd.fails(
+        &["hands", "--warm-pool", "some-other-image:latest=1"],
+        1,
+        "is not one sessions may use",
+    );
+    // Forks and schedules from the command line, refused with what is wrong.
+    herd.fails(
+        &["session", "fork", "s1", "--at", "0"],
+        1,
+        "its log holds sequences 1 to",
+    );
+    herd.fails(&["session", "fork", "nope"], 1, "nope");
+    herd.fails(
+        &[
+            "session", "schedule", "s1", "n", "--when", "every 5s", "--prompt", "p",
+        ],
+        1,
+        "shortest interval is 60 s",
+    );
+    herd.fails(
+        &["session", "unschedule", "s1", "nothing"],
+        1,
+        "no scheduled wake named",
+    );
+    herd.fails(&["session", "snapshot", "s1"], 1, "has never had a sandbox");
     herd.fails(
         &["session", "create", "--tool", "get_event"],
         1,

@@ -37,9 +37,7 @@ pub struct Forked {
 impl Api {
     /// Forks `parent` at its last turn boundary at or before `at` (default: its last event).
     pub async fn fork(&self, parent: &SessionId, at: Option<u64>) -> Result<Forked, ApiError> {
-        if !self.principal.may_instruct || self.principal.tenant.is_some() {
-            return Err(Refusal::Instruct(self.principal.name.clone()).into());
-        }
+        self.operator_only()?;
         let mut events = self.events_of(parent).await?;
         let Some(first) = events.first() else {
             return Err(Refusal::NotFound(parent.clone()).into());

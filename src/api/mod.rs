@@ -201,6 +201,15 @@ impl Api {
         Ok(sent)
     }
 
+    /// Refuses a principal that is not the deployment's operator (a tenant of the gateway
+    /// never is): for use cases that write events of every kind or publish jobs.
+    fn operator_only(&self) -> Result<(), ApiError> {
+        if !self.principal.may_instruct || self.principal.tenant.is_some() {
+            return Err(Refusal::Instruct(self.principal.name.clone()).into());
+        }
+        Ok(())
+    }
+
     /// The session log, for reads the use cases do not wrap.
     pub fn log(&self) -> &SessionLog {
         &self.log

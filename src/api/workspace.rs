@@ -12,9 +12,7 @@ impl Api {
     /// Asks the hand holding the session's sandbox to save its workspace now; the request id
     /// its `sandbox.workspace_saved` will name. Operator only (it publishes a job).
     pub async fn request_snapshot(&self, id: &SessionId) -> Result<String, ApiError> {
-        if !self.principal.may_instruct || self.principal.tenant.is_some() {
-            return Err(Refusal::Instruct(self.principal.name.clone()).into());
-        }
+        self.operator_only()?;
         let events: Vec<StoredEvent> = self
             .log
             .read_from(id, 1)

@@ -79,30 +79,44 @@ pub async fn record(log: &SessionLog, f: &Fired) -> Result<Option<u64>, LogError
     if log.created(session).await?.is_none() {
         return Ok(None);
     }
-    let earlier: Vec<StoredEvent> = log
-        .read(
-            session,
-            &Slice {
-                types: vec![
-                    "session.status_terminated".into(),
-                    "session.schedule_fired".into(),
-                    "user.message".into(),
-                ],
-                ..Default::default()
-            },
-        )
-        .await?
-        .into_iter()
-        .filter_map(Result::ok)
-        .collect();
+    let read = |types: &[&str], from: Option<u64>| {
+        let slice = Slice {
+            types: types.iter().map(|t| t.to_string()).collect(),
+            from,
+            ..Default::default()
+        };
+        async move {
+            Ok::<Vec<StoredEvent>, LogError>(
+                log.read(session, &slice)
+                    .await?
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .collect(),
+            )
+        }
+    };
     let events = events(f).map_err(LogError::Invalid)?;
+    let mut earlier = read(
+        &["session.status_terminated", "session.schedule_fired"],
+        None,
+    )
+    .await?;
+    // Only a redelivery after the record landed needs the user messages (those after it).
+    if let Some(recorded) = earlier.iter().find(|e| e.event.id == events[0].id) {
+        let from = recorded.seq;
+        earlier.extend(read(&["user.message"], Some(from)).await?);
+    }
     match verdict(&earlier, f, &events) {
         Verdict::Drop(why) => {
             tracing::info!(session = %session, schedule = %f.def.name, why, "A firing is dropped.");
             Ok(None)
         }
+        Verdict::Landed => Ok(earlier
+            .iter()
+            .find(|e| e.event.id == events[1].id)
+            .map(|e| e.seq)),
         Verdict::Append(from) => {
-            let mut last = earlier.last().map_or(0, |e| e.seq);
+            let mut last = 0;
             for e in &events[from..] {
                 last = log.append_fact(session, e).await?.last_seq;
             }
@@ -116,6 +130,9 @@ pub async fn record(log: &SessionLog, f: &Fired) -> Result<Option<u64>, LogError
 enum Verdict {
     /// Nothing: why.
     Drop(&'static str),
+    /// Both events are in the log already (a redelivery): only the wake goes out again, in
+    /// case the first delivery stopped before it (rule 6).
+    Landed,
     /// Append its events from this one on (those before are in the log already: a
     /// redelivery after a crash between the two appends).
     Append(usize),
@@ -130,7 +147,7 @@ fn verdict(earlier: &[StoredEvent], f: &Fired, events: &[Event; 2]) -> Verdict {
     }
     let has = |ev: &Event| earlier.iter().any(|e| e.event.id == ev.id);
     if has(&events[1]) {
-        return Verdict::Drop("this occurrence is in the log already");
+        return Verdict::Landed;
     }
     if has(&events[0]) {
         return Verdict::Append(1);
@@ -199,7 +216,7 @@ mod tests {
         assert_eq!(verdict(&[], &f, &evs), Verdict::Append(0));
         assert_eq!(verdict(&[stored(3, &evs[0])], &f, &evs), Verdict::Append(1));
         let both = [stored(3, &evs[0]), stored(4, &evs[1])];
-        assert!(matches!(verdict(&both, &f, &evs), Verdict::Drop(_)));
+        assert_eq!(verdict(&both, &f, &evs), Verdict::Landed);
         let soon = Fired {
             fired_at: f.fired_at + time::Duration::seconds(1),
             ..f.clone()

@@ -63,12 +63,18 @@ pub const RESULT_ID_OVERHEAD: usize = "sevt_result_".len() + 16 + 1;
 /// whose models (or scripts) used the same tool_use id would otherwise lose one result.
 /// SHA-256, not std's hasher, so every herd version derives the same id.
 pub fn result_event_id(session: &SessionId, tool_use_id: &str) -> Result<EventId, IdError> {
+    session_scoped_id("result", session, tool_use_id)
+}
+
+/// An event id of `kind` derived from a key and a fixed hash of the session (16 hex digits of
+/// its SHA-256): the same for every writer and every herd version, distinct across sessions.
+pub fn session_scoped_id(kind: &str, session: &SessionId, key: &str) -> Result<EventId, IdError> {
     let digest = ring::digest::digest(&ring::digest::SHA256, session.as_str().as_bytes());
     let short: String = digest.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    EventId::derived("result", &[&short, tool_use_id])
+    EventId::derived(kind, &[&short, key])
 }
 
 #[cfg(test)]

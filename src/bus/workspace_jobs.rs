@@ -43,12 +43,7 @@ pub fn saved_event_id(
     session: &crate::event::SessionId,
     request_id: &str,
 ) -> Result<crate::event::EventId, crate::event::IdError> {
-    let digest = ring::digest::digest(&ring::digest::SHA256, session.as_str().as_bytes());
-    let short: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    crate::event::EventId::derived("wsaved", &[&short, request_id])
+    super::jobs::session_scoped_id("wsaved", session, request_id)
 }
 
 /// The snapshot a session's end of turn still needs: the id and the `session.status_idle`

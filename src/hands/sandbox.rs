@@ -190,6 +190,9 @@ pub struct Sandboxes {
     /// When a pool sandbox was last claimed: the pool is refilled a moment later, so making
     /// the next one does not slow the first call of the session that took this one.
     last_claim: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Whether this host keeps a warm pool: without one, a first call never looks for it
+    /// (no container list on every cold provisioning).
+    pool_enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A session's running sandbox.
@@ -283,6 +286,7 @@ impl Sandboxes {
             config,
             claims: Default::default(),
             last_claim: Default::default(),
+            pool_enabled: Default::default(),
         })
     }
 
@@ -412,6 +416,13 @@ impl Sandboxes {
             .collect())
     }
 
+    /// Lets first calls on this host take sandboxes from the warm pool (a hand with a pool
+    /// calls it at start, so sandboxes an earlier run made are used too).
+    pub fn enable_pool(&self) {
+        self.pool_enabled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// How long ago a pool sandbox was last claimed (`None`: never).
     pub fn since_last_claim(&self) -> Option<Duration> {
         self.last_claim
@@ -458,6 +469,7 @@ impl Sandboxes {
     /// Makes one warm pool sandbox of `image`: hardened as a session's, with no network, an
     /// empty workspace volume of its own, and no session yet.
     pub async fn add_pooled(&self, image: &str) -> Result<Sandbox, SandboxError> {
+        self.enable_pool();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let user = self.image_user(image).await?;
         let volume = pool_volume_name(&self.host, &id);
@@ -477,6 +489,9 @@ impl Sandboxes {
     /// name, which only one claim can win, so a pool sandbox goes to one session only; it never
     /// returns to the pool.
     async fn claim_pooled(&self, session: &SessionId, image: &str) -> Option<Sandbox> {
+        if !self.pool_enabled.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let _one_at_a_time = self.claims.lock().await;
         let pooled = self.pooled().await.ok()?;
         let mine = container_name(&self.host, session);

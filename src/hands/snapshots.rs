@@ -99,6 +99,26 @@ async fn read_object(
     Ok(data)
 }
 
+/// Reads one of `session`'s chunks and checks it against its id.
+async fn read_chunk(
+    store: &ObjectStore,
+    session: &SessionId,
+    id: &str,
+) -> Result<Vec<u8>, SnapshotError> {
+    let data = read_object(
+        store,
+        &snapshot::chunk_object(session, id),
+        snapshot::MAX_CHUNK,
+    )
+    .await?;
+    if snapshot::chunk_id(&data) != id {
+        return Err(SnapshotError::Damaged(format!(
+            "chunk {id} does not match its id"
+        )));
+    }
+    Ok(data)
+}
+
 /// Saves a container's `/workspace` as `session`'s snapshot for `request_id`: only chunks the
 /// `previous` snapshot lacks are written; when all are its chunks, nothing is written.
 pub async fn save(
@@ -243,14 +263,14 @@ pub async fn restore(
         let chunks = manifest.chunks.clone();
         tokio::spawn(async move {
             for c in chunks {
-                let object = snapshot::chunk_object(&session, &c.id);
-                let data = read_object(&store, &object, snapshot::MAX_CHUNK).await?;
-                if snapshot::chunk_id(&data) != c.id {
-                    let why = format!("chunk {} does not match its id", c.id);
-                    // The upload stops on this error: Docker keeps what it extracted so far.
-                    let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
-                    return Err(SnapshotError::Damaged(why));
-                }
+                let data = match read_chunk(&store, &session, &c.id).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // The upload stops on this error: Docker keeps what it extracted so far.
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return Err(e);
+                    }
+                };
                 if tx.send(Ok(Bytes::from(data))).await.is_err() {
                     break;
                 }
@@ -329,18 +349,7 @@ pub async fn copy(
         if !seen.insert(c.id.clone()) {
             continue;
         }
-        let data = read_object(
-            store,
-            &snapshot::chunk_object(from, &c.id),
-            snapshot::MAX_CHUNK,
-        )
-        .await?;
-        if snapshot::chunk_id(&data) != c.id {
-            return Err(SnapshotError::Damaged(format!(
-                "chunk {} does not match its id",
-                c.id
-            )));
-        }
+        let data = read_chunk(store, from, &c.id).await?;
         store
             .put(
                 snapshot::chunk_object(to, &c.id).as_str(),

@@ -237,6 +237,9 @@ impl Hands {
         // Docker first: a missing engine or runtime is a local mistake, reported before
         // anything waits on NATS.
         let sandboxes = Sandboxes::connect(&config.host, config.sandbox.clone()).await?;
+        if !config.warm_pool.is_empty() {
+            sandboxes.enable_pool();
+        }
         let js = jetstream::new(client.clone());
         let registry = Registry::open(js.clone()).await?;
         let log = SessionLog::open(client).await?;
@@ -1147,7 +1150,15 @@ impl Hands {
         &self,
         session: &SessionId,
     ) -> Result<Vec<(u64, String, String)>, JobError> {
-        let events: Vec<crate::event::StoredEvent> = self
+        Ok(snapshot::recorded(&self.saved_events(session).await?))
+    }
+
+    /// The session's `sandbox.workspace_saved` events.
+    async fn saved_events(
+        &self,
+        session: &SessionId,
+    ) -> Result<Vec<crate::event::StoredEvent>, JobError> {
+        Ok(self
             .log
             .read(
                 session,
@@ -1159,8 +1170,7 @@ impl Hands {
             .await?
             .into_iter()
             .filter_map(Result::ok)
-            .collect();
-        Ok(snapshot::recorded(&events))
+            .collect())
     }
 
     /// Puts the session's latest snapshot into a fresh sandbox whose volume is new, records
@@ -1172,9 +1182,20 @@ impl Hands {
         previous_host: Option<&str>,
     ) -> Result<Option<String>, JobError> {
         let host = &self.config.host;
-        let Some((saved_seq, _, manifest)) = self.recorded_snapshots(session).await?.pop() else {
+        let saved = self.saved_events(session).await?;
+        let Some((saved_seq, _, manifest)) = snapshot::recorded(&saved).pop() else {
             return Ok(previous_host.map(|h| job::empty_workspace_note(h, host)));
         };
+        let saved_at = saved
+            .iter()
+            .find(|e| e.seq == saved_seq)
+            .and_then(|e| {
+                e.event
+                    .processed_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| format!("event {saved_seq}"));
         let started = Instant::now();
         let restored = match self.blobs().await {
             Ok(store) => {
@@ -1190,26 +1211,6 @@ impl Hands {
             Err(e) => Err(snapshots::SnapshotError::Store(e.to_string())),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
-        let saved_at = self
-            .log
-            .read(
-                session,
-                &Slice {
-                    from: Some(saved_seq),
-                    to: Some(saved_seq),
-                    ..Default::default()
-                },
-            )
-            .await?
-            .into_iter()
-            .find_map(Result::ok)
-            .and_then(|e| {
-                e.event
-                    .processed_at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| format!("event {saved_seq}"));
         let (event, note) = match restored {
             Ok(bytes) => {
                 tracing::info!(session = %session, bytes, duration_ms, "Restored the workspace from its snapshot.");

@@ -101,6 +101,88 @@ async fn bare_start(
     Ok(elapsed)
 }
 
+/// A new session whose agent has `bash`, in `image`.
+pub(super) async fn bash_session(
+    log: &crate::session::SessionLog,
+    image: &str,
+) -> anyhow::Result<SessionId> {
+    let session = SessionId::generate();
+    let mut agent = AgentConfig::new("scripted");
+    agent.tools = vec![ToolConfig::builtin("bash")];
+    log.create(
+        &session,
+        &Event::new(SessionCreated {
+            environment: EnvironmentConfig {
+                image: Some(image.to_string()),
+                allowed_hosts: vec![],
+                networking: None,
+            },
+            ..SessionCreated::new(agent)
+        }),
+    )
+    .await?;
+    Ok(session)
+}
+
+/// The session's `agent.tool_result`s from now on.
+pub(super) async fn tool_results(
+    stream: &jetstream::stream::Stream,
+    session: &SessionId,
+) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
+    Ok(stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subjects::session_event(session, "agent.tool_result"),
+            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?)
+}
+
+/// A `bash true` call through the job queue and whatever hand takes it: from its
+/// `agent.tool_use` appended to its `agent.tool_result` arriving on `results`.
+pub(super) async fn timed_bash_true(
+    js: &jetstream::Context,
+    log: &crate::session::SessionLog,
+    results: &mut jetstream::consumer::pull::Ordered,
+    session: &SessionId,
+    tool_use_id: &str,
+) -> anyhow::Result<Duration> {
+    let call = Event::new(AgentToolUse {
+        tool_use_id: tool_use_id.to_string(),
+        name: "bash".into(),
+        input: serde_json::json!({"command": "true"}),
+        evaluated_permission: Some(EvaluatedPermission::Allow),
+    });
+    let a = log.append_fact(session, &call).await?;
+    let t = Instant::now();
+    let job = ToolJob {
+        session_id: session.clone(),
+        tool_use_id: tool_use_id.to_string(),
+        name: "bash".into(),
+        input: serde_json::json!({"command": "true"}),
+        tool_use_seq: a.last_seq,
+        image: None,
+    };
+    js.publish(
+        crate::bus::routing::subject(&crate::bus::routing::Route::Pool, &job),
+        serde_json::to_vec(&job)?.into(),
+    )
+    .await?
+    .await?;
+    let m = tokio::time::timeout(Duration::from_secs(60), results.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the result stream ended"))?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let elapsed = t.elapsed();
+    anyhow::ensure!(
+        String::from_utf8_lossy(&m.payload).contains(tool_use_id),
+        "a result for another call"
+    );
+    Ok(elapsed)
+}
+
 /// Runs the benchmark on a private nats-server and the local Docker engine.
 pub async fn run(params: Params) -> anyhow::Result<Report> {
     let nats = super::PrivateNats::start().await?;
@@ -143,67 +225,15 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             let _ = h.run(std::future::pending()).await;
         })
     };
-    let session = SessionId::generate();
-    let mut agent = AgentConfig::new("scripted");
-    agent.tools = vec![ToolConfig::builtin("bash")];
-    log.create(
-        &session,
-        &Event::new(SessionCreated {
-            environment: EnvironmentConfig {
-                image: Some(params.image.clone()),
-                allowed_hosts: vec![],
-                networking: None,
-            },
-            ..SessionCreated::new(agent)
-        }),
-    )
-    .await?;
+    let session = bash_session(&log, &params.image).await?;
     let stream = js.get_stream(subjects::SESSIONS_STREAM).await?;
-    let mut results = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subjects::session_event(&session, "agent.tool_result"),
-            deliver_policy: jetstream::consumer::DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await?
-        .messages()
-        .await?;
+    let mut results = tool_results(&stream, &session).await?;
     let sandbox = sandboxes.ensure(&session, Some(&params.image)).await?;
     let (mut trips, mut execs) = (Vec::new(), Vec::new());
     let warmup = 5;
     for i in 0..params.round_trips + warmup {
         let tool_use_id = format!("toolu_bench_{i}");
-        let call = Event::new(AgentToolUse {
-            tool_use_id: tool_use_id.clone(),
-            name: "bash".into(),
-            input: serde_json::json!({"command": "true"}),
-            evaluated_permission: Some(EvaluatedPermission::Allow),
-        });
-        let a = log.append_fact(&session, &call).await?;
-        let t = Instant::now();
-        let job = ToolJob {
-            session_id: session.clone(),
-            tool_use_id: tool_use_id.clone(),
-            name: "bash".into(),
-            input: serde_json::json!({"command": "true"}),
-            tool_use_seq: a.last_seq,
-            image: None,
-        };
-        js.publish(
-            crate::bus::routing::subject(&crate::bus::routing::Route::Pool, &job),
-            serde_json::to_vec(&job)?.into(),
-        )
-        .await?
-        .await?;
-        let m = tokio::time::timeout(Duration::from_secs(30), results.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the result stream ended"))?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let elapsed = t.elapsed();
-        anyhow::ensure!(
-            String::from_utf8_lossy(&m.payload).contains(&tool_use_id),
-            "a result for another call"
-        );
+        let elapsed = timed_bash_true(&js, &log, &mut results, &session, &tool_use_id).await?;
 
         let t = Instant::now();
         sandboxes

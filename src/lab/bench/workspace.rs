@@ -11,12 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{Environment, Summary, ratio};
-use crate::bus::jobs::ToolJob;
 use crate::bus::subjects;
 use crate::event::*;
 use crate::hands::sandbox::{SandboxConfig, Sandboxes};
@@ -312,56 +310,11 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            let session = SessionId::generate();
-            let mut agent = AgentConfig::new("scripted");
-            agent.tools = vec![ToolConfig::builtin("bash")];
-            log.create(
-                &session,
-                &Event::new(SessionCreated {
-                    environment: EnvironmentConfig {
-                        image: Some(params.image.clone()),
-                        ..Default::default()
-                    },
-                    ..SessionCreated::new(agent)
-                }),
-            )
-            .await?;
-            let mut results = stream
-                .create_consumer(OrderedConfig {
-                    filter_subject: subjects::session_event(&session, "agent.tool_result"),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                    ..Default::default()
-                })
-                .await?
-                .messages()
-                .await?;
-            let call = Event::new(AgentToolUse {
-                tool_use_id: "toolu_first".into(),
-                name: "bash".into(),
-                input: serde_json::json!({"command": "true"}),
-                evaluated_permission: Some(EvaluatedPermission::Allow),
-            });
-            let a = log.append_fact(&session, &call).await?;
-            let t = Instant::now();
-            let job = ToolJob {
-                session_id: session.clone(),
-                tool_use_id: "toolu_first".into(),
-                name: "bash".into(),
-                input: serde_json::json!({"command": "true"}),
-                tool_use_seq: a.last_seq,
-                image: None,
-            };
-            js.publish(
-                crate::bus::routing::subject(&crate::bus::routing::Route::Pool, &job),
-                serde_json::to_vec(&job)?.into(),
-            )
-            .await?
-            .await?;
-            tokio::time::timeout(Duration::from_secs(60), results.next())
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("the result stream ended"))?
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let elapsed = t.elapsed();
+            let session = super::hands::bash_session(&log, &params.image).await?;
+            let mut results = super::hands::tool_results(&stream, &session).await?;
+            let elapsed =
+                super::hands::timed_bash_true(&js, &log, &mut results, &session, "toolu_first")
+                    .await?;
             let from_pool = log
                 .read_from(&session, 1)
                 .await?

@@ -165,6 +165,22 @@ impl Definitions {
     }
 }
 
+impl Definitions {
+    /// The file store every bounded stream and bucket reserves at creation (their `max_bytes`,
+    /// times `replicas` across a cluster, per server when each holds a copy). nats-server
+    /// refuses a creation that would take the total past its `max_file_store` ("insufficient
+    /// storage resources", 10047), so the server's limit must cover this.
+    pub fn reserved_bytes(&self) -> u64 {
+        let streams = self.streams.iter().map(|(c, _)| c.max_bytes);
+        let buckets = self.buckets.iter().filter_map(|b| b.max_bytes);
+        streams
+            .chain(buckets)
+            .filter(|b| *b > 0)
+            .map(|b| b as u64)
+            .sum()
+    }
+}
+
 impl StreamsError {
     /// True when the request went unanswered in time (the client's "timed out"): the server
     /// may be loaded or electing a leader, and asking again is safe, since every step here
@@ -196,10 +212,21 @@ where
 }
 
 fn server_err(kind: &'static str, name: &str, e: impl std::fmt::Display) -> StreamsError {
+    let mut detail = e.to_string();
+    if detail.contains("10047") {
+        let reserved = Definitions::load(1).map_or(0, |d| d.reserved_bytes());
+        detail.push_str(&format!(
+            ". herd's streams and buckets reserve {:.1} GiB of file store in all; set \
+             `max_file_store` in the server's `jetstream {{ }}` block to at least that (the \
+             shipped nats.conf sets 20GB), since without it the server takes 75% of the disk \
+             free when it starts",
+            reserved as f64 / (1u64 << 30) as f64
+        ));
+    }
     StreamsError::Server {
         kind,
         name: name.to_string(),
-        detail: e.to_string(),
+        detail,
     }
 }
 
@@ -514,6 +541,44 @@ async fn apply_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A size as nats.conf writes it (`20GB`: nats-server's units are powers of 1024).
+    fn conf_size(v: &str) -> u64 {
+        let digits: String = v.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let unit = match &v[digits.len()..] {
+            "GB" | "G" => 1u64 << 30,
+            "TB" | "T" => 1u64 << 40,
+            other => panic!("unit {other:?}"),
+        };
+        digits.parse::<u64>().unwrap() * unit
+    }
+
+    #[test]
+    fn the_shipped_servers_file_store_covers_what_the_definitions_reserve() {
+        let reserved = Definitions::load(1).unwrap().reserved_bytes();
+        // HERD_SESSIONS is unbounded by bytes; the others and herd-blobs are not.
+        assert!(reserved > 10 << 30, "{reserved}");
+        let configs = [
+            include_str!("../../nats.conf"),
+            include_str!("../../deploy/nats-cluster.conf"),
+        ];
+        for conf in configs {
+            let line = conf
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("max_file_store:"))
+                .expect("a max_file_store line");
+            let limit = conf_size(line.trim());
+            assert!(limit > reserved, "{limit} <= {reserved}");
+        }
+        let local = conf_size(crate::lab::local_server::LOCAL_MAX_FILE_STORE);
+        assert!(local > reserved);
+        let refused = server_err(
+            "object",
+            "herd-blobs",
+            "insufficient storage (code 500, error code 10047)",
+        );
+        assert!(refused.to_string().contains("max_file_store"), "{refused}");
+    }
 
     #[test]
     fn definitions_parse_with_the_promised_settings() {

@@ -43,6 +43,17 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// The file store a local server may reserve, set rather than left to the server.
+///
+/// Without it nats-server takes 75 % of the disk free *when it starts*, and every bounded
+/// stream and bucket reserves its whole `max_bytes` against that at creation: herd's reserve
+/// about 14.3 GiB (`streams/`), so on a machine with under ~19 GiB free, which a CI machine
+/// with a fresh `target/` can be, `herd streams apply` failed with "insufficient storage
+/// resources available" (10047) although a test writes a few MiB. nats-server accepts a
+/// limit above the free space (measured on 2.15.1: 2 TB over 80 GB free starts and reserves).
+/// Deployments set their own (`nats.conf`: 20 GB).
+pub const LOCAL_MAX_FILE_STORE: &str = "64GB";
+
 /// Settings of a local server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -201,7 +212,7 @@ impl LocalServer {
             None => String::new(),
         };
         let conf = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: {name}\nlame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n{auth}jetstream {{\n  store_dir: {store:?}\n  {sync}\n  {extra}\n}}\n{cluster}",
+            "listen: 127.0.0.1:{port}\nserver_name: {name}\nlame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n{auth}jetstream {{\n  store_dir: {store:?}\n  max_file_store: {LOCAL_MAX_FILE_STORE}\n  {sync}\n  {extra}\n}}\n{cluster}",
             store = self.store_dir(),
             extra = self.options.jetstream_extra,
         );

@@ -358,6 +358,42 @@ async fn a_fork_starts_from_its_parents_prefix_and_workspace_and_then_goes_its_o
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    // `check --all` compares forks with their parents too: the real fork passes, a session
+    // that claims to be the parent's fork without holding its prefix does not.
+    let out = herd(&["check", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let forged = create_session_with(
+        &t,
+        AgentConfig::new("claude-test"),
+        Some("herd-sandbox:busybox"),
+        vec![],
+        vec![],
+    )
+    .await;
+    t.log
+        .append_fact(&forged, &user("not the parent's"))
+        .await
+        .unwrap();
+    let claim = Event::new(SessionForked {
+        parent: parent.to_string(),
+        requested: first_idle,
+        at: first_idle,
+        copied: 1,
+        workspace: None,
+    });
+    t.log.append_fact(&forged, &claim).await.unwrap();
+    let out = herd(&["check", "--all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(forged.as_str()) && stdout.contains("fork not its parent's prefix"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&format!("{child} FAILED")), "{stdout}");
     // A fork of a sequence the parent does not have is refused, and says why.
     let out = herd(&["session", "fork", parent.as_str(), "--at", "999999"]);
     assert!(!out.status.success());

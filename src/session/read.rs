@@ -564,10 +564,12 @@ impl SessionLog {
     }
 
     /// Checks every session in the stream, in one pass over it up to its last sequence at the
-    /// start (what lands afterwards is left for the next run), in session id order.
+    /// start (what lands afterwards is left for the next run), in session id order; forks are
+    /// compared with their parents too, as [`Self::check`] does.
     pub async fn check_all(&self, settled: bool) -> Result<Vec<SessionReport>, LogError> {
         let last = self.stream_last_sequence().await?;
         let mut checkers: BTreeMap<SessionId, Checker> = BTreeMap::new();
+        let mut forks = std::collections::BTreeSet::new();
         let mut next = 1;
         let mut stale_reads = 0u32;
         while next <= last {
@@ -588,6 +590,10 @@ impl SessionLog {
                     Ok(e) => e.session_id.clone(),
                     Err(bad) => bad.session_id.clone(),
                 };
+                if matches!(&record, Ok(e) if matches!(e.event.body, crate::event::EventBody::SessionForked(_)))
+                {
+                    forks.insert(id.clone());
+                }
                 checkers
                     .entry(id.clone())
                     .or_insert_with(|| Checker::new(id))
@@ -610,7 +616,17 @@ impl SessionLog {
                 tokio::time::sleep(std::time::Duration::from_millis(25 * stale_reads as u64)).await;
             }
         }
-        Ok(checkers.into_values().map(|c| c.finish(settled)).collect())
+        // A fork is also compared with its parent, which needs both logs whole: forks are few,
+        // so each is read again (the pass above keeps no session's events).
+        let mut reports = Vec::with_capacity(checkers.len());
+        for (id, checker) in checkers {
+            reports.push(if forks.contains(&id) {
+                self.check(&id, settled).await?
+            } else {
+                checker.finish(settled)
+            });
+        }
+        Ok(reports)
     }
 
     /// The stream's last sequence, from its leader.

@@ -405,3 +405,139 @@ async fn a_fork_starts_from_its_parents_prefix_and_workspace_and_then_goes_its_o
     sandboxes.destroy(&parent).await;
     sandboxes.destroy(&child).await;
 }
+
+/// Lists the names of `session`'s snapshot objects.
+async fn snapshot_objects(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+    session: &SessionId,
+) -> std::collections::BTreeSet<String> {
+    use futures_util::StreamExt;
+    let prefix = herd::hands::snapshot::session_prefix(session);
+    let mut names = std::collections::BTreeSet::new();
+    let mut list = store.list().await.unwrap();
+    while let Some(info) = list.next().await {
+        let info = info.unwrap();
+        if info.name.starts_with(&prefix) {
+            names.insert(info.name);
+        }
+    }
+    names
+}
+
+/// A save that fails deletes the chunks it wrote, and only those: a chunk that the older kept
+/// snapshot holds (a file deleted in the latest one and written back since) is not written
+/// again, so the failure cannot take it from that snapshot, which a fork may still start from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_save_deletes_only_what_it_wrote() {
+    use herd::hands::snapshot::{chunk_object, manifest_object};
+    use herd::hands::snapshots::{self, Kept, SnapshotError};
+    ensure_image("busybox");
+    let t = TestNats::start().await;
+    let sandboxes = herd::hands::sandbox::Sandboxes::connect(
+        &host("snapfail"),
+        herd::hands::sandbox::SandboxConfig {
+            default_image: "herd-sandbox:busybox".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let docker = sandboxes.docker().clone();
+    let store = async_nats::jetstream::new(t.client.clone())
+        .get_object_store(herd::hands::outputs::BLOBS)
+        .await
+        .unwrap();
+    let session = SessionId::generate();
+    let sandbox = sandboxes.ensure(&session, None).await.unwrap();
+    let sh = |cmd: &str| {
+        let (sandboxes, sandbox, cmd) = (&sandboxes, &sandbox, cmd.to_string());
+        async move {
+            let out = sandboxes
+                .exec(
+                    sandbox,
+                    vec!["sh".into(), "-c".into(), cmd.clone()],
+                    None,
+                    4096,
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
+            assert_eq!(out.exit_code, Some(0), "{cmd}: {out:?}");
+        }
+    };
+    // Archives list files in name order: the kept file comes before the large one.
+    sh("head -c 6000000 /dev/urandom > a_keep.bin && cp a_keep.bin /tmp/").await;
+    let first = snapshots::save(
+        &docker,
+        &store,
+        &sandbox.id,
+        &session,
+        "snap_1",
+        Kept::default(),
+        u64::MAX,
+    )
+    .await
+    .unwrap();
+    assert!(first.manifest.chunks.len() >= 3, "{:?}", first.manifest);
+    sh("rm a_keep.bin && echo small > note.txt").await;
+    let latest = Kept {
+        latest: Some((&first.name, &first.manifest)),
+        older: None,
+    };
+    let second = snapshots::save(
+        &docker,
+        &store,
+        &sandbox.id,
+        &session,
+        "snap_2",
+        latest,
+        u64::MAX,
+    )
+    .await
+    .unwrap();
+    assert!(!second.unchanged);
+    let before = snapshot_objects(&store, &session).await;
+    assert!(before.contains(&manifest_object(&session, "snap_1")));
+    assert!(before.contains(&manifest_object(&session, "snap_2")));
+
+    // The file comes back, then a large one takes the archive over the limit.
+    sh("cp /tmp/a_keep.bin . && head -c 12000000 /dev/urandom > z_big.bin").await;
+    let kept = Kept {
+        latest: Some((&second.name, &second.manifest)),
+        older: Some(&first.manifest),
+    };
+    let failed = snapshots::save(
+        &docker,
+        &store,
+        &sandbox.id,
+        &session,
+        "snap_3",
+        kept,
+        14_000_000,
+    )
+    .await;
+    assert!(
+        matches!(failed, Err(SnapshotError::TooLarge { limit: 14_000_000 })),
+        "{failed:?}"
+    );
+    let after = snapshot_objects(&store, &session).await;
+    assert_eq!(
+        after, before,
+        "the failed save left nothing and took nothing"
+    );
+    for c in first.manifest.chunks.iter().chain(&second.manifest.chunks) {
+        assert!(
+            after.contains(&chunk_object(&session, &c.id)),
+            "chunk {} is gone",
+            c.id
+        );
+    }
+    // The older snapshot still restores whole, into a fresh sandbox.
+    sandboxes.destroy(&session).await;
+    let fresh = sandboxes.ensure(&session, None).await.unwrap();
+    let bytes = snapshots::restore(&docker, &store, &fresh.id, &session, &first.name)
+        .await
+        .unwrap();
+    assert_eq!(bytes, first.manifest.bytes);
+    sandboxes.destroy(&session).await;
+}

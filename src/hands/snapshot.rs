@@ -209,6 +209,18 @@ pub fn to_drop(recorded: &[String], new: &str) -> Vec<String> {
     names
 }
 
+/// The snapshot kept besides the latest while a new one is saved (with [`KEEP`] at 2, the
+/// newest recorded manifest that is not the latest; an unchanged save records the latest's
+/// name again).
+pub fn older_kept(recorded: &[(u64, String, String)]) -> Option<&str> {
+    let (_, _, latest) = recorded.last()?;
+    recorded
+        .iter()
+        .rev()
+        .map(|(_, _, name)| name.as_str())
+        .find(|name| name != latest)
+}
+
 /// The chunks only `dropped` used: in it, and in none of the kept manifests.
 pub fn orphaned_chunks(dropped: &Manifest, kept: &[&Manifest]) -> Vec<String> {
     let used: std::collections::HashSet<&str> = kept
@@ -367,6 +379,19 @@ mod tests {
         let rec: Vec<String> = ["m1", "m2", "m3"].iter().map(|s| s.to_string()).collect();
         assert_eq!(to_drop(&rec, "m3"), vec!["m1".to_string()]);
         assert_eq!(to_drop(&rec[..1], "m1"), Vec::<String>::new());
+        let recorded = |names: &[&str]| -> Vec<(u64, String, String)> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i as u64, format!("snap_{i}"), n.to_string()))
+                .collect()
+        };
+        assert_eq!(older_kept(&recorded(&[])), None);
+        assert_eq!(older_kept(&recorded(&["m1"])), None);
+        assert_eq!(older_kept(&recorded(&["m1", "m2"])), Some("m1"));
+        // Unchanged saves name the latest again; the older one is still the one before.
+        assert_eq!(older_kept(&recorded(&["m1", "m2", "m2", "m2"])), Some("m1"));
+        assert_eq!(older_kept(&recorded(&["m1", "m2", "m3"])), Some("m2"));
         let c = |id: &str| ChunkRef {
             id: id.into(),
             size: 1,

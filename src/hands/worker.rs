@@ -1263,6 +1263,12 @@ impl Hands {
                 .map(|m| (name.clone(), m)),
             None => None,
         };
+        // The one before the latest stays until this save succeeds: its chunks are not
+        // written again, so a failed save cannot delete them.
+        let older = match snapshot::older_kept(&recorded) {
+            Some(name) => snapshots::read_manifest(&store, session, name).await.ok(),
+            None => None,
+        };
         let mut event = SandboxWorkspaceSaved::answering(request_id, &self.config.host);
         let mut written = None;
         match self.sandboxes.running(session).await {
@@ -1278,7 +1284,10 @@ impl Hands {
                 &sandbox.id,
                 session,
                 request_id,
-                previous.as_ref().map(|(n, m)| (n.as_str(), m)),
+                snapshots::Kept {
+                    latest: previous.as_ref().map(|(n, m)| (n.as_str(), m)),
+                    older: older.as_ref(),
+                },
                 self.config.snapshot_limit,
             )
             .await

@@ -182,8 +182,16 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
         store.delete(&raw_name).await?;
 
         let t = Instant::now();
-        let first =
-            snapshots::save(&docker, &store, &s.id, &session, "snap_1", None, u64::MAX).await?;
+        let first = snapshots::save(
+            &docker,
+            &store,
+            &s.id,
+            &session,
+            "snap_1",
+            Default::default(),
+            u64::MAX,
+        )
+        .await?;
         full.push(t.elapsed());
         full_stored = first.stored_bytes;
         exec(
@@ -202,7 +210,10 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             &s.id,
             &session,
             "snap_2",
-            Some((&first.name, &first.manifest)),
+            snapshots::Kept {
+                latest: Some((&first.name, &first.manifest)),
+                older: None,
+            },
             u64::MAX,
         )
         .await?;
@@ -215,7 +226,10 @@ pub async fn run(params: Params) -> anyhow::Result<Report> {
             &s.id,
             &session,
             "snap_3",
-            Some((&second.name, &second.manifest)),
+            snapshots::Kept {
+                latest: Some((&second.name, &second.manifest)),
+                older: Some(&first.manifest),
+            },
             u64::MAX,
         )
         .await?;

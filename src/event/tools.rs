@@ -181,9 +181,9 @@ pub fn latest_listings<'a>(
 }
 
 /// The tools a session offers: its agent's built-in and custom tools, `get_events` once it has
-/// been compacted (`compacted`), and the enabled tools of each MCP server's latest listing. A
-/// name already taken is never offered twice (the first one wins; an MCP tool that clashes is
-/// left out). Pure: every brain and hand resolves the same tools from the same log.
+/// been compacted (`compacted`), and the enabled tools of each MCP server's latest listing, in
+/// the agent's order of toolsets. A name already taken is never offered twice (the first one
+/// wins; an MCP tool that clashes is left out). Pure: every brain and hand resolves the same tools from the same log.
 pub fn offered(
     config: &SessionCreated,
     compacted: bool,
@@ -233,11 +233,19 @@ pub fn offered(
             mcp_server: None,
         });
     }
-    for listing in listings {
-        let Some(toolset) = config.agent.tools.iter().find(|t| {
-            t.kind == ToolType::McpToolset
-                && t.mcp_server_name.as_deref() == Some(listing.mcp_server_name.as_str())
-        }) else {
+    // In the agent's order of toolsets, not the log's order of listings: servers are listed
+    // concurrently, and the tools (and which of two clashing names wins) must not depend on
+    // which listing landed first.
+    for toolset in config
+        .agent
+        .tools
+        .iter()
+        .filter(|t| t.kind == ToolType::McpToolset)
+    {
+        let Some(listing) = listings
+            .iter()
+            .find(|l| toolset.mcp_server_name.as_deref() == Some(l.mcp_server_name.as_str()))
+        else {
             continue;
         };
         for tool in &listing.tools {
@@ -483,6 +491,30 @@ mod tests {
         // A server no toolset enables offers nothing.
         let other = listing("other", &["x"], None);
         assert_eq!(names(&offered(&c, false, &[&other])), ["bash"]);
+    }
+
+    #[test]
+    fn mcp_tools_follow_the_agents_toolsets_whichever_listing_landed_first() {
+        let mut agent = AgentConfig::new("m");
+        let toolset = |server: &str| -> ToolConfig {
+            serde_json::from_value(json!({"type": "mcp_toolset", "mcp_server_name": server}))
+                .unwrap()
+        };
+        agent.tools = vec![toolset("docs"), toolset("broken")];
+        let c = SessionCreated::new(agent);
+        let docs = listing("docs", &["lookup", "shared"], None);
+        let broken = listing("broken", &["shared", "fix"], None);
+        let names = |o: Vec<Offered>| o.into_iter().map(|t| t.name).collect::<Vec<_>>();
+        let want = ["lookup", "shared", "fix"];
+        assert_eq!(names(offered(&c, false, &[&docs, &broken])), want);
+        assert_eq!(names(offered(&c, false, &[&broken, &docs])), want);
+        assert_eq!(
+            offered(&c, false, &[&broken, &docs])[1]
+                .mcp_server
+                .as_deref(),
+            Some("docs"),
+            "a clash goes to the toolset listed first in the agent"
+        );
     }
 
     #[test]

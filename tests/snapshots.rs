@@ -532,6 +532,10 @@ async fn a_failed_save_deletes_only_what_it_wrote() {
             c.id
         );
     }
+    // A manifest that is not there says so (the hand then saves as if it had none).
+    let gone =
+        snapshots::read_manifest(&store, &session, &manifest_object(&session, "snap_9")).await;
+    assert!(matches!(gone, Err(SnapshotError::Missing(_))), "{gone:?}");
     // The older snapshot still restores whole, into a fresh sandbox.
     sandboxes.destroy(&session).await;
     let fresh = sandboxes.ensure(&session, None).await.unwrap();

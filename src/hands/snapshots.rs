@@ -8,9 +8,10 @@
 //! the container's own filesystem view (paths cannot leave it).
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::object_store::{self, ObjectStore};
 use bollard::Docker;
 use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
 use bytes::Bytes;
@@ -38,6 +39,9 @@ pub enum SnapshotError {
     /// A stored object is not what its name or manifest says.
     #[error("the snapshot is damaged: {0}")]
     Damaged(String),
+    /// The object is not in the store (deleted, or never written).
+    #[error("object {0} is not in the store")]
+    Missing(String),
 }
 
 fn store_err(e: impl std::fmt::Display) -> SnapshotError {
@@ -84,7 +88,10 @@ async fn read_object(
     name: &str,
     limit: usize,
 ) -> Result<Vec<u8>, SnapshotError> {
-    let object = store.get(name).await.map_err(store_err)?;
+    let object = store.get(name).await.map_err(|e| match e.kind() {
+        object_store::GetErrorKind::NotFound => SnapshotError::Missing(name.to_string()),
+        _ => store_err(e),
+    })?;
     let mut data = Vec::new();
     object
         .take(limit as u64 + 1)
@@ -185,13 +192,25 @@ async fn save_inner(
 ) -> Result<SaveOutcome, SnapshotError> {
     let started = Instant::now();
     let (tx, rx) = tokio::sync::mpsc::channel(WRITE_AHEAD);
-    let writer = tokio::spawn(write_chunks(store.clone(), session.clone(), rx));
+    let begun = Arc::new(Mutex::new(Vec::new()));
+    let writer = tokio::spawn(write_chunks(
+        store.clone(),
+        session.clone(),
+        rx,
+        begun.clone(),
+    ));
+    // A save abandoned half-way (its future dropped) stops its writer too.
+    let _stop_writer = AbortOnDrop(writer.abort_handle());
     // `cut` owns the sender: once it returns, the writer ends after what it still holds.
     let cut = cut_archive(docker, container, session, kept, limit, tx).await;
-    let (ids, wrote) = writer
-        .await
-        .map_err(|e| SnapshotError::Store(format!("the chunk writer stopped: {e}")))?;
-    written.extend(ids);
+    let wrote = writer.await.unwrap_or_else(|e| {
+        Err(SnapshotError::Store(format!(
+            "the chunk writer stopped: {e}"
+        )))
+    });
+    written.extend(std::mem::take(
+        &mut *begun.lock().unwrap_or_else(|e| e.into_inner()),
+    ));
     // The writer's error first: a cut that stopped because the writer did says less.
     wrote?;
     let Cut {
@@ -301,24 +320,35 @@ async fn cut_archive(
     Ok(cut)
 }
 
-/// Writes the chunks it is sent, one after another, until the sender is gone or a write fails;
-/// the ids of every chunk it began to write (a failed one may be partly stored), so a failed
-/// save can delete them. (Two puts at once measured no clearer gain than the noise on two
-/// CPUs, where chunking, hashing, nats-server and Docker already share them.)
+/// Writes the chunks it is sent, one after another, until the sender is gone or a write fails.
+/// Each chunk's id goes into `begun` before its write (a failed one may be partly stored), so a
+/// failed save can delete them whatever stopped the writer. (Two puts at once measured no
+/// clearer gain than the noise on two CPUs, where chunking, hashing, nats-server and Docker
+/// already share them.)
 async fn write_chunks(
     store: ObjectStore,
     session: SessionId,
     mut chunks: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
-) -> (Vec<String>, Result<(), SnapshotError>) {
-    let mut begun = Vec::new();
+    begun: Arc<Mutex<Vec<String>>>,
+) -> Result<(), SnapshotError> {
     while let Some((id, chunk)) = chunks.recv().await {
         let name = snapshot::chunk_object(&session, &id);
-        begun.push(id);
-        if let Err(e) = store.put(name.as_str(), &mut chunk.as_slice()).await {
-            return (begun, Err(store_err(e)));
-        }
+        begun.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        store
+            .put(name.as_str(), &mut chunk.as_slice())
+            .await
+            .map_err(store_err)?;
     }
-    (begun, Ok(()))
+    Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Restores `session`'s snapshot `name` into a container's `/workspace`; the archive's bytes.

@@ -1256,20 +1256,25 @@ impl Hands {
         let session = &job.session_id;
         let recorded = self.recorded_snapshots(session).await?;
         let store = self.blobs().await?;
-        let previous = match recorded.last() {
-            Some((_, _, name)) => snapshots::read_manifest(&store, session, name)
-                .await
-                .ok()
-                .map(|m| (name.clone(), m)),
-            None => None,
-        };
-        // The one before the latest stays until this save succeeds: its chunks are not
-        // written again, so a failed save cannot delete them.
-        let older = match snapshot::older_kept(&recorded) {
-            Some(name) => snapshots::read_manifest(&store, session, name).await.ok(),
-            None => None,
-        };
         let mut event = SandboxWorkspaceSaved::answering(request_id, &self.config.host);
+        // The kept snapshots: the new one writes only chunks neither holds, so a failed save
+        // (which deletes what it wrote) cannot take one of theirs. One the store cannot serve
+        // now stops the save (saving without it could do that damage); the job runs again.
+        let (previous, older) = match kept_snapshots(&store, session, &recorded).await {
+            Ok(kept) => kept,
+            Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
+            Err(e) => {
+                event.error = Some(format!(
+                    "cannot read a kept snapshot, so none was saved: {e}"
+                ));
+                let id = result_event_id(session, request_id)
+                    .map_err(|e| JobError::Refused(e.to_string()))?;
+                self.log
+                    .append_fact(session, &Event::with_id(id, event))
+                    .await?;
+                return Ok(());
+            }
+        };
         let mut written = None;
         match self.sandboxes.running(session).await {
             None => {
@@ -1334,4 +1339,38 @@ impl Hands {
             .await
             .map_err(|e| JobError::Wake(e.to_string()))
     }
+}
+
+/// The snapshots `recorded` keeps while a new one is saved: the latest (name and manifest) and
+/// the one before it. One that is gone or damaged counts as none (a restore could not use it
+/// either, so its chunks need no protecting); one the store cannot serve now is an error.
+async fn kept_snapshots(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+    session: &SessionId,
+    recorded: &[(u64, String, String)],
+) -> Result<
+    (
+        Option<(String, snapshot::Manifest)>,
+        Option<snapshot::Manifest>,
+    ),
+    snapshots::SnapshotError,
+> {
+    let read = |name: String| async move {
+        match snapshots::read_manifest(store, session, &name).await {
+            Ok(m) => Ok(Some((name, m))),
+            Err(snapshots::SnapshotError::Missing(_) | snapshots::SnapshotError::Damaged(_)) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let latest = match recorded.last() {
+        Some((_, _, name)) => read(name.clone()).await?,
+        None => None,
+    };
+    let older = match snapshot::older_kept(recorded) {
+        Some(name) => read(name.to_string()).await?.map(|(_, m)| m),
+        None => None,
+    };
+    Ok((latest, older))
 }

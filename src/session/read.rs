@@ -501,18 +501,52 @@ impl SessionLog {
             .await
     }
 
-    /// Checks one session's log against the invariants of [`super::check`].
+    /// Checks one session's log against the invariants of [`super::check`]; a fork is also
+    /// compared with its parent.
     pub async fn check(
         &self,
         session: &SessionId,
         settled: bool,
     ) -> Result<SessionReport, LogError> {
+        let records = self.read_whole(session).await?;
+        let mut report = super::check::check_session(session.clone(), &records, settled);
+        // The last `session.forked`: a fork of a fork holds its parent's too.
+        let forked = records.iter().rev().find_map(|r| match r {
+            Ok(e) => match &e.event.body {
+                crate::event::EventBody::SessionForked(f) => Some((e.seq, f.parent.clone())),
+                _ => None,
+            },
+            Err(_) => None,
+        });
+        if let Some((seq, parent)) = forked {
+            let diffs = match SessionId::parse(&parent) {
+                Ok(p) => match self.read_whole(&p).await {
+                    Ok(parent_records) => super::fork::compare(&parent_records, &records),
+                    Err(LogError::NotFound(_)) => {
+                        vec![format!("its parent {parent} is not in the log")]
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) => vec![format!("its parent {parent:?} is not a session id: {e}")],
+            };
+            for detail in diffs {
+                report.violations.push(super::check::Violation {
+                    seq,
+                    rule: super::check::Rule::ForkMismatch,
+                    detail,
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    /// A session's whole log, up to the leader's last sequence: a direct get may be served by
+    /// a replica that trails the leader, and a stale read would look like lost events.
+    async fn read_whole(&self, session: &SessionId) -> Result<Vec<Record>, LogError> {
         let last = self.last_sequence(session).await?;
         if last == 0 {
             return Err(LogError::NotFound(session.clone()));
         }
-        // A direct get may be served by a replica that trails the leader: read until the
-        // leader's last sequence is in hand, or a stale read would look like lost events.
         for attempt in 1..=40u64 {
             let records = self.read_from(session, 1).await?;
             let reached = records.last().is_some_and(|r| match r {
@@ -520,39 +554,7 @@ impl SessionLog {
                 Err(bad) => bad.seq >= last,
             });
             if reached {
-                let mut report = super::check::check_session(session.clone(), &records, settled);
-                // A fork: its copied prefix must be its parent's.
-                // The last one: a fork of a fork holds its parent's too.
-                let forked = records.iter().rev().find_map(|r| match r {
-                    Ok(e) => match &e.event.body {
-                        crate::event::EventBody::SessionForked(f) => {
-                            Some((e.seq, f.parent.clone()))
-                        }
-                        _ => None,
-                    },
-                    Err(_) => None,
-                });
-                if let Some((seq, parent)) = forked {
-                    let diffs = match SessionId::parse(&parent) {
-                        Ok(p) => {
-                            let parent_records = self.read_from(&p, 1).await?;
-                            if parent_records.is_empty() {
-                                vec![format!("its parent {parent} is not in the log")]
-                            } else {
-                                super::fork::compare(&parent_records, &records)
-                            }
-                        }
-                        Err(e) => vec![format!("its parent {parent:?} is not a session id: {e}")],
-                    };
-                    for detail in diffs {
-                        report.violations.push(super::check::Violation {
-                            seq,
-                            rule: super::check::Rule::ForkMismatch,
-                            detail,
-                        });
-                    }
-                }
-                return Ok(report);
+                return Ok(records);
             }
             tokio::time::sleep(std::time::Duration::from_millis(25 * attempt)).await;
         }
@@ -569,7 +571,7 @@ impl SessionLog {
     pub async fn check_all(&self, settled: bool) -> Result<Vec<SessionReport>, LogError> {
         let last = self.stream_last_sequence().await?;
         let mut checkers: BTreeMap<SessionId, Checker> = BTreeMap::new();
-        let mut forks = std::collections::BTreeSet::new();
+        let mut forks: BTreeMap<SessionId, u64> = BTreeMap::new();
         let mut next = 1;
         let mut stale_reads = 0u32;
         while next <= last {
@@ -590,9 +592,10 @@ impl SessionLog {
                     Ok(e) => e.session_id.clone(),
                     Err(bad) => bad.session_id.clone(),
                 };
-                if matches!(&record, Ok(e) if matches!(e.event.body, crate::event::EventBody::SessionForked(_)))
+                if let Ok(e) = &record
+                    && matches!(e.event.body, crate::event::EventBody::SessionForked(_))
                 {
-                    forks.insert(id.clone());
+                    forks.insert(id.clone(), e.seq);
                 }
                 checkers
                     .entry(id.clone())
@@ -617,13 +620,26 @@ impl SessionLog {
             }
         }
         // A fork is also compared with its parent, which needs both logs whole: forks are few,
-        // so each is read again (the pass above keeps no session's events).
+        // so each is read again, to its end now (the pass above keeps no session's events).
+        // One that cannot be read now keeps its report from the pass, with a violation saying
+        // the comparison was not made, so the other sessions' reports still come out.
         let mut reports = Vec::with_capacity(checkers.len());
         for (id, checker) in checkers {
-            reports.push(if forks.contains(&id) {
-                self.check(&id, settled).await?
-            } else {
-                checker.finish(settled)
+            let Some(&seq) = forks.get(&id) else {
+                reports.push(checker.finish(settled));
+                continue;
+            };
+            reports.push(match self.check(&id, settled).await {
+                Ok(report) => report,
+                Err(e) => {
+                    let mut report = checker.finish(settled);
+                    report.violations.push(super::check::Violation {
+                        seq,
+                        rule: super::check::Rule::ForkMismatch,
+                        detail: format!("it could not be compared with its parent: {e}"),
+                    });
+                    report
+                }
             });
         }
         Ok(reports)

@@ -150,22 +150,61 @@ pub async fn save(
     kept: Kept<'_>,
     limit: u64,
 ) -> Result<SaveOutcome, SnapshotError> {
-    let mut written = Vec::new();
-    let saved = save_inner(
-        docker,
-        store,
-        container,
-        session,
-        request_id,
-        kept,
-        limit,
-        &mut written,
-    )
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::mpsc::channel(WRITE_AHEAD);
+    let begun = Arc::new(Mutex::new(Vec::new()));
+    let writer = tokio::spawn(write_chunks(
+        store.clone(),
+        session.clone(),
+        rx,
+        begun.clone(),
+    ));
+    // A save abandoned half-way (its future dropped) stops its writer too.
+    let _stop_writer = AbortOnDrop(writer.abort_handle());
+    let saved = async {
+        // `cut` owns the sender: once it returns, the writer ends after what it still holds.
+        let cut = cut_archive(docker, container, session, kept, limit, tx).await;
+        let wrote = writer.await.unwrap_or_else(|e| {
+            Err(SnapshotError::Store(format!(
+                "the chunk writer stopped: {e}"
+            )))
+        });
+        // The writer's error first: a cut that stopped because the writer did says less.
+        wrote?;
+        let cut = cut?;
+        if let Some((name, latest)) = kept.latest
+            && latest.same_content(&cut.manifest)
+        {
+            return Ok(SaveOutcome {
+                name: name.to_string(),
+                manifest: cut.manifest,
+                new_chunks: 0,
+                stored_bytes: 0,
+                unchanged: true,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        let name = snapshot::manifest_object(session, request_id);
+        let json = serde_json::to_vec(&cut.manifest).map_err(store_err)?;
+        store
+            .put(name.as_str(), &mut json.as_slice())
+            .await
+            .map_err(store_err)?;
+        Ok(SaveOutcome {
+            name,
+            manifest: cut.manifest,
+            new_chunks: cut.new_chunks,
+            stored_bytes: cut.stored_bytes + json.len() as u64,
+            unchanged: false,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
     .await;
     if saved.is_err() {
-        // Chunks this save wrote are in no manifest: delete them, or they would stay until
-        // the session is collected.
-        for id in written {
+        // Chunks this save began to write are in no manifest: delete them, or they would stay
+        // until the session is collected.
+        let begun = std::mem::take(&mut *begun.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in begun {
             let _ = store.delete(snapshot::chunk_object(session, &id)).await;
         }
     }
@@ -178,73 +217,6 @@ const WRITE_AHEAD: usize = 4;
 
 /// Chunks a restore reads at once, in order, ahead of the upload.
 const READ_AHEAD: usize = 3;
-
-#[allow(clippy::too_many_arguments)]
-async fn save_inner(
-    docker: &Docker,
-    store: &ObjectStore,
-    container: &str,
-    session: &SessionId,
-    request_id: &str,
-    kept: Kept<'_>,
-    limit: u64,
-    written: &mut Vec<String>,
-) -> Result<SaveOutcome, SnapshotError> {
-    let started = Instant::now();
-    let (tx, rx) = tokio::sync::mpsc::channel(WRITE_AHEAD);
-    let begun = Arc::new(Mutex::new(Vec::new()));
-    let writer = tokio::spawn(write_chunks(
-        store.clone(),
-        session.clone(),
-        rx,
-        begun.clone(),
-    ));
-    // A save abandoned half-way (its future dropped) stops its writer too.
-    let _stop_writer = AbortOnDrop(writer.abort_handle());
-    // `cut` owns the sender: once it returns, the writer ends after what it still holds.
-    let cut = cut_archive(docker, container, session, kept, limit, tx).await;
-    let wrote = writer.await.unwrap_or_else(|e| {
-        Err(SnapshotError::Store(format!(
-            "the chunk writer stopped: {e}"
-        )))
-    });
-    written.extend(std::mem::take(
-        &mut *begun.lock().unwrap_or_else(|e| e.into_inner()),
-    ));
-    // The writer's error first: a cut that stopped because the writer did says less.
-    wrote?;
-    let Cut {
-        manifest,
-        new_chunks,
-        stored_bytes,
-    } = cut?;
-    if let Some((name, latest)) = kept.latest
-        && latest.same_content(&manifest)
-    {
-        return Ok(SaveOutcome {
-            name: name.to_string(),
-            manifest,
-            new_chunks: 0,
-            stored_bytes: 0,
-            unchanged: true,
-            duration_ms: started.elapsed().as_millis() as u64,
-        });
-    }
-    let name = snapshot::manifest_object(session, request_id);
-    let json = serde_json::to_vec(&manifest).map_err(store_err)?;
-    store
-        .put(name.as_str(), &mut json.as_slice())
-        .await
-        .map_err(store_err)?;
-    Ok(SaveOutcome {
-        name,
-        manifest,
-        new_chunks,
-        stored_bytes: stored_bytes + json.len() as u64,
-        unchanged: false,
-        duration_ms: started.elapsed().as_millis() as u64,
-    })
-}
 
 /// A workspace's archive, cut into chunks.
 struct Cut {

@@ -200,6 +200,34 @@ async fn mistakes_get_clear_errors() {
         1,
         "is not one sessions may use",
     );
+    // Counts that would wrap a sum round, and one image named twice.
+    herd.fails(
+        &[
+            "hands",
+            "--warm-pool",
+            "18446744073709551615",
+            "--warm-pool",
+            "herd-sandbox:busybox=2",
+        ],
+        1,
+        "a hand keeps at most 64",
+    );
+    herd.fails(
+        &[
+            "hands",
+            "--warm-pool",
+            "herd-sandbox:busybox=1",
+            "--warm-pool",
+            "herd-sandbox:busybox=2",
+        ],
+        1,
+        "names the image \"herd-sandbox:busybox\" twice",
+    );
+    herd.fails(
+        &["hands", "--snapshot-limit-mib", "0"],
+        2,
+        "--snapshot-limit-mib",
+    );
     // Forks and schedules from the command line, refused with what is wrong.
     herd.fails(
         &["session", "fork", "s1", "--at", "0"],
@@ -207,6 +235,11 @@ async fn mistakes_get_clear_errors() {
         "its log holds sequences 1 to",
     );
     herd.fails(&["session", "fork", "nope"], 1, "nope");
+    herd.fails(
+        &["session", "fork", "nope"],
+        1,
+        "session nope does not exist",
+    );
     herd.fails(
         &[
             "session", "schedule", "s1", "n", "--when", "every 5s", "--prompt", "p",
@@ -738,4 +771,8 @@ async fn the_workspace_benchmark_runs_and_reports() {
     assert!(report.incremental_stored_bytes < report.full_stored_bytes);
     assert_eq!((report.first_call_cold.n, report.first_call_pool.n), (2, 2));
     assert!(report.table().contains("ratio pool / cold"));
+    // The ratios are measured, not printed labels: both are finite and above zero.
+    for r in [report.pool_ratio, report.full_ratio, report.restore_ratio] {
+        assert!(r.is_finite() && r > 0.0, "{r}");
+    }
 }

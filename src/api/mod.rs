@@ -177,7 +177,8 @@ impl Api {
 
     /// Ends a session for good with a `session.status_terminated` saying why (the gateway's
     /// archive and delete). Operator and gateway only. A session already terminated is left
-    /// as it is: the answer is its current last sequence, as a duplicate.
+    /// as it is (its schedules are cancelled again): the answer is its current last sequence,
+    /// as a duplicate.
     pub async fn terminate(&self, id: &SessionId, reason: &str) -> Result<Sent, ApiError> {
         if !self.principal.may_instruct {
             return Err(Refusal::Instruct(self.principal.name.clone()).into());
@@ -186,17 +187,20 @@ impl Api {
         if state.event_count == 0 {
             return Err(Refusal::NotFound(id.clone()).into());
         }
-        if state.status == crate::session::Status::Terminated {
-            return Ok(Sent {
+        let sent = if state.status == crate::session::Status::Terminated {
+            Sent {
                 seq: state.last_seq,
                 duplicate: true,
+            }
+        } else {
+            let event = Event::new(crate::event::SessionStatusTerminated {
+                reason: reason.to_string(),
             });
-        }
-        let event = Event::new(crate::event::SessionStatusTerminated {
-            reason: reason.to_string(),
-        });
-        let sent = self.log.append_fact(id, &event).await?.into();
-        // A terminated session is never woken again: its schedules go with it.
+            self.log.append_fact(id, &event).await?.into()
+        };
+        // A terminated session is never woken again: its schedules go with it. Also when it
+        // was terminated already, so a retry after this failed (the stream out of reach)
+        // finishes the job; cancelling none is a no-op.
         crate::bus::schedules::cancel_all(&self.js, id).await?;
         Ok(sent)
     }

@@ -2,7 +2,6 @@
 //! an id naming the log's sequence at the request, answered by a `sandbox.workspace_saved`.
 
 use super::{Api, ApiError, Refusal};
-use crate::bus::jobs::ToolJob;
 use crate::bus::routing::{self, Router};
 use crate::bus::workspace_jobs;
 use crate::event::{EventBody, SessionId, StoredEvent};
@@ -33,14 +32,7 @@ impl Api {
             .into());
         }
         let request = workspace_jobs::manual_request_id(last.seq);
-        let job = ToolJob {
-            session_id: id.clone(),
-            tool_use_id: request.clone(),
-            name: workspace_jobs::JOB.into(),
-            input: serde_json::json!({}),
-            tool_use_seq: last.seq,
-            image: None,
-        };
+        let job = workspace_jobs::job(id, request.clone(), last.seq, None);
         let wrap = |e: crate::bus::BusError| ApiError::Wake(e.to_string());
         let router = Router::open(&self.js).await.map_err(wrap)?;
         let route = router.route(&events).await;

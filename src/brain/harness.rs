@@ -1036,14 +1036,9 @@ pub fn jobs_to_dispatch(state: &SessionState, events: &[StoredEvent]) -> Vec<Too
     // The end of a turn that may have changed the workspace: save it (to the host holding
     // the sandbox, like the turn's calls).
     if let Some((request_id, idle_seq)) = crate::bus::workspace_jobs::needed(events) {
-        jobs.push(ToolJob {
-            session_id: state.id.clone(),
-            tool_use_id: request_id,
-            name: crate::bus::workspace_jobs::JOB.into(),
-            input: serde_json::json!({}),
-            tool_use_seq: idle_seq,
-            image,
-        });
+        jobs.push(crate::bus::workspace_jobs::job(
+            &state.id, request_id, idle_seq, image,
+        ));
     }
     jobs
 }

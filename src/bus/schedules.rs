@@ -319,6 +319,20 @@ pub async fn set(
     Ok(())
 }
 
+/// The last message on `subject`, `None` when there is none; any other failure (the stream out
+/// of reach) is an error, never taken for "not there".
+async fn last_on(
+    s: &jetstream::stream::Stream,
+    subject: &str,
+) -> Result<Option<jetstream::message::StreamMessage>, ScheduleError> {
+    use jetstream::stream::LastRawMessageErrorKind as K;
+    match s.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if matches!(e.kind(), K::NoMessageFound) => Ok(None),
+        Err(e) => Err(op(e, "reading a schedule")),
+    }
+}
+
 /// A session's schedules, by name.
 pub async fn list(
     js: &jetstream::Context,
@@ -327,10 +341,7 @@ pub async fn list(
     let s = stream(js).await?;
     let mut out = Vec::new();
     for name in names(js, session).await? {
-        let Ok(msg) = s
-            .get_last_raw_message_by_subject(&subjects::schedule_def(session, &name))
-            .await
-        else {
+        let Some(msg) = last_on(&s, &subjects::schedule_def(session, &name)).await? else {
             // Fired and removed since the list was made.
             continue;
         };
@@ -353,18 +364,14 @@ pub async fn cancel(
         session: session.clone(),
         name: name.to_string(),
     };
-    let msg = s
-        .get_last_raw_message_by_subject(&subjects::schedule_def(session, name))
-        .await
-        .map_err(|_| not_found())?;
+    let msg = last_on(&s, &subjects::schedule_def(session, name))
+        .await?
+        .ok_or_else(not_found)?;
     s.delete_message(msg.sequence)
         .await
         .map_err(|e| op(e, "cancelling a schedule"))?;
     // A firing already queued for it goes too.
-    if let Ok(queued) = s
-        .get_last_raw_message_by_subject(&subjects::schedule_fire(session, name))
-        .await
-    {
+    if let Ok(Some(queued)) = last_on(&s, &subjects::schedule_fire(session, name)).await {
         let _ = s.delete_message(queued.sequence).await;
     }
     Ok(())

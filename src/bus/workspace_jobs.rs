@@ -10,6 +10,25 @@ use crate::event::{EventBody, StoredEvent};
 /// `sandbox.workspace_saved`. Not a tool name (tool names have no `.`).
 pub const JOB: &str = "workspace.snapshot";
 
+/// The snapshot job `request_id`, of the log as it was at `seq`: a turn's end or a request
+/// on demand, sent to the hand holding the sandbox like a tool call (`image`: the session's,
+/// for a hand that routes by it; a snapshot never makes a sandbox).
+pub fn job(
+    session: &crate::event::SessionId,
+    request_id: String,
+    seq: u64,
+    image: Option<String>,
+) -> super::jobs::ToolJob {
+    super::jobs::ToolJob {
+        session_id: session.clone(),
+        tool_use_id: request_id,
+        name: JOB.into(),
+        input: serde_json::json!({}),
+        tool_use_seq: seq,
+        image,
+    }
+}
+
 /// The id of the snapshot taken when the turn that ended at `idle_seq` (its
 /// `session.status_idle`) changed the workspace.
 pub fn turn_request_id(idle_seq: u64) -> String {

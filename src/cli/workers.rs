@@ -115,16 +115,17 @@ pub struct HandsArgs {
     /// (its workspace stays).
     #[arg(long, default_value_t = hands_defaults().max_sandboxes)]
     max_sandboxes: usize,
-    /// Seconds one MCP tool call may take before it is an error result the model sees
-    /// (1 to 3600).
     /// A warm pool of ready sandboxes, so a session's first tool call need not wait for Docker
     /// to create one (repeatable): N for the default image, or IMAGE=N. At most 64 in all.
     #[arg(long = "warm-pool", value_name = "[IMAGE=]N")]
     warm_pool: Vec<String>,
-    /// The largest workspace archive a snapshot saves, in MiB (a larger workspace is not
-    /// saved, and the session's log says so).
-    #[arg(long, default_value_t = hands_defaults().snapshot_limit >> 20)]
+    /// The largest workspace archive a snapshot saves, in MiB (1 to 1048576; a larger
+    /// workspace is not saved, and the session's log says so).
+    #[arg(long, default_value_t = hands_defaults().snapshot_limit >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     snapshot_limit_mib: u64,
+    /// Seconds one MCP tool call may take before it is an error result the model sees
+    /// (1 to 3600).
     #[arg(long, default_value_t = hands_defaults().mcp_call_timeout.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     mcp_call_timeout_secs: u64,

@@ -221,13 +221,26 @@ impl Hands {
         config: HandsConfig,
     ) -> Result<Arc<Self>, HandsError> {
         check_host(&config.host)?;
-        let pooled: usize = config.warm_pool.iter().map(|(_, n)| n).sum();
+        // Saturating: a count near usize::MAX must be refused, not wrap round under the bound.
+        let pooled = config
+            .warm_pool
+            .iter()
+            .fold(0usize, |sum, (_, n)| sum.saturating_add(*n));
         if pooled > MAX_WARM_POOL {
             return Err(HandsError::Tools(format!(
                 "the warm pool asks for {pooled} sandboxes; a hand keeps at most {MAX_WARM_POOL}"
             )));
         }
-        for (image, _) in &config.warm_pool {
+        for (i, (image, _)) in config.warm_pool.iter().enumerate() {
+            // The pool fills each entry against the same listing of that image's sandboxes.
+            if config.warm_pool[..i]
+                .iter()
+                .any(|(other, _)| other == image)
+            {
+                return Err(HandsError::Tools(format!(
+                    "the warm pool names the image {image:?} twice; give it once, with its whole count"
+                )));
+            }
             if *image != config.sandbox.default_image && !config.allowed_images.contains(image) {
                 return Err(HandsError::Tools(format!(
                     "the warm pool's image {image:?} is not one sessions may use (the default image or --allow-image)"
@@ -1260,30 +1273,29 @@ impl Hands {
         // The kept snapshots: the new one writes only chunks neither holds, so a failed save
         // (which deletes what it wrote) cannot take one of theirs. One the store cannot serve
         // now stops the save (saving without it could do that damage); the job runs again.
-        let (previous, older) = match kept_snapshots(&store, session, &recorded).await {
-            Ok(kept) => kept,
+        let (previous, older, unreadable) = match kept_snapshots(&store, session, &recorded).await {
+            Ok((previous, older)) => (previous, older, None),
             Err(e) if !last_try => return Err(JobError::Docker(e.to_string())),
-            Err(e) => {
-                event.error = Some(format!(
-                    "cannot read a kept snapshot, so none was saved: {e}"
-                ));
-                let id = result_event_id(session, request_id)
-                    .map_err(|e| JobError::Refused(e.to_string()))?;
-                self.log
-                    .append_fact(session, &Event::with_id(id, event))
-                    .await?;
-                return Ok(());
-            }
+            Err(e) => (None, None, Some(e)),
+        };
+        let sandbox = match unreadable {
+            None => self.sandboxes.running(session).await,
+            Some(_) => None,
         };
         let mut written = None;
-        match self.sandboxes.running(session).await {
-            None => {
+        match (unreadable, sandbox) {
+            (Some(e), _) => {
+                event.error = Some(format!(
+                    "cannot read a kept snapshot, so none was saved: {e}"
+                ))
+            }
+            (None, None) => {
                 event.error = Some(format!(
                     "no running sandbox of this session on host {}: nothing to save",
                     self.config.host
                 ))
             }
-            Some(sandbox) => match snapshots::save(
+            (None, Some(sandbox)) => match snapshots::save(
                 self.sandboxes.docker(),
                 &store,
                 &sandbox.id,
@@ -1317,8 +1329,8 @@ impl Hands {
                 Err(e) => event.error = Some(e.to_string()),
             },
         }
-        let id =
-            result_event_id(session, request_id).map_err(|e| JobError::Refused(e.to_string()))?;
+        let id = crate::bus::workspace_jobs::saved_event_id(session, request_id)
+            .map_err(|e| JobError::Refused(e.to_string()))?;
         self.log
             .append_fact(session, &Event::with_id(id, event))
             .await?;

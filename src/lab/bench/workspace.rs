@@ -452,7 +452,7 @@ impl Report {
         );
         t.push_str(&self.first_call_pool.row("herd, from a warm pool of one"));
         t.push_str(&format!(
-            "  ratio pool / cold p50: {:.2}x   (peers publish 195 ms median create-to-first-command)\n",
+            "  ratio pool / cold p50: {:.2}x   (not measured here: issue 16 cites 195 ms median create-to-first-command for hosted peers)\n",
             self.pool_ratio
         ));
         t

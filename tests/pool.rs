@@ -95,6 +95,8 @@ async fn the_first_call_takes_a_pool_sandbox_that_no_other_session_ever_sees() {
     let events = wait_idles(&t, &b, 1).await;
     let (_, out) = tool_result(&events, "toolu_b1");
     assert!(out.contains("none here") && !out.contains("mine"), "{out}");
+    // `ls -A` lists names: A's file is not even there.
+    assert!(!out.contains("owned"), "{out}");
     let pb = provisioned(&events);
     assert_eq!(pb.len(), 1);
     assert_eq!(pb[0].container, p2);

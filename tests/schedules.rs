@@ -181,6 +181,13 @@ async fn bad_schedules_are_refused_with_what_is_wrong() {
     assert!(err("in 1m", "n", "").await.contains("1 to 4000 characters"));
     let unknown = SessionId::generate();
     assert!(api.set_schedule(&unknown, "n", "in 1m", "p").await.is_err());
+    assert_eq!(
+        api.set_schedule(&unknown, "n", "in 1m", "p")
+            .await
+            .unwrap_err()
+            .class(),
+        herd::api::ErrorClass::NotFound
+    );
     for i in 0..herd::bus::schedules::MAX_PER_SESSION {
         api.set_schedule(&id, &format!("s{i}"), "every 1h", "p")
             .await

@@ -303,6 +303,30 @@ async fn a_fork_starts_from_its_parents_prefix_and_workspace_and_then_goes_its_o
         .map(|e| e.event.type_name())
         .collect();
     assert_eq!(tail, ["session.forked", "sandbox.workspace_saved"]);
+    // Independently of `copied`: the child's copy holds no sandbox lifecycle and no schedule
+    // definitions of the parent, and every other parent event up to the boundary.
+    let copy = &child_log[1..1 + expected.len()];
+    assert!(
+        copy.iter().all(|e| {
+            let t = e.event.type_name();
+            !t.starts_with("sandbox.")
+                && t != "session.schedule_set"
+                && t != "session.schedule_cancelled"
+        }),
+        "{copy:?}"
+    );
+    let others = parent_before
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|e| {
+            e.seq > 1 && e.seq <= first_idle && !e.event.type_name().starts_with("sandbox.")
+        })
+        .count();
+    assert_eq!(
+        others,
+        expected.len(),
+        "every non-sandbox event of the prefix is copied"
+    );
     match &child_log[1 + expected.len()].event.body {
         EventBody::SessionForked(f) => {
             assert_eq!((f.at, f.requested), (first_idle, mid));
